@@ -1,0 +1,45 @@
+# symgrad: every target sets itself up (creates .venv on first use).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+OUT    ?= out
+GROUP  ?= d4
+DATA   ?= $(OUT)/data/ce-rp.nc
+EPOCHS ?= 2
+PRESET ?= tiny
+
+.PHONY: install test test-slow demo data train-unet train-vit train-gcnn equivariance overlap figures sweep bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+demo: $(STAMP)
+	$(BIN)/python -m symgrad.demo --out demo_out
+
+data: $(STAMP)
+	$(BIN)/symgrad generate --family CE-RP --trajectories 64 --resolution 64 --times 11 --t-final 0.5 --seed 0 --out $(DATA)
+
+train-unet train-vit train-gcnn: train-%: $(STAMP)
+	@test -f $(DATA) || $(MAKE) data
+	$(BIN)/symgrad train --model $* --preset $(PRESET) --data $(DATA) --out $(OUT)/runs/$* --epochs $(EPOCHS) --seed 0
+
+equivariance: $(STAMP)
+	$(BIN)/symgrad equivariance --run $(OUT)/runs/unet --group $(GROUP) --data $(DATA) --out $(OUT)/results/equivariance-$(GROUP).nc
+
+overlap: $(STAMP)
+	$(BIN)/symgrad overlap --run $(OUT)/runs/unet --group $(GROUP) --data $(DATA) --metric chi --samples 16 --out $(OUT)/results/overlap-$(GROUP).nc
+
+clean:
+	rm -rf $(OUT) demo_out .pytest_cache

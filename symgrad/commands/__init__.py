@@ -1,0 +1,1 @@
+"""One module per ``symgrad`` subcommand (see ``symgrad.cli``)."""

@@ -1,0 +1,1 @@
+"""Diagnostics: forward equivariance errors and gradient overlaps across group orbits."""
