@@ -1,0 +1,107 @@
+"""Sweep expansion, local execution (with a stand-in executable) and SLURM scripts."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from symgrad import cli
+from symgrad.errors import SymgradError
+from symgrad.sweep import expand, load_sweep, run_local, write_slurm
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _write(tmp_path, body):
+    p = tmp_path / "s.toml"
+    p.write_text(body)
+    return p
+
+
+BODY = """
+[sweep]
+out = "{out}"
+data = ["a.nc"]
+models = ["unet", "vit"]
+seeds = [0, 1]
+groups = ["d4", "translate-x"]
+[train]
+epochs = 3
+batch_size = 8
+[overlap]
+samples = 4
+"""
+
+
+def test_expand_orders_training_before_its_diagnostics(tmp_path):
+    sweep = load_sweep(_write(tmp_path, BODY.format(out=tmp_path / "o")))
+    jobs = expand(sweep)
+    trains = [j for j in jobs if j.kind == "train"]
+    assert len(trains) == 4 and len(jobs) == 4 * (1 + 2 * 2)
+    seen = set()
+    for job in jobs:
+        assert set(job.depends_on) <= seen  # every dependency comes earlier
+        seen.add(job.name)
+    t = trains[0]
+    assert t.argv[:1] == ("train",) and "--epochs" in t.argv and "--batch-size" in t.argv
+    ov = [j for j in jobs if j.kind == "overlap"][0]
+    assert ov.argv[ov.argv.index("--samples") + 1] == "4"
+    assert len({j.output for j in jobs}) == len(jobs)
+
+
+def test_shipped_sweeps_parse():
+    for path in (REPO / "experiments" / "sweeps").glob("*.toml"):
+        assert expand(load_sweep(path))
+
+
+def test_bad_sweep_files_give_clear_errors(tmp_path):
+    with pytest.raises(SymgradError, match="does not exist"):
+        load_sweep(tmp_path / "missing.toml")
+    with pytest.raises(SymgradError, match="not valid TOML"):
+        load_sweep(_write(tmp_path, "[sweep\n"))
+    with pytest.raises(SymgradError, match="'models'"):
+        load_sweep(_write(tmp_path, '[sweep]\ndata=["a"]\n'))
+
+
+def test_run_local_skips_finished_and_stops_dependants_of_failures(tmp_path):
+    sweep = load_sweep(_write(tmp_path, BODY.format(out=tmp_path / "o")))
+    jobs = expand(sweep)
+    log = tmp_path / "calls.txt"
+    # A stand-in for symgrad: records its argv, creates the --out file, fails for vit.
+    fake = tmp_path / "fake.py"
+    fake.write_text(
+        "import sys, pathlib\n"
+        f"open({str(log)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+        "a = sys.argv[1:]\n"
+        "if 'vit' in a[a.index('--model') + 1 if '--model' in a else 0] and a[0] == 'train': sys.exit(3)\n"
+        "out = pathlib.Path(a[a.index('--out') + 1])\n"
+        "out.parent.mkdir(parents=True, exist_ok=True)\n"
+        "(out.mkdir() if a[0] == 'train' else out.write_text('x'))\n"
+    )
+    messages = []
+    rc = run_local(jobs, executable=[sys.executable, str(fake)], echo=messages.append)
+    assert rc == 1
+    calls = log.read_text().splitlines()
+    assert sum(c.startswith("train") for c in calls) == 4
+    assert not any(c.startswith(("equivariance", "overlap")) and "vit" in c for c in calls)
+    assert sum(c.startswith(("equivariance", "overlap")) for c in calls) == 8
+    # Second pass: everything that succeeded is skipped.
+    log.unlink()
+    run_local(jobs, executable=[sys.executable, str(fake)], echo=messages.append)
+    assert all("vit" in c for c in log.read_text().splitlines())
+
+
+def test_slurm_scripts_have_dependencies(tmp_path):
+    sweep = load_sweep(_write(tmp_path, BODY.format(out=tmp_path / "o")))
+    submit = write_slurm(expand(sweep), sweep, tmp_path / "slurm")
+    text = submit.read_text()
+    assert "--dependency=afterok" in text and text.count("sbatch --parsable") == 20
+    train_script = next((tmp_path / "slurm").glob("train-*.sbatch")).read_text()
+    assert "srun symgrad train" in train_script and "#SBATCH --signal=TERM" in train_script
+
+
+def test_cli_dry_run_prints_commands(tmp_path, capsys):
+    path = _write(tmp_path, BODY.format(out=tmp_path / "o"))
+    assert cli.main(["sweep", str(path), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 20 and lines[0].startswith("symgrad train --model unet")
