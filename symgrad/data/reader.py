@@ -1,0 +1,428 @@
+"""Lazy reading of trajectory files (symgrad's and PDEGym's), sharded, into the state layout.
+
+Nothing is loaded at open time except metadata; :meth:`TrajectoryDataset.states` reads
+exactly the requested ``(sample, time)`` slices through netCDF4/HDF5 slicing, so a 5 GB
+PDEGym shard is never read whole. Every slice read is checked for NaN/Inf.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+from jaxtyping import Float
+
+from symgrad.data import schema
+from symgrad.errors import SymgradError
+
+_WHAT_TO_DO = (
+    "symgrad reads netCDF4 files with a variable 'data' of dims (sample, time, channel, x, y) "
+    "and 5 channels (rho, u, v, p, E), as written by 'symgrad generate' or published by PDEGym"
+)
+
+
+def _runs(sorted_idx: np.ndarray) -> list[tuple[int, int]]:
+    """Split sorted unique indices into ``[(start, stop), ...]`` runs of consecutive integers."""
+    if sorted_idx.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(sorted_idx) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [sorted_idx.size]])
+    return [(int(sorted_idx[a]), int(sorted_idx[b - 1]) + 1) for a, b in zip(starts, stops)]
+
+
+def _as_index(idx, n: int, what: str) -> np.ndarray:
+    """Normalise an int / slice / sequence / bool mask to a 1-D int array (numpy semantics)."""
+    if idx is None:
+        return np.arange(n)
+    try:
+        out = np.arange(n)[idx]
+    except IndexError as exc:
+        raise SymgradError(f"{what} {idx!r} out of range for {n} {what}s ({exc})") from None
+    return np.atleast_1d(out).astype(np.int64)
+
+
+# netCDF-C and HDF5 are not thread-safe (and netCDF4-python releases the GIL during I/O):
+# every netCDF call of this module holds this lock.
+_NC_LOCK = threading.RLock()
+# One handle per file per process, shared by every dataset that reads the file. Opening a
+# file a second time, reading a variable-length string variable through that handle and
+# closing it crashes netCDF-C on the next open (seen with netCDF4 1.7.5 / netCDF-C 4.10);
+# sharing the handle avoids the double open. Keyed by inode, so a file replaced on disk
+# (a regenerated OUT.nc) gets a fresh handle.
+_HANDLES: dict[tuple, list] = {}
+
+
+def _file_key(path: Path) -> tuple:
+    st = path.stat()
+    return os.getpid(), st.st_dev, st.st_ino
+
+
+def _acquire(path: Path):
+    import netCDF4
+
+    with _NC_LOCK:
+        try:
+            key = _file_key(path)
+        except OSError as exc:
+            raise SymgradError(f"cannot read {path} ({exc}); check the path and its permissions") from None
+        entry = _HANDLES.get(key)
+        if entry is not None:
+            entry[1] += 1
+            return entry[0], key
+        try:
+            nc = netCDF4.Dataset(path, "r")
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise SymgradError(
+                f"cannot open {path} as a netCDF4/HDF5 file ({exc}); the file is corrupt, truncated "
+                f"or not netCDF: re-download or regenerate it"
+            ) from None
+        nc.set_auto_mask(True)
+        nc.set_always_mask(False)  # plain ndarrays unless a value is actually masked
+        _HANDLES[key] = [nc, 1]
+        return nc, key
+
+
+def _release(key: tuple) -> None:
+    with _NC_LOCK:
+        entry = _HANDLES.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _HANDLES[key]
+            try:
+                entry[0].close()
+            except RuntimeError:
+                pass
+
+
+class _Shard:
+    """One netCDF file: validated metadata at construction, a lazily (re)opened handle."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._nc = None
+        self._key = None
+        if not self.path.exists():
+            raise SymgradError(
+                f"data file {self.path} does not exist; check the path, or create it with 'symgrad generate'"
+            )
+        if not self.path.is_file():
+            raise SymgradError(f"{self.path} is not a regular file; pass a netCDF file, a directory of them or a glob")
+        with _NC_LOCK:
+            nc = self._open()
+            try:
+                self._inspect(nc)
+            finally:
+                self.close()
+
+    # -- handle management -------------------------------------------------------------
+    def _open(self):
+        # HDF5 handles do not survive fork(): a worker process opens its own.
+        if self._nc is not None and self._key[0] == os.getpid():
+            return self._nc
+        self._nc, self._key = _acquire(self.path)
+        return self._nc
+
+    def close(self) -> None:
+        if self._nc is not None and self._key[0] == os.getpid():
+            _release(self._key)
+        self._nc = None
+        self._key = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_nc"] = None
+        state["_key"] = None
+        return state
+
+    # -- validation ----------------------------------------------------------------------
+    def _inspect(self, nc) -> None:
+        name = schema.DATA_VARIABLE
+        if name not in nc.variables:
+            found = ", ".join(sorted(nc.variables)) or "none"
+            raise SymgradError(f"{self.path} has no variable '{name}' (variables: {found}); {_WHAT_TO_DO}")
+        var = nc.variables[name]
+        if var.ndim != 5:
+            raise SymgradError(
+                f"variable '{name}' in {self.path} has {var.ndim} dims {var.dimensions} of shape {var.shape}; "
+                f"expected 5 dims (sample, time, channel, x, y). {_WHAT_TO_DO}"
+            )
+        dims = var.dimensions
+        if "channel" in dims and dims.index("channel") != 2:
+            raise SymgradError(
+                f"variable '{name}' in {self.path} has dims {dims}: the channel dim must be the third, "
+                f"(sample, time, channel, x, y); transpose the file (e.g. with xarray) first"
+            )
+        n_samples, n_times, n_channels, nx, ny = (int(s) for s in var.shape)
+        if n_channels != len(schema.CHANNELS):
+            raise SymgradError(
+                f"variable '{name}' in {self.path} has {n_channels} channels (shape {var.shape}); expected "
+                f"{len(schema.CHANNELS)}: {', '.join(schema.CHANNELS)}. {_WHAT_TO_DO}"
+            )
+        if var.dtype.kind != "f":
+            raise SymgradError(f"variable '{name}' in {self.path} has dtype {var.dtype}; expected float32")
+        self.n_samples, self.n_times, self.nx, self.ny = n_samples, n_times, nx, ny
+        self.dims = dims
+        self.channel_order = self._channel_order(nc, dims[2])
+        self.times, self.times_assumed = self._times(nc, dims[1], n_times)
+        self.attrs = {k: nc.getncattr(k) for k in nc.ncattrs()}
+        gamma = self.attrs.get("gamma", schema.DEFAULT_GAMMA)
+        try:
+            gamma = float(gamma)
+        except (TypeError, ValueError):
+            raise SymgradError(f"{self.path}: attribute gamma={gamma!r} is not a number") from None
+        if not gamma > 1.0:
+            raise SymgradError(f"{self.path}: attribute gamma={gamma!r} must be > 1")
+        self.gamma = gamma
+
+    def _channel_order(self, nc, dim: str):
+        """Indices that put the file's channels in (rho, u, v, p, E) order; None = as stored."""
+        if dim not in nc.variables:
+            return None  # PDEGym: no channel coordinate; the documented order is assumed
+        import netCDF4
+
+        raw = np.asarray(nc.variables[dim][:])
+        if raw.dtype.kind == "S" and raw.ndim == 2:  # char array (sometimes written by xarray)
+            raw = netCDF4.chartostring(raw)
+        names = [(x.decode() if isinstance(x, bytes) else str(x)).strip() for x in raw.reshape(-1)]
+        if names == list(schema.CHANNELS):
+            return None
+        lookup = {n.lower(): i for i, n in enumerate(names)}
+        if sorted(lookup) == sorted(c.lower() for c in schema.CHANNELS):
+            return tuple(lookup[c.lower()] for c in schema.CHANNELS)
+        raise SymgradError(
+            f"{self.path}: channel coordinate is {names}; expected the channels {list(schema.CHANNELS)} "
+            f"(any order). {_WHAT_TO_DO}"
+        )
+
+    def _times(self, nc, dim: str, n_times: int):
+        for candidate in (dim, "time", "t"):
+            var = nc.variables.get(candidate)
+            if var is not None and var.ndim == 1 and var.shape[0] == n_times:
+                t = np.ma.filled(var[:].astype(np.float64), np.nan)
+                if np.all(np.isfinite(t)):
+                    return t, False
+        # PDEGym files carry no time coordinate: equispaced on [0, 1] is its convention.
+        return np.linspace(0.0, 1.0, n_times) if n_times > 1 else np.zeros(n_times), True
+
+    # -- reading -------------------------------------------------------------------------
+    def read(self, samples: np.ndarray, times: np.ndarray, global_offset: int) -> np.ndarray:
+        """Channels ``(len(samples), len(times), 5, nx, ny)`` float32 in canonical order.
+
+        ``samples`` and ``times`` are sorted unique local indices.
+        """
+        out = np.empty((samples.size, times.size, 5, self.nx, self.ny), dtype=np.float32)
+        time_runs = _runs(times)
+        t_sel = slice(time_runs[0][0], time_runs[0][1]) if len(time_runs) == 1 else times.tolist()
+        with _NC_LOCK:
+            var = self._open().variables[schema.DATA_VARIABLE]
+            pos = 0
+            for a, b in _runs(samples):
+                try:
+                    block = var[a:b, t_sel]
+                except (OSError, RuntimeError, IndexError) as exc:
+                    raise SymgradError(
+                        f"reading samples {a}..{b - 1} of {self.path} failed ({exc}); the file is corrupt or "
+                        f"truncated: re-download or regenerate it"
+                    ) from None
+                if np.ma.isMaskedArray(block):
+                    block = np.ma.filled(block.astype(np.float32), np.nan)
+                out[pos:pos + (b - a)] = block
+                pos += b - a
+        bad = ~np.isfinite(out)
+        if bad.any():
+            s, t, c, i, j = (int(v) for v in np.argwhere(bad)[0])
+            local = int(samples[s])
+            raise SymgradError(
+                f"{self.path} holds non-finite values (NaN, Inf or unwritten fill values): sample {local} "
+                f"(dataset sample {global_offset + local}), time index {int(times[t])}, "
+                f"channel {schema.CHANNELS[c]}, cell ({i}, {j}); "
+                f"{int(bad.any(axis=(1, 2, 3, 4)).sum())} of {samples.size} trajectories read are affected. "
+                f"Regenerate the file or leave these trajectories out"
+            )
+        if self.channel_order is not None:
+            out = out[:, :, list(self.channel_order)]
+        return out
+
+
+class TrajectoryDataset:
+    """Trajectories from one or more data files, concatenated along ``sample``; lazy.
+
+    Built by :func:`open_dataset`. All files must share times, grid and gamma.
+
+    Attributes:
+        n_samples, n_times: number of trajectories and of stored times per trajectory.
+        resolution: ``nx`` (int) for a square grid, else ``(nx, ny)``; ``shape`` is ``(nx, ny)``.
+        gamma: ratio of specific heats (file attribute ``gamma``, 1.4 where absent).
+        times: ``(n_times,)`` float64 (equispaced on [0, 1] where a file has no time
+            coordinate; ``times_assumed`` says so).
+        paths: the files, in sample order.
+        attrs: the global attributes of each file (list of dicts).
+    """
+
+    def __init__(self, shards: list[_Shard]):
+        if not shards:
+            raise SymgradError("no data files given")
+        first = shards[0]
+        for other in shards[1:]:
+            problems = []
+            if (other.n_times, other.nx, other.ny) != (first.n_times, first.nx, first.ny):
+                problems.append(
+                    f"(time, x, y) sizes {(other.n_times, other.nx, other.ny)} vs {(first.n_times, first.nx, first.ny)}"
+                )
+            elif not np.allclose(other.times, first.times, rtol=1e-6, atol=1e-9):
+                problems.append(f"times {other.times.tolist()} vs {first.times.tolist()}")
+            if not np.isclose(other.gamma, first.gamma, rtol=1e-12):
+                problems.append(f"gamma {other.gamma} vs {first.gamma}")
+            if problems:
+                raise SymgradError(
+                    f"data files do not fit together: {other.path} and {first.path} differ in "
+                    f"{'; '.join(problems)}. Only files with the same times, grid and gamma can be combined"
+                )
+        self._shards = list(shards)
+        counts = np.array([s.n_samples for s in shards], dtype=np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(counts)])
+
+    # -- metadata ------------------------------------------------------------------------
+    @property
+    def n_samples(self) -> int:
+        return int(self._offsets[-1])
+
+    @property
+    def n_times(self) -> int:
+        return self._shards[0].n_times
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self._shards[0].nx, self._shards[0].ny
+
+    @property
+    def resolution(self):
+        nx, ny = self.shape
+        return nx if nx == ny else (nx, ny)
+
+    @property
+    def gamma(self) -> float:
+        return self._shards[0].gamma
+
+    @property
+    def times(self) -> np.ndarray:
+        return self._shards[0].times.copy()
+
+    @property
+    def times_assumed(self) -> bool:
+        return any(s.times_assumed for s in self._shards)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [s.path for s in self._shards]
+
+    @property
+    def attrs(self) -> list[dict]:
+        return [dict(s.attrs) for s in self._shards]
+
+    @property
+    def sample_counts(self) -> list[int]:
+        """Trajectories per file, in the order of :attr:`paths`."""
+        return [s.n_samples for s in self._shards]
+
+    @property
+    def families(self) -> list[str]:
+        """The ``family`` attribute of each file (``"unknown"`` where absent)."""
+        return [str(s.attrs.get("family", "unknown")) for s in self._shards]
+
+    @property
+    def family(self) -> str:
+        """The family, or ``"A+B"`` for a combination of families in file order."""
+        return "+".join(dict.fromkeys(self.families))
+
+    def locate(self, sample: int) -> tuple[Path, int]:
+        """``(file, index within the file)`` of dataset sample ``sample``."""
+        g = int(_as_index(sample, self.n_samples, "sample")[0])
+        k = int(np.searchsorted(self._offsets, g, side="right") - 1)
+        return self._shards[k].path, g - int(self._offsets[k])
+
+    def __len__(self) -> int:
+        return self.n_samples
+
+    def __repr__(self) -> str:
+        nx, ny = self.shape
+        return (
+            f"TrajectoryDataset({self.n_samples} trajectories x {self.n_times} times on {nx}x{ny}, "
+            f"gamma={self.gamma}, family={self.family}, {len(self._shards)} file(s))"
+        )
+
+    # -- reading -------------------------------------------------------------------------
+    def read_channels(self, sample_indices, time_indices=None) -> Float[np.ndarray, "n t 5 nx ny"]:
+        """File-layout values ``(n, t, 5, nx, ny)`` float32, channels ``(rho, u, v, p, E)``.
+
+        Indices follow numpy semantics (int, slice, sequence, negative numbers, repeats);
+        an int gives ``n = 1``. Only the requested slices are read; they are checked for NaN/Inf.
+        """
+        samples = _as_index(sample_indices, self.n_samples, "sample")
+        times = _as_index(time_indices, self.n_times, "time index")
+        nx, ny = self.shape
+        out = np.empty((samples.size, times.size, 5, nx, ny), dtype=np.float32)
+        if samples.size == 0 or times.size == 0:
+            return out
+        u_times, t_inverse = np.unique(times, return_inverse=True)
+        shard_of = np.searchsorted(self._offsets, samples, side="right") - 1
+        for k in np.unique(shard_of):
+            positions = np.flatnonzero(shard_of == k)
+            local = samples[positions] - self._offsets[k]
+            u_local, s_inverse = np.unique(local, return_inverse=True)
+            block = self._shards[k].read(u_local, u_times, int(self._offsets[k]))
+            out[positions] = block[s_inverse][:, t_inverse]
+        return out
+
+    def states(self, sample_indices, time_indices=None) -> Float[np.ndarray, "n t nx ny 4"]:
+        """Conservative states ``(n, t, nx, ny, 4)`` float32 ``(rho, m_x, m_y, E)``."""
+        return schema.file_channels_to_conservative(self.read_channels(sample_indices, time_indices))
+
+    def close(self) -> None:
+        for shard in self._shards:
+            shard.close()
+
+    def __enter__(self) -> "TrajectoryDataset":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_dataset(paths) -> TrajectoryDataset:
+    """Open data files lazily: a path, a directory (its ``*.nc`` in numeric order), a glob, or a list.
+
+    Several files -- PDEGym's shards ``data_0.nc ... data_13.nc``, or files of different
+    families such as CE-RP, CE-RPUI and CE-CRP -- are concatenated along ``sample`` in the
+    order given (directories and globs in numeric order). Raises :class:`SymgradError`
+    naming the file for a missing file, a non-netCDF or corrupt file, a missing ``data``
+    variable, a wrong number of dims or channels, or files that do not fit together.
+    """
+    if isinstance(paths, TrajectoryDataset):
+        return paths
+    return TrajectoryDataset([_Shard(p) for p in schema.expand_paths(paths)])
+
+
+def decode_json_attr(value, default=None):
+    """A JSON-encoded attribute (as written by :func:`write_dataset`) decoded, else ``default``."""
+    if not isinstance(value, str):
+        return default if value is None else value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+__all__ = ["TrajectoryDataset", "open_dataset", "decode_json_attr"]

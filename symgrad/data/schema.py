@@ -1,0 +1,122 @@
+"""The data-file layout (DESIGN.md section 6) and the conversion to the state layout (section 2).
+
+A data file is netCDF4 with one variable ``data`` of dims ``(sample, time, channel, x, y)``,
+float32, channels ``(rho, u, v, p, E)``: density, velocity, pressure and total energy
+density -- the layout of the PDEGym compressible-Euler datasets. Inside symgrad a state is
+``(..., nx, ny, 4)`` conservative ``(rho, m_x, m_y, E)``. This module holds the names and the
+two (numpy, float64-internal) conversions between the layouts; it imports no JAX.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+DATA_VARIABLE = "data"
+DIMS = ("sample", "time", "channel", "x", "y")
+CHANNELS = ("rho", "u", "v", "p", "E")
+STATE_CHANNELS = ("rho", "m_x", "m_y", "E")
+DEFAULT_GAMMA = 1.4
+FORMAT_NAME = "symgrad-euler-trajectories"
+FORMAT_VERSION = 1
+
+# Long names and units written as CF attributes on the variables.
+CHANNEL_LONG_NAMES = {
+    "rho": "mass density",
+    "u": "x-velocity",
+    "v": "y-velocity",
+    "p": "pressure",
+    "E": "total energy density",
+}
+
+
+def cell_centres(n: int) -> np.ndarray:
+    """Cell-centre coordinates ``(i + 1/2) / n`` of the periodic unit interval."""
+    return (np.arange(n, dtype=np.float64) + 0.5) / n
+
+
+def conservative_to_file_channels(q: np.ndarray, gamma: float) -> np.ndarray:
+    """``(..., nx, ny, 4)`` conservative -> ``(..., 5, nx, ny)`` float32 ``(rho, u, v, p, E)``.
+
+    Computed in float64, rounded once to float32. ``E`` is stored as given (not recomputed
+    from the rounded primitives), so density and energy round-trip exactly.
+    """
+    q = np.asarray(q, dtype=np.float64)
+    if q.shape[-1] != 4:
+        raise ValueError(f"states must have 4 channels (rho, m_x, m_y, E) last, got shape {q.shape}")
+    rho, mx, my, e = (q[..., k] for k in range(4))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = mx / rho
+        v = my / rho
+        # (mx*u + my*v): the same kinetic-energy form as symgrad.euler.conversions.
+        p = (gamma - 1.0) * (e - 0.5 * (mx * u + my * v))
+    return np.stack([rho, u, v, p, e], axis=-3).astype(np.float32)
+
+
+def file_channels_to_conservative(c: np.ndarray) -> np.ndarray:
+    """``(..., 5, nx, ny)`` ``(rho, u, v, p, E)`` -> ``(..., nx, ny, 4)`` float32 conservative.
+
+    ``m = rho (u, v)`` in float64 then rounded; ``E`` is the file's energy channel, unchanged
+    (its consistency with ``p`` is checked by ``symgrad info --check``, not on every read).
+    """
+    c = np.asarray(c)
+    rho = c[..., 0, :, :].astype(np.float64)
+    mx = rho * c[..., 1, :, :]
+    my = rho * c[..., 2, :, :]
+    return np.stack([rho, mx, my, c[..., 4, :, :].astype(np.float64)], axis=-1).astype(np.float32)
+
+
+def primitive_to_conservative(rho, u, v, p, gamma: float) -> np.ndarray:
+    """numpy twin of :func:`symgrad.euler.conversions.primitive_to_conservative` (float64)."""
+    rho, u, v, p = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (rho, u, v, p)))
+    mx, my = rho * u, rho * v
+    return np.stack([rho, mx, my, p / (gamma - 1.0) + 0.5 * (mx * u + my * v)], axis=-1)
+
+
+def energy_mismatch(c: np.ndarray, gamma: float) -> np.ndarray:
+    """``|E - (p/(gamma-1) + rho|u|^2/2)| / max(1, |E|)`` per cell for file channels ``(..., 5, nx, ny)``."""
+    c = np.asarray(c, dtype=np.float64)
+    rho, u, v, p, e = (c[..., k, :, :] for k in range(5))
+    e_from_p = p / (gamma - 1.0) + 0.5 * rho * (u * u + v * v)
+    return np.abs(e - e_from_p) / np.maximum(1.0, np.abs(e))
+
+
+def natural_key(path: str | os.PathLike) -> list:
+    """Sort key that orders ``data_2.nc`` before ``data_10.nc`` (numbers compared as numbers)."""
+    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", str(path))]
+
+
+def expand_paths(paths) -> list[Path]:
+    """Files named by ``paths``: a file, a directory (its ``*.nc``), a glob, or a list of these.
+
+    Directories and globs are expanded in numeric ("natural") order, so PDEGym's shards
+    ``data_0.nc ... data_13.nc`` come in sample order. An explicit list keeps its order.
+    Nothing is checked here except that a directory or glob matches something.
+    """
+    from symgrad.errors import SymgradError
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[Path] = []
+    for entry in paths:
+        text = os.fspath(entry)
+        path = Path(text).expanduser()
+        if path.is_dir():
+            found = sorted((p for p in path.iterdir() if p.suffix == ".nc" and p.is_file()), key=natural_key)
+            if not found:
+                raise SymgradError(f"directory {path} holds no *.nc data files; pass the files or the right directory")
+            out.extend(found)
+        elif not path.exists() and any(ch in text for ch in "*?["):
+            found = sorted((Path(p) for p in _glob.glob(os.path.expanduser(text))), key=natural_key)
+            if not found:
+                raise SymgradError(f"no data files match {text!r}; check the pattern")
+            out.extend(found)
+        else:
+            out.append(path)
+    if not out:
+        raise SymgradError("no data files given")
+    return out
