@@ -1,0 +1,27 @@
+"""Surrogate architectures: residual UNet, ViT and a D4-equivariant group CNN.
+
+``build(name, preset, resolution, **overrides)`` returns a :class:`Model` with a pure
+``apply(params, x)``; see ``docs/models.md`` for the exact presets.
+"""
+
+from symgrad.models.registry import (
+    MODELS,
+    PRESETS,
+    Model,
+    build,
+    build_from_config,
+    parameter_count,
+    preset_config,
+    surrogate_apply,
+)
+
+__all__ = [
+    "MODELS",
+    "PRESETS",
+    "Model",
+    "build",
+    "build_from_config",
+    "parameter_count",
+    "preset_config",
+    "surrogate_apply",
+]
