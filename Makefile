@@ -9,7 +9,7 @@ DATA   ?= $(OUT)/data/ce-rp.nc
 EPOCHS ?= 2
 PRESET ?= tiny
 
-.PHONY: install test test-slow demo data train-unet train-vit train-gcnn equivariance overlap figures sweep bench clean
+.PHONY: install test test-slow demo data train-unet train-vit train-gcnn equivariance overlap figures sweep clean
 
 install: $(STAMP)
 
@@ -43,3 +43,10 @@ overlap: $(STAMP)
 
 clean:
 	rm -rf $(OUT) demo_out .pytest_cache
+
+figures: $(STAMP)
+	$(BIN)/symgrad figures $(OUT)/results/*.nc --out $(OUT)/figures
+
+sweep: $(STAMP)
+	@test -f out/data/ce-rp.nc || $(MAKE) data
+	$(BIN)/symgrad sweep experiments/sweeps/demo.toml

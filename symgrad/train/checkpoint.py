@@ -1,0 +1,142 @@
+"""Orbax checkpoints of a run, plus the JSON files kept beside them.
+
+Layout of a run directory::
+
+    RUN_DIR/config.json        TrainConfig (what was asked for)
+    RUN_DIR/run.json           sigma, split, model config, data paths, resolution (what it means)
+    RUN_DIR/checkpoints/<step>/{state,extra}   orbax, written atomically (tmp dir + rename)
+    RUN_DIR/metrics.{nc,csv}, RUN_DIR/status.json
+
+Checkpoints are written synchronously: a step directory that exists is complete, which
+is what a pre-empted or killed run relies on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from symgrad.errors import SymgradError
+from symgrad.io import atomic_path, commit_file
+
+CONFIG_FILE = "config.json"
+RUN_FILE = "run.json"
+STATUS_FILE = "status.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=True, default=_json_default)
+            fh.write("\n")
+        commit_file(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _json_default(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def read_json(path: str | os.PathLike, what: str) -> dict:
+    path = Path(path)
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise SymgradError(
+            f"{path} is missing, so {path.parent} is not a complete symgrad run directory; "
+            f"point to the directory given to 'symgrad train --out' ({what})"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise SymgradError(f"{path} is corrupt ({exc}); restore it or retrain into a new --out") from None
+
+
+def checkpoint_dir(run_dir) -> Path:
+    return Path(run_dir).absolute() / CHECKPOINT_DIR
+
+
+class Checkpointer:
+    """Periodic/final orbax checkpoints of a :class:`TrainState` keeping the newest ``keep``."""
+
+    def __init__(self, run_dir, keep: int = 3, read_only: bool = False):
+        self.directory = checkpoint_dir(run_dir)
+        if read_only and not self.directory.is_dir():
+            self.manager = None
+            return
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=not read_only, read_only=read_only,
+            enable_async_checkpointing=False, cleanup_tmp_directories=not read_only,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "extra"))
+
+    def steps(self) -> list[int]:
+        if self.manager is None:
+            return []
+        self.manager.reload()
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def save(self, state, extra: dict) -> bool:
+        """Save ``state`` at its step (no-op if that step is already saved)."""
+        step = int(np.asarray(jax.device_get(
+            state.step.addressable_data(0) if hasattr(state.step, "addressable_data") else state.step)))
+        if step in self.steps():
+            return False
+        saved = self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            extra=ocp.args.JsonSave(extra),
+        ))
+        self.manager.wait_until_finished()
+        return saved
+
+    def restore(self, abstract_state, step: int | None = None):
+        """Restore ``(state, extra)``; a missing or unreadable checkpoint is a SymgradError."""
+        steps = self.steps()
+        if not steps:
+            raise SymgradError(
+                f"no checkpoint in {self.directory}; the run never saved one (or it was "
+                "deleted). Retrain with 'symgrad train --out' into this directory using "
+                "--overwrite, or into a new directory"
+            )
+        step = steps[-1] if step is None else int(step)
+        if step not in steps:
+            raise SymgradError(f"no checkpoint for step {step} in {self.directory}; available: {steps}")
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                extra=ocp.args.JsonRestore(),
+            ))
+        except Exception as exc:  # orbax/tensorstore raise many types for damaged files
+            older = [s for s in steps if s < step]
+            hint = (f"delete {self.directory / str(step)} to fall back to step {older[-1]}"
+                    if older else "no older checkpoint exists")
+            raise SymgradError(
+                f"checkpoint {self.directory / str(step)} is unreadable or does not match "
+                f"this run's model/optimiser ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                f"{hint}, or retrain from scratch with --overwrite"
+            ) from exc
+        return restored["state"], dict(restored["extra"])
+
+    def close(self):
+        if self.manager is not None:
+            self.manager.close()

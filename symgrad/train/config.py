@@ -1,0 +1,152 @@
+"""The one typed training configuration: defaults < TOML file < command-line flags.
+
+``TrainConfig`` is frozen; derive variants with ``dataclasses.replace`` or
+``TrainConfig.with_overrides``. It is saved as ``config.json`` in the run directory and
+compared on resume (:meth:`TrainConfig.material_differences`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from symgrad.errors import SymgradError
+
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (paper study defaults)."""
+
+    # model
+    model: str = "unet"
+    preset: str = "tiny"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    # data
+    data: tuple[str, ...] = ()
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    # optimisation (the study: AdamW, lr 5e-4, wd 1e-6, batch 64, 90 epochs)
+    epochs: int = 90
+    batch_size: int = 64
+    learning_rate: float = 5e-4
+    weight_decay: float = 1e-6
+    schedule: str = "constant"  # "constant" | "cosine" (cosine decay to 0 over all steps)
+    warmup_steps: int = 0  # linear warm-up from 0, for either schedule
+    grad_clip_norm: float = 0.0  # 0 = no clipping
+    max_steps: int = 0  # 0 = no limit; stop (with a checkpoint) after this global step
+    # checkpoints
+    checkpoint_every: int = 500  # steps; a checkpoint is also written at every epoch end
+    keep: int = 3
+    # evaluation
+    eval_batch_size: int = 64
+    max_val_transitions: int = 0  # 0 = all validation transitions
+    rollout_trajectories: int = 8  # validation trajectories rolled out per epoch (0 = none)
+    # interface
+    progress: bool = True
+    # debugging: poison the input batch of this global step with NaN (-1 = off)
+    debug_nan_step: int = -1
+    # debugging: sleep this many seconds after each step (to interrupt tests mid-run)
+    debug_step_delay: float = 0.0
+
+    def __post_init__(self):
+        # Normalise containers so that TOML/JSON/CLI inputs compare equal.
+        object.__setattr__(self, "data", tuple(str(p) for p in self.data))
+        object.__setattr__(self, "split_fractions", tuple(float(f) for f in self.split_fractions))
+        object.__setattr__(self, "model_overrides", dict(self.model_overrides))
+        self.validate()
+
+    def validate(self) -> None:
+        problems = []
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        for name in ("epochs", "batch_size", "keep", "checkpoint_every", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0 or self.grad_clip_norm < 0 or self.warmup_steps < 0:
+            problems.append("weight_decay, grad_clip_norm and warmup_steps must be >= 0")
+        if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:
+            problems.append(f"split_fractions must be 3 numbers summing to 1, got {self.split_fractions}")
+        if problems:
+            raise SymgradError("invalid training config: " + "; ".join(problems))
+
+    # -- (de)serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["data"] = list(self.data)
+        d["split_fractions"] = list(self.split_fractions)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise SymgradError(
+                f"unknown training config keys {unknown}; known keys: {sorted(known)}"
+            )
+        return cls(**d)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> TrainConfig:
+        """Load a config file. Keys may sit at top level or under a ``[train]`` table."""
+        path = Path(path)
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise SymgradError(f"config file {path} does not exist; see experiments/*.toml") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SymgradError(f"config file {path} is not valid TOML: {exc}") from None
+        raw = dict(raw.get("train", raw))
+        # Relative data paths in a config file are relative to the working directory,
+        # like those given on the command line.
+        return cls.from_dict(raw)
+
+    def with_overrides(self, **overrides) -> TrainConfig:
+        """A copy with the given fields replaced; ``None`` values are ignored."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls_replace(self, given)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        return cls.from_dict(json.loads(text))
+
+    # -- resume checks -----------------------------------------------------------------
+    def material_differences(self, stored: TrainConfig) -> dict[str, tuple[Any, Any]]:
+        """Fields whose change would make a resumed run not the continuation of ``stored``.
+
+        Checkpoint cadence, progress display, evaluation sizes and ``max_steps`` can change
+        freely; ``epochs`` only matters when the learning-rate schedule depends on it.
+        """
+        free = {"checkpoint_every", "keep", "progress", "max_steps", "eval_batch_size",
+                "max_val_transitions", "rollout_trajectories", "debug_nan_step",
+                "debug_step_delay"}
+        if self.schedule == "constant" and stored.schedule == "constant":
+            free.add("epochs")
+        out = {}
+        for f in fields(self):
+            if f.name in free:
+                continue
+            new, old = getattr(self, f.name), getattr(stored, f.name)
+            if new != old:
+                out[f.name] = (old, new)
+        return out
+
+
+def cls_replace(config: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise SymgradError(f"unknown training config keys {unknown}")
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,483 @@
+"""The training loop: data, sigma, state init/resume, epochs, evaluation, metrics, stops.
+
+Only this module (with ``checkpoint``) touches files and holds mutable state; the math is
+in :mod:`symgrad.train.step`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from symgrad.errors import SymgradError
+from symgrad.loss import channel_scales
+from symgrad.train import distributed
+from symgrad.train.checkpoint import (
+    CONFIG_FILE, RUN_FILE, STATUS_FILE, Checkpointer, checkpoint_dir, read_json, write_json_atomic,
+)
+from symgrad.train.config import TrainConfig
+from symgrad.train.state import TrainState, batch_indices
+from symgrad.train.step import (
+    batch_sharding, make_eval_fns, make_mesh, make_optimizer, make_train_step, replicated_sharding,
+)
+
+RUN_FORMAT_VERSION = 1
+METRICS_JSON = "metrics.json"
+_SIGMA_DIRECT_LIMIT = 1 << 26  # target values loaded at once for sigma; above: chunked
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """How a call of :func:`train` ended: ``status`` is ``finished``, ``max_steps`` or
+    ``preempted`` (SIGTERM); non-finite values raise instead."""
+
+    status: str
+    step: int
+    epoch: int
+    run_dir: Path
+    final_train_smse: float | None
+    state: TrainState | None = None
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+
+
+def _imports():
+    try:
+        from symgrad.data import TransitionSource, open_dataset, split_trajectories
+        from symgrad.models import build, surrogate_apply
+    except ImportError as exc:  # pragma: no cover - only while the parts are missing
+        raise SymgradError(f"training needs symgrad.data and symgrad.models ({exc})") from exc
+    return open_dataset, split_trajectories, TransitionSource, build, surrogate_apply
+
+
+def training_sigma(source) -> np.ndarray:
+    """SMSE scales from all training targets (``symgrad.loss.channel_scales``).
+
+    Small sets are passed whole; large ones are reduced chunk by chunk in float64 to the
+    per-channel RMS, which ``channel_scales`` then turns into the shared-momentum scales.
+    """
+    n = len(source)
+    _, y0 = source.get(np.arange(min(n, 1)))
+    per_item = int(np.prod(y0.shape[1:]))
+    if n * per_item <= _SIGMA_DIRECT_LIMIT:
+        return channel_scales(source.get(np.arange(n))[1])
+    chunk = max(1, _SIGMA_DIRECT_LIMIT // (4 * per_item))
+    sum_sq = np.zeros(4)
+    count = 0
+    for start in range(0, n, chunk):
+        _, y = source.get(np.arange(start, min(n, start + chunk)))
+        y = np.asarray(y, dtype=np.float64).reshape(-1, 4)
+        sum_sq += np.sum(y**2, axis=0)
+        count += y.shape[0]
+    return channel_scales(np.sqrt(sum_sq / count)[None, :])
+
+
+def _resolve_paths(config: TrainConfig) -> TrainConfig:
+    if not config.data:
+        raise SymgradError("no training data: give --data FILE.nc [FILE.nc ...] (or 'data' in the config)")
+    paths = []
+    for p in config.data:
+        path = Path(p).expanduser()
+        if not path.exists():
+            raise SymgradError(f"data file {p} does not exist; create it with 'symgrad generate'")
+        paths.append(str(path.resolve()))
+    return dataclasses.replace(config, data=tuple(paths))
+
+
+def _square_resolution(resolution) -> int:
+    r = np.atleast_1d(np.asarray(resolution)).astype(int)
+    if np.any(r != r[0]):
+        raise SymgradError(f"training needs a square grid, the data have {tuple(r)}")
+    return int(r[0])
+
+
+def _fetch_int(x) -> int:
+    return int(distributed.fetch(x))
+
+
+class _Preemption:
+    """SIGTERM sets a flag; the loop checkpoints and exits cleanly at the next step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+
+def _padded(indices: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    pad = size - len(indices)
+    idx = np.concatenate([indices, np.repeat(indices[-1:], pad)]) if pad else indices
+    mask = np.arange(size) < len(indices)
+    return idx, mask
+
+
+# --------------------------------------------------------------------------------------
+# run directory preparation
+
+
+def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool | None, force: bool,
+                     overwrite: bool) -> tuple[bool, dict | None]:
+    """Decide between fresh start and resume; return ``(resuming, stored_run_info)``."""
+    ckpt = Checkpointer(run_dir, keep=config.keep, read_only=True)
+    has_ckpt = bool(ckpt.steps())
+    ckpt.close()
+    started = (run_dir / CONFIG_FILE).exists() or (run_dir / RUN_FILE).exists()
+    if overwrite:
+        if resume:
+            raise SymgradError("--resume and --overwrite contradict each other; choose one")
+        if distributed.is_primary():
+            for name in (CONFIG_FILE, RUN_FILE, STATUS_FILE, METRICS_JSON, "metrics.nc", "metrics.csv"):
+                (run_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(checkpoint_dir(run_dir), ignore_errors=True)
+        return False, None
+    if resume is False:
+        if has_ckpt or started:
+            raise SymgradError(
+                f"{run_dir} already holds a run; resume it (default), or pass --overwrite to "
+                "discard it, or choose a new --out")
+        return False, None
+    if not has_ckpt:
+        if resume:
+            raise SymgradError(f"--resume given but {checkpoint_dir(run_dir)} has no checkpoint; "
+                               "drop --resume to start a new run")
+        if started:
+            raise SymgradError(
+                f"{run_dir} holds a run (config.json) but no checkpoint (it stopped before the "
+                "first save, or checkpoints were deleted); pass --overwrite to start it again "
+                "from scratch, or choose a new --out")
+        return False, None
+    stored = TrainConfig.from_dict(read_json(run_dir / CONFIG_FILE, "stored training config"))
+    diffs = config.material_differences(stored)
+    if diffs and not force:
+        listing = ", ".join(f"{k}: stored {old!r} != given {new!r}" for k, (old, new) in diffs.items())
+        raise SymgradError(
+            f"{run_dir} holds a run with a different config ({listing}); use the same settings "
+            "to resume, --force to resume with the new ones, --overwrite to restart, or a new --out")
+    return True, read_json(run_dir / RUN_FILE, "run description")
+
+
+# --------------------------------------------------------------------------------------
+# metrics
+
+
+def _write_metrics(run_dir: Path, history: list[dict], attrs: dict, lead_times) -> None:
+    import xarray as xr
+
+    from symgrad.io import write_netcdf_atomic
+
+    write_json_atomic(run_dir / METRICS_JSON, history)
+    if not history:
+        return
+    epochs = np.array([h["epoch"] for h in history])
+    scalar = ("step", "train_smse", "val_smse", "epoch_seconds", "samples_per_second")
+    n_lead = len(lead_times)
+    rollout = np.full((len(history), n_lead), np.nan)
+    for i, h in enumerate(history):
+        r = h.get("val_rollout_smse") or []
+        rollout[i, :len(r)] = r
+    ds = xr.Dataset(
+        {name: ("epoch", np.array([h[name] for h in history], dtype=float)) for name in scalar},
+        coords={"epoch": epochs, "lead_time": np.asarray(lead_times, dtype=int)},
+    )
+    ds["val_rollout_smse"] = (("epoch", "lead_time"), rollout)
+    ds["train_smse"].attrs = {"long_name": "mean training SMSE over the epoch's steps", "units": "1"}
+    ds["val_smse"].attrs = {"long_name": "one-step validation SMSE (end of epoch)", "units": "1"}
+    ds["val_rollout_smse"].attrs = {
+        "long_name": "autoregressive validation rollout SMSE against the true trajectory",
+        "units": "1"}
+    ds["lead_time"].attrs = {"long_name": "number of model steps from the initial state"}
+    ds.attrs.update(attrs)
+    write_netcdf_atomic(ds, run_dir / "metrics.nc")
+    lines = ["epoch,step,train_smse,val_smse,val_rollout_smse_last,epoch_seconds,samples_per_second"]
+    for i, h in enumerate(history):
+        last = rollout[i, -1] if n_lead else float("nan")
+        lines.append(",".join(str(v) for v in (
+            h["epoch"], h["step"], h["train_smse"], h["val_smse"], last,
+            h["epoch_seconds"], h["samples_per_second"])))
+    tmp = run_dir / ".metrics.csv.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(run_dir / "metrics.csv")
+
+
+# --------------------------------------------------------------------------------------
+# the loop
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool | None = None,
+    force: bool = False,
+    overwrite: bool = False,
+    log=print,
+) -> TrainResult:
+    """Train (or continue) the run in ``run_dir``.
+
+    ``resume=None``: continue if ``run_dir`` holds a checkpoint, else start; ``True``:
+    require a checkpoint; ``False``: require a fresh directory. A stored config that
+    differs materially is refused unless ``force``. ``overwrite`` discards an existing run.
+    Raises :class:`SymgradError` on non-finite loss/gradients after checkpointing the last
+    good state.
+    """
+    open_dataset, split_trajectories, TransitionSource, build, surrogate_apply = _imports()
+    run_dir = Path(run_dir).absolute()
+    config = _resolve_paths(config)
+    primary = distributed.is_primary()
+    resuming, stored_run = _prepare_run_dir(run_dir, config, resume, force, overwrite)
+
+    dataset = open_dataset(list(config.data))
+    if resuming:
+        if stored_run["n_samples"] != dataset.n_samples:
+            raise SymgradError(
+                f"the data now hold {dataset.n_samples} trajectories but the run was trained on "
+                f"{stored_run['n_samples']}; give the same --data files to resume")
+        split = {k: np.asarray(v, dtype=np.int64) for k, v in stored_run["split"].items()}
+        sigma = np.asarray(stored_run["sigma"], dtype=np.float64)
+    else:
+        split = {k: np.asarray(v, dtype=np.int64) for k, v in
+                 split_trajectories(dataset.n_samples, config.seed, config.split_fractions).items()}
+    train_src = TransitionSource(dataset, split["train"])
+    val_src = TransitionSource(dataset, split["val"]) if len(split["val"]) else None
+    if not resuming:
+        sigma = training_sigma(train_src)
+
+    n_devices = jax.device_count()
+    batch = config.batch_size
+    if batch % n_devices:
+        raise SymgradError(f"--batch-size {batch} must be a multiple of the {n_devices} devices")
+    steps_per_epoch = len(train_src) // batch
+    if steps_per_epoch == 0:
+        raise SymgradError(f"only {len(train_src)} training transitions, fewer than one batch "
+                           f"of {batch}; use a smaller --batch-size or more data")
+    model = build(config.model, config.preset, _square_resolution(dataset.resolution),
+                  **config.model_overrides)
+    optimizer = make_optimizer(config, steps_per_epoch)
+    apply_fn = surrogate_apply(model.apply, sigma)
+    mesh = make_mesh()
+    repl, data_sharding = replicated_sharding(mesh), batch_sharding(mesh)
+    step_fn = make_train_step(apply_fn, optimizer, sigma, mesh)
+    eval_one, eval_rollout = make_eval_fns(apply_fn, sigma, mesh)
+
+    key = jax.random.key(config.seed)
+    init_key, state_key = jax.random.split(key)
+
+    def init_state():
+        # Every process initialises on its first local device (same key, same values) and
+        # the host copy is replicated over the global mesh: the initialisation program is
+        # the same for any device count (so it is compiled once and cached).
+        device = jax.local_devices()[0]
+        with jax.default_device(device):
+            params = jax.jit(model.init)(init_key)
+            opt_state = jax.jit(optimizer.init)(params)
+        host = jax.device_get((params, opt_state, np.zeros((), np.int32),
+                               np.asarray(jax.random.key_data(state_key))))
+        params, opt_state, step, rng = jax.tree.map(
+            lambda a: jax.make_array_from_callback(np.shape(a), repl, lambda idx: np.asarray(a)[idx]),
+            host)
+        return TrainState(params, opt_state, step, rng, np.asarray(0, np.int32), np.asarray(0, np.int32))
+
+    run_info = {
+        "format_version": RUN_FORMAT_VERSION,
+        "sigma": [float(s) for s in sigma],
+        "split": {k: v.tolist() for k, v in split.items()},
+        "n_samples": int(dataset.n_samples),
+        "n_times": int(dataset.n_times),
+        "resolution": _square_resolution(dataset.resolution),
+        "data_paths": list(config.data),
+        "model": {"name": config.model, "preset": config.preset, "config": model.config},
+        "n_train_transitions": len(train_src),
+        "steps_per_epoch": steps_per_epoch,
+        "weight_decay": config.weight_decay,
+        "n_devices": n_devices,
+        "n_processes": jax.process_count(),
+    }
+    checkpointer = Checkpointer(run_dir, keep=config.keep)
+    history: list[dict] = []
+    extra = {"epoch_loss_sum": 0.0, "epoch_loss_count": 0}
+    if resuming:
+        params_shape = jax.eval_shape(model.init, init_key)
+        sds = lambda t: jax.tree.map(  # noqa: E731
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), t)
+        abstract = TrainState(
+            sds(params_shape), sds(jax.eval_shape(optimizer.init, params_shape)),
+            jax.ShapeDtypeStruct((), np.int32, sharding=repl),
+            jax.ShapeDtypeStruct((2,), np.uint32, sharding=repl),
+            np.asarray(0, np.int32), np.asarray(0, np.int32))
+        state, extra = checkpointer.restore(abstract)
+        state = state._replace(epoch=np.asarray(state.epoch, np.int32), position=np.asarray(state.position, np.int32))
+        if (run_dir / METRICS_JSON).exists():
+            history = [h for h in read_json(run_dir / METRICS_JSON, "metrics")
+                       if h["epoch"] < int(state.epoch)]
+        log(f"resuming {run_dir} at step {_fetch_int(state.step)} "
+            f"(epoch {int(state.epoch) + 1}, batch {int(state.position)})")
+    else:
+        state = init_state()
+    if primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / CONFIG_FILE, config.to_dict())
+        write_json_atomic(run_dir / RUN_FILE, run_info)
+
+    from symgrad.io import provenance
+
+    metric_attrs = provenance(config.to_dict(), run_dir=str(run_dir)) if primary else {}
+    lead_times = np.arange(1, dataset.n_times)
+    rollout_ids = split["val"][:config.rollout_trajectories]
+    eval_batch = -(-config.eval_batch_size // n_devices) * n_devices
+    local = distributed.local_slice(batch)
+    n_train = len(train_src)
+
+    def load_batch(epoch: int, position: int):
+        idx = batch_indices(config.seed, epoch, position, n_train, batch)
+        x, y = train_src.get(idx[local])
+        return idx, np.asarray(x, np.float32), np.asarray(y, np.float32)
+
+    def save(status: str, **info):
+        checkpointer.save(state, extra)
+        if primary:
+            write_json_atomic(run_dir / STATUS_FILE, {
+                "status": status, "step": _fetch_int(state.step), "epoch": int(state.epoch),
+                "position": int(state.position), **info})
+
+    def evaluate() -> tuple[float, list[float]]:
+        val = float("nan")
+        if val_src is not None and len(val_src):
+            n_val = len(val_src)
+            if config.max_val_transitions:
+                n_val = min(n_val, config.max_val_transitions)
+            total = count = 0.0
+            for start in range(0, n_val, eval_batch):
+                idx, mask = _padded(np.arange(start, min(n_val, start + eval_batch)), eval_batch)
+                sl = distributed.local_slice(eval_batch)
+                x, y = val_src.get(idx[sl])
+                xg, yg, mg = distributed.global_batch(data_sharding, (x, y, mask[sl]), eval_batch)
+                s, c = eval_one(state.params, xg, yg, mg)
+                total += float(distributed.fetch(s))
+                count += float(distributed.fetch(c))
+            val = total / count
+        rollout: list[float] = []
+        if len(rollout_ids) and len(lead_times):
+            sums = np.zeros(len(lead_times))
+            count = 0.0
+            for start in range(0, len(rollout_ids), eval_batch):
+                ids, mask = _padded(rollout_ids[start:start + eval_batch], eval_batch)
+                sl = distributed.local_slice(eval_batch)
+                traj = dataset.states(ids[sl])
+                tg, mg = distributed.global_batch(data_sharding, (traj, mask[sl]), eval_batch)
+                s, c = eval_rollout(state.params, tg, mg)
+                sums += distributed.fetch(s)
+                count += float(distributed.fetch(c))
+            rollout = (sums / count).tolist()
+        return val, rollout
+
+    from tqdm.auto import tqdm
+
+    status = "finished"
+    last_loss = None
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        with _Preemption() as preemption:
+            epoch = int(state.epoch)
+            while epoch < config.epochs:
+                position = int(state.position)
+                t_epoch = time.perf_counter()
+                samples = 0
+                bar = tqdm(total=steps_per_epoch, initial=position, desc=f"epoch {epoch + 1}/{config.epochs}",
+                           disable=not (config.progress and primary), leave=False, dynamic_ncols=True)
+                pending = pool.submit(load_batch, epoch, position) if position < steps_per_epoch else None
+                while position < steps_per_epoch:
+                    step = _fetch_int(state.step)
+                    if config.max_steps and step >= config.max_steps:
+                        status = "max_steps"
+                        break
+                    if preemption.requested:
+                        status = "preempted"
+                        break
+                    idx, x, y = pending.result()
+                    if position + 1 < steps_per_epoch:
+                        pending = pool.submit(load_batch, epoch, position + 1)
+                    if step == config.debug_nan_step:
+                        x = np.full_like(x, np.nan)
+                    xg, yg = distributed.global_batch(data_sharding, (x, y), batch)
+                    new_state, metrics = step_fn(state, xg, yg)
+                    if not bool(distributed.fetch(metrics["finite"])):
+                        # train_step returned the input state unchanged: the last good one.
+                        state = new_state._replace(epoch=np.asarray(epoch, np.int32), position=np.asarray(position, np.int32))
+                        report = {"failed_step": step + 1, "failed_epoch": epoch + 1,
+                                  "failed_batch": position, "transition_indices": idx.tolist(),
+                                  "loss": float(distributed.fetch(metrics["loss"])),
+                                  "grad_norm": float(distributed.fetch(metrics["grad_norm"]))}
+                        save("non-finite", **report)
+                        bar.close()
+                        raise SymgradError(
+                            f"non-finite loss or gradient at step {step + 1} (epoch {epoch + 1}, "
+                            f"batch {position} of the epoch, transitions {idx[:8].tolist()}"
+                            f"{'...' if len(idx) > 8 else ''}; loss={report['loss']}, "
+                            f"grad_norm={report['grad_norm']}); the last good state (step {step}) "
+                            f"is checkpointed in {checkpointer.directory}. Check the data, lower "
+                            "--lr or set grad_clip_norm, then rerun to resume (status.json has details)")
+                    position += 1
+                    loss = float(distributed.fetch(metrics["loss"]))
+                    last_loss = loss
+                    extra = {"epoch_loss_sum": extra["epoch_loss_sum"] + loss,
+                             "epoch_loss_count": extra["epoch_loss_count"] + 1}
+                    state = new_state._replace(epoch=np.asarray(epoch, np.int32), position=np.asarray(position, np.int32))
+                    samples += batch
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4g}",
+                                    samples_s=f"{samples / (time.perf_counter() - t_epoch):.1f}")
+                    if (step + 1) % config.checkpoint_every == 0 and position < steps_per_epoch:
+                        save("running")
+                    if config.debug_step_delay:
+                        time.sleep(config.debug_step_delay)
+                bar.close()
+                if status != "finished":
+                    break
+                seconds = time.perf_counter() - t_epoch
+                val, rollout = evaluate()
+                train_smse = extra["epoch_loss_sum"] / max(1, extra["epoch_loss_count"])
+                history.append({
+                    "epoch": epoch, "step": _fetch_int(state.step), "train_smse": train_smse,
+                    "val_smse": val, "val_rollout_smse": rollout, "epoch_seconds": seconds,
+                    "samples_per_second": samples / seconds if seconds > 0 else float("nan"),
+                })
+                epoch += 1
+                state = state._replace(epoch=np.asarray(epoch, np.int32), position=np.asarray(0, np.int32))
+                extra = {"epoch_loss_sum": 0.0, "epoch_loss_count": 0}
+                if primary:
+                    _write_metrics(run_dir, history, metric_attrs, lead_times)
+                    log(f"epoch {epoch}/{config.epochs}: train SMSE {train_smse:.4g}, "
+                        f"val SMSE {val:.4g}, step {history[-1]['step']}")
+                save("running" if epoch < config.epochs else "finished")
+            if status != "finished":
+                save(status)
+                log(f"stopped ({status}) at step {_fetch_int(state.step)}; checkpoint saved in "
+                    f"{checkpointer.directory}; rerun the same command to continue")
+            else:
+                save("finished")
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        checkpointer.close()
+    return TrainResult(status, _fetch_int(state.step), int(state.epoch), run_dir, last_loss, state)
