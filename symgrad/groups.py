@@ -6,16 +6,27 @@ rotates**. Forgetting the rotation of the vector is the classic bug, caught by t
 that every element commutes with the Euler solver step.
 
 D4 elements are ``r^k s^m`` (apply ``s^m`` first, then ``r^k``), with ``(ab).q = a.(b.q)``.
+
+Two ways to apply an element:
+
+- ``act_d4(name, q)``, ``translate(q, kx, ky)``, ``scale(q, a)`` and ``Group.act(element, q)``
+  take the element as a static Python value (a name, a shift, a factor);
+- ``Group.act_index(i, q)`` takes the *position* ``i`` of the element in ``Group.elements``
+  and accepts a traced integer, so that one compiled program serves every element and
+  ``jax.vmap`` can batch over elements (D4 through a gather table, shifts through a
+  dynamic roll, factors through a lookup).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from symgrad.errors import SymgradError
 
@@ -28,7 +39,7 @@ def d4_parts(name: str) -> tuple[int, int]:
     """``(k, m)`` with element ``= r^k s^m``."""
     try:
         return _NAME_TO_KS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise SymgradError(
             f"unknown D4 element {name!r}; the elements are {', '.join(D4_ELEMENTS)}"
         ) from None
@@ -46,6 +57,26 @@ def d4_inverse(a: str) -> str:
     k, m = d4_parts(a)
     # Reflections are involutions; rotations invert to r^-k.
     return a if m == 1 else _KS_TO_NAME[((-k) % 4, 0)]
+
+
+#: ``D4_COMPOSITION[a, b]`` is the index (in ``D4_ELEMENTS``) of ``ab``.
+D4_COMPOSITION: np.ndarray = np.array(
+    [[D4_ELEMENTS.index(d4_compose(a, b)) for b in D4_ELEMENTS] for a in D4_ELEMENTS], dtype=np.int32
+)
+#: ``D4_INVERSE[a]`` is the index of ``a^-1``.
+D4_INVERSE: np.ndarray = np.array([D4_ELEMENTS.index(d4_inverse(a)) for a in D4_ELEMENTS], dtype=np.int32)
+
+
+def _rotation_matrix(k: int) -> np.ndarray:
+    c, s = [(1, 0), (0, 1), (-1, 0), (0, -1)][k % 4]
+    return np.array([[c, -s], [s, c]], dtype=np.int32)
+
+
+#: ``D4_MOMENTUM[g]`` is the 2x2 integer matrix that element ``g`` applies to ``(m_x, m_y)``.
+D4_MOMENTUM: np.ndarray = np.stack(
+    [_rotation_matrix(k) @ (np.diag([-1, 1]) if m else np.eye(2, dtype=np.int32))
+     for k, m in (_NAME_TO_KS[n] for n in D4_ELEMENTS)]
+).astype(np.int32)
 
 
 def rotate90(q: Float[Array, "*b nx ny 4"], k: int = 1) -> Float[Array, "*b nx ny 4"]:
@@ -80,8 +111,44 @@ def act_d4(name: str, q: Float[Array, "*b nx ny 4"]) -> Float[Array, "*b nx ny 4
     return rotate90(q, k)
 
 
+@functools.lru_cache(maxsize=16)
+def d4_source_indices(n: int) -> np.ndarray:
+    """``(8, n*n)`` table: cell ``c`` of ``g.q`` (flattened ``i*n + j``) comes from cell
+    ``table[g, c]`` of ``q``. The same index moves that ``act_d4`` performs, as a gather."""
+    cells = np.arange(n * n, dtype=np.int32).reshape(n, n)
+    table = []
+    for name in D4_ELEMENTS:
+        k, m = _NAME_TO_KS[name]
+        moved = np.flip(cells, axis=0) if m else cells
+        table.append(np.rot90(moved, k, axes=(0, 1)).reshape(-1))
+    table = np.stack(table)
+    table.setflags(write=False)
+    return table
+
+
+def act_d4_index(index: Int[Array, ""] | int, q: Float[Array, "*b n n 4"]) -> Float[Array, "*b n n 4"]:
+    """Apply ``D4_ELEMENTS[index]``; ``index`` may be traced (jit/vmap over elements).
+
+    Equals ``act_d4(D4_ELEMENTS[index], q)`` bit for bit: the cells are gathered, and the
+    momentum is mixed by multiplications with 0 and +-1 (elementwise, not a matmul, so
+    that no accelerator runs it at reduced precision).
+    """
+    nx, ny = q.shape[-3], q.shape[-2]
+    if nx != ny:
+        raise SymgradError(f"rotations need a square grid, got {nx}x{ny}")
+    src = jnp.asarray(d4_source_indices(nx))[index]
+    flat = q.reshape(*q.shape[:-3], nx * ny, 4)
+    moved = jnp.take(flat, src, axis=-2, mode="clip").reshape(q.shape)
+    mat = jnp.asarray(D4_MOMENTUM, dtype=q.dtype)[index]
+    rho, mx, my, e = (moved[..., c] for c in range(4))
+    mx, my = mat[0, 0] * mx + mat[0, 1] * my, mat[1, 0] * mx + mat[1, 1] * my
+    return jnp.stack([rho, mx, my, e], axis=-1)
+
+
 def translate(q: Float[Array, "*b nx ny 4"], kx: int = 0, ky: int = 0) -> Float[Array, "*b nx ny 4"]:
-    """Periodic shift: ``s'[i, j] = s[(i - kx) mod nx, (j - ky) mod ny]``; vectors unchanged."""
+    """Periodic shift: ``s'[i, j] = s[(i - kx) mod nx, (j - ky) mod ny]``; vectors unchanged.
+
+    ``kx``/``ky`` may be traced integers (a dynamic roll)."""
     return jnp.roll(q, (kx, ky), axis=(-3, -2))
 
 
@@ -95,8 +162,13 @@ class Group:
     """A finite set of group elements with their action, as the diagnostics see it.
 
     ``elements`` are the coordinate values written to result files (strings for D4,
-    integer shifts for translations, float factors for scaling); ``dim`` names that
-    coordinate's dimension semantics; ``act(element, q)`` applies one element.
+    integer shifts for translations, float factors for scaling); ``act(element, q)``
+    applies one element given by its value; ``act_index(i, q)`` applies
+    ``elements[i]`` with ``i`` possibly traced.
+
+    ``compose``/``inverse``/``identity`` describe the group law on element values (for
+    translations modulo the resolution, for scaling the positive reals, of which
+    ``elements`` is a finite sample and so need not be closed).
     """
 
     name: str
@@ -104,13 +176,107 @@ class Group:
     act: Callable[[object, Array], Array]
     element_long_name: str
     invariant_loss: bool  # whether SMSE is invariant under every element
+    element_units: str | None = None  # CF units of the element coordinate (None for names)
+    act_at: Callable[[Array, Array], Array] | None = None  # traced-index action, see act_index
+    compose: Callable[[object, object], object] | None = None  # value of ab (b acts first)
+    inverse: Callable[[object], object] | None = None
+    identity: object = None
 
     def __len__(self) -> int:
         return len(self.elements)
 
+    def index(self, element) -> int:
+        """Position of an element value in ``elements``."""
+        try:
+            return self.elements.index(element)
+        except ValueError:
+            raise SymgradError(f"{element!r} is not an element of group {self.name!r}") from None
+
+    def act_index(self, i: Int[Array, ""] | int, q: Float[Array, "*b nx ny 4"]) -> Float[Array, "*b nx ny 4"]:
+        """Apply ``elements[i]``; ``i`` may be a traced integer."""
+        if self.act_at is not None:
+            return self.act_at(i, q)
+        # Fallback for a group built without a traced action: one branch per element
+        # (under vmap every branch runs, so prefer providing act_at for large groups).
+        branches = [functools.partial(self.act, g) for g in self.elements]
+        return jax.lax.switch(jnp.asarray(i, dtype=jnp.int32), branches, q)
+
+    def composition_table(self) -> np.ndarray:
+        """``table[a, b]`` = position of ``elements[a] elements[b]``, or -1 where the
+        product lies outside the element set (possible for scaling or a partial stride)."""
+        if self.compose is None:
+            raise ValueError(f"group {self.name!r} has no composition law")
+        n = len(self.elements)
+        table = np.full((n, n), -1, dtype=np.int64)
+        for a, ga in enumerate(self.elements):
+            for b, gb in enumerate(self.elements):
+                ab = self.compose(ga, gb)
+                for c, gc in enumerate(self.elements):
+                    if _same_element(ab, gc):
+                        table[a, b] = c
+                        break
+        return table
+
+
+def _same_element(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return bool(np.isclose(float(a), float(b), rtol=1e-12, atol=0.0))
+    return a == b
+
 
 GROUP_NAMES = ("d4", "translate-x", "translate-y", "scale")
 DEFAULT_SCALE_FACTORS = (0.5, 0.8, 1.0, 1.25, 2.0)
+
+
+def d4_group() -> Group:
+    """D4 on the square grid: elements ``D4_ELEMENTS``, composition ``D4_COMPOSITION``."""
+    return Group(
+        "d4", D4_ELEMENTS, act_d4, "D4 element (r: rotation by pi/2, s: x-reflection)", True,
+        element_units=None, act_at=act_d4_index, compose=d4_compose, inverse=d4_inverse, identity="e",
+    )
+
+
+def translations(resolution: int, axis: str = "x", stride: int = 1) -> Group:
+    """Periodic shifts ``0, stride, 2 stride, ... < resolution`` along ``axis`` ("x" or "y").
+
+    The law is addition modulo ``resolution``; the element set is closed when ``stride``
+    divides ``resolution``."""
+    if axis not in ("x", "y"):
+        raise SymgradError(f"translation axis must be 'x' or 'y', got {axis!r}")
+    if resolution is None or int(resolution) < 1:
+        raise SymgradError(f"translations need a positive grid resolution, got {resolution!r}")
+    if int(stride) < 1:
+        raise SymgradError(f"translation stride must be >= 1, got {stride}")
+    n = int(resolution)
+    shifts = tuple(int(k) for k in np.arange(0, n, int(stride)))
+    table = np.asarray(shifts, dtype=np.int32)
+    if axis == "x":
+        act = lambda k, q: translate(q, kx=int(k))  # noqa: E731
+        act_at = lambda i, q: translate(q, kx=jnp.asarray(table)[i])  # noqa: E731
+    else:
+        act = lambda k, q: translate(q, ky=int(k))  # noqa: E731
+        act_at = lambda i, q: translate(q, ky=jnp.asarray(table)[i])  # noqa: E731
+    return Group(
+        f"translate-{axis}", shifts, act, f"periodic shift along {axis} in grid cells", True,
+        element_units="1", act_at=act_at,
+        compose=lambda a, b: (a + b) % n, inverse=lambda a: (-a) % n, identity=0,
+    )
+
+
+def scalings(factors: Sequence[float] = DEFAULT_SCALE_FACTORS) -> Group:
+    """Euler scaling ``(rho, m, E) -> a (rho, m, E)`` for the given factors ``a > 0``."""
+    try:
+        fs = tuple(float(f) for f in factors)
+    except (TypeError, ValueError):
+        raise SymgradError(f"scaling factors must be numbers, got {factors!r}") from None
+    if not fs or any(not np.isfinite(f) or f <= 0 for f in fs):
+        raise SymgradError(f"scaling factors must be positive and finite (and at least one), got {fs}")
+    table = np.asarray(fs)
+    return Group(
+        "scale", fs, lambda a, q: scale(q, a), "Euler scaling factor a: (rho, m, E) -> a (rho, m, E)", False,
+        element_units="1", act_at=lambda i, q: q * jnp.asarray(table, dtype=q.dtype)[i],
+        compose=lambda a, b: a * b, inverse=lambda a: 1.0 / a, identity=1.0,
+    )
 
 
 def named_group(
@@ -125,22 +291,11 @@ def named_group(
     Translations default to every shift ``0, stride, 2 stride, ... < resolution``.
     """
     if name == "d4":
-        return Group("d4", D4_ELEMENTS, act_d4, "D4 element (r: rotation by pi/2, s: x-reflection)", True)
+        return d4_group()
     if name in ("translate-x", "translate-y"):
         if resolution is None:
             raise SymgradError(f"group {name!r} needs the grid resolution")
-        if stride < 1:
-            raise SymgradError(f"translation stride must be >= 1, got {stride}")
-        shifts = tuple(int(k) for k in np.arange(0, resolution, stride))
-        if name == "translate-x":
-            act = lambda k, q: translate(q, kx=int(k))  # noqa: E731
-        else:
-            act = lambda k, q: translate(q, ky=int(k))  # noqa: E731
-        axis = name[-1]
-        return Group(name, shifts, act, f"periodic shift along {axis} in cells", True)
+        return translations(resolution, name[-1], stride)
     if name == "scale":
-        fs = tuple(float(f) for f in factors)
-        if any(not np.isfinite(f) or f <= 0 for f in fs):
-            raise SymgradError(f"scaling factors must be positive and finite, got {fs}")
-        return Group("scale", fs, lambda a, q: scale(q, a), "Euler scaling factor a: (rho, m, E) -> a (rho, m, E)", False)
+        return scalings(factors)
     raise SymgradError(f"unknown group {name!r}; choose one of: {', '.join(GROUP_NAMES)}")

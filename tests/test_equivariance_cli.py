@@ -1,0 +1,143 @@
+"""`symgrad equivariance` end to end on a tiny trained run, and its one-line user errors."""
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from symgrad.cli import main
+
+RES = 8
+N_TRAJ = 10
+N_TIMES = 3
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("symgrad equivariance: error:"), err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_unknown_group(tmp_path, capsys):
+    rc = main(["equivariance", "--run", str(tmp_path), "--group", "so2", "--out", str(tmp_path / "o.nc")])
+    assert rc == 2
+    _one_line_error(capsys, "unknown group 'so2'", "choose one of", "d4")
+
+
+def test_missing_run_directory(tmp_path, capsys):
+    rc = main(["equivariance", "--run", str(tmp_path / "nope"), "--group", "d4", "--out", str(tmp_path / "o.nc")])
+    assert rc == 2
+    _one_line_error(capsys, "does not exist", "symgrad train")
+
+
+def test_run_directory_without_checkpoint(tmp_path, capsys):
+    pytest.importorskip("symgrad.train")
+    run_dir = tmp_path / "empty-run"
+    run_dir.mkdir()
+    rc = main(["equivariance", "--run", str(run_dir), "--group", "d4", "--out", str(tmp_path / "o.nc")])
+    assert rc == 2
+    _one_line_error(capsys)
+    assert not (tmp_path / "o.nc").exists()
+
+
+def _states(n, res, seed):
+    rng = np.random.default_rng(seed)
+    rho = rng.uniform(0.5, 1.5, (n, N_TIMES, res, res, 1))
+    m = rng.uniform(-0.3, 0.3, (n, N_TIMES, res, res, 2))
+    p = rng.uniform(0.5, 1.5, (n, N_TIMES, res, res, 1))
+    e = p / 0.4 + 0.5 * np.sum(m**2, axis=-1, keepdims=True) / rho
+    return np.concatenate([rho, m, e], axis=-1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    data = pytest.importorskip("symgrad.data")
+    train = pytest.importorskip("symgrad.train")
+    if not hasattr(data, "write_dataset"):
+        pytest.skip("symgrad.data.write_dataset not available yet")
+    root = tmp_path_factory.mktemp("equivariance-cli")
+    times = np.linspace(0.0, 0.1, N_TIMES)
+    data_file = data.write_dataset(root / "data.nc", _states(N_TRAJ, RES, 0), times, gamma=1.4)
+    other_res = data.write_dataset(root / "data16.nc", _states(4, 2 * RES, 1), times, gamma=1.4)
+    config = train.TrainConfig(
+        model="unet", preset="tiny", data=(str(data_file),), epochs=1, batch_size=4,
+        eval_batch_size=4, rollout_trajectories=0, progress=False, split_fractions=(0.6, 0.2, 0.2),
+    )
+    train.train(config, root / "run", log=lambda *a, **k: None)
+    return root / "run", data_file, other_res
+
+
+def test_end_to_end_d4(tiny_run, tmp_path, capsys):
+    run_dir, data_file, _ = tiny_run
+    from symgrad.train import load_run
+
+    run = load_run(run_dir)
+    test_split = list(run.split["test"])
+
+    out = tmp_path / "d4.nc"
+    assert main(["equivariance", "--run", str(run_dir), "--group", "d4", "--data", str(data_file),
+                 "--chunk-size", "5", "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    with xr.open_dataset(out) as ds:
+        assert list(ds["element"].values) == ["e", "r", "r2", "r3", "s", "rs", "r2s", "r3s"]
+        assert list(ds["sample"].values) == test_split
+        assert ds.attrs["time_index"] == "0" or ds.attrs["time_index"] == 0
+        assert int(ds.attrs["checkpoint_step"]) == run.step
+        assert "unet" in ds.attrs["config"] and ds.attrs["git_commit"] and ds.attrs["package_versions"]
+        assert ds.attrs["sample_source"] == "test split of the run"
+        assert str(data_file.resolve()) in ds.attrs["data_files"]
+        assert float(ds["equivariance_error"].sel(element="e").max()) < 1e-10
+        assert np.all(np.isfinite(ds["equivariance_error"].values))
+
+
+@pytest.mark.slow
+def test_end_to_end_translations_default_time_and_data(tiny_run, tmp_path):
+    run_dir, _, _ = tiny_run
+    from symgrad.train import load_run
+
+    run = load_run(run_dir)
+    out = tmp_path / "tx.nc"
+    assert main(["equivariance", "--run", str(run_dir), "--group", "translate-x", "--stride", "2",
+                 "--samples", "1", "--out", str(out)]) == 0  # --data defaults to the run's files
+    with xr.open_dataset(out) as ds:
+        assert list(ds["element"].values) == [0, 2, 4, 6]
+        assert ds["equivariance_error"].shape == (4, 1)
+        assert int(ds.attrs["time_index"]) == N_TIMES - 2  # last transition seen in training
+        # the tiny UNet is exactly shift-equivariant for multiples of its down-sampling factor
+        factor = run.model.downsampling_factor
+        exact = [k for k in ds["element"].values if k % factor == 0]
+        assert float(ds["equivariance_error"].sel(element=exact).max()) < 1e-9
+
+
+def test_resolution_the_model_was_not_built_for(tiny_run, tmp_path, capsys):
+    run_dir, _, other_res = tiny_run
+    rc = main(["equivariance", "--run", str(run_dir), "--group", "d4", "--data", str(other_res),
+               "--out", str(tmp_path / "o.nc")])
+    assert rc == 2
+    _one_line_error(capsys, f"{RES}x{RES}", f"{2 * RES}x{2 * RES}", "pass data at the model's resolution")
+
+
+def test_time_out_of_range(tiny_run, tmp_path, capsys):
+    run_dir, data_file, _ = tiny_run
+    rc = main(["equivariance", "--run", str(run_dir), "--group", "d4", "--data", str(data_file),
+               "--time", str(N_TIMES - 1), "--out", str(tmp_path / "o.nc")])
+    assert rc == 2
+    _one_line_error(capsys, "--time", f"0..{N_TIMES - 2}")
+
+
+def test_run_with_config_but_no_checkpoint(tiny_run, tmp_path, capsys):
+    import shutil
+
+    run_dir, data_file, _ = tiny_run
+    stripped = tmp_path / "stripped-run"
+    stripped.mkdir()
+    for f in run_dir.iterdir():
+        if f.is_file():
+            shutil.copy(f, stripped / f.name)
+    rc = main(["equivariance", "--run", str(stripped), "--group", "d4", "--data", str(data_file),
+               "--out", str(tmp_path / "o.nc")])
+    assert rc == 2
+    _one_line_error(capsys, "checkpoint")
+    assert not (tmp_path / "o.nc").exists()
