@@ -23,8 +23,8 @@ def steps(out: Path) -> list[tuple[str, Path, list[str]]]:
     runs = out / "runs"
     res = out / "results"
     plan: list[tuple[str, Path, list[str]]] = [
-        ("generate 16 CE-RP trajectories at 32x32", data,
-         ["generate", "--family", "CE-RP", "--trajectories", "16", "--resolution", "32",
+        ("generate 40 CE-RP trajectories at 32x32", data,
+         ["generate", "--family", "CE-RP", "--trajectories", "40", "--resolution", "32",
           "--times", "6", "--t-final", "0.25", "--seed", "0", "--out", str(data)]),
         ("describe the data file", None, ["info", str(data)]),
     ]

@@ -14,6 +14,7 @@ is what a pre-empted or killed run relies on.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -79,12 +80,24 @@ class Checkpointer:
         if read_only and not self.directory.is_dir():
             self.manager = None
             return
+        if read_only:
+            # Read-only managers log three absl warnings about options they ignore; a
+            # diagnostic reading a run should not print them to every user.
+            keep = None
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=not read_only, read_only=read_only,
+            save_interval_steps=0 if read_only else 1,
             enable_async_checkpointing=False, cleanup_tmp_directories=not read_only,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "extra"))
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        if read_only:  # orbax warns unconditionally that a read-only directory is read-only
+            absl_logger.setLevel(logging.ERROR)
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                                 item_names=("state", "extra"))
+        finally:
+            absl_logger.setLevel(level)
 
     def steps(self) -> list[int]:
         if self.manager is None:

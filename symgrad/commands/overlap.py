@@ -1,0 +1,164 @@
+"""``symgrad overlap``: gradient overlaps of a trained run across a symmetry group's orbits."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from symgrad.errors import SymgradError
+
+HELP = "measure gradient overlaps across group orbits (Euclidean and chi = (lambda I + G)^-1 metrics)"
+DESCRIPTION = (
+    "For N test transitions (x_i, y_i) and every element g of the group, compute the "
+    "per-sample loss gradients u_i^g = grad L(g x_i, g y_i) and v_j = grad L(x_j, y_j), "
+    "the overlap matrices M^g_ij = <u_i^g, v_j> in the Euclidean metric and in the "
+    "Gauss-Newton metric chi = (lambda I + G)^-1 (G over the untransformed batch), and the "
+    "per-sample cosine and Frobenius-normalised overlaps. Every chi value is stored with a "
+    "certified error bound; values whose bound exceeds --rtol are flagged "
+    "(tolerance_not_met). Partial results are kept in OUT.partial/ so an interrupted run "
+    "resumes. See docs/overlap.md."
+)
+
+GROUPS = ("d4", "translate-x", "translate-y", "scale")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory written by 'symgrad train'%(default).0s")
+    parser.add_argument("--group", required=True, metavar="GROUP", help=f"symmetry group: {', '.join(GROUPS)}%(default).0s")
+    parser.add_argument("--metric", choices=("chi", "euclidean", "both"), default="both",
+                        help="which overlaps to compute (chi also yields the Euclidean ones)")
+    parser.add_argument("--samples", type=int, default=64, metavar="N", help="number of test transitions N")
+    parser.add_argument("--rtol", type=float, default=1e-6, help="requested relative accuracy of every chi value")
+    parser.add_argument("--data", nargs="+", metavar="FILE.nc", default=None,
+                        help="dataset file(s) (default: the run's data, test split)%(default).0s")
+    parser.add_argument("--out", required=True, metavar="RESULT.nc", help="output netCDF file%(default).0s")
+    parser.add_argument("--damping", type=float, default=None, metavar="L",
+                        help="lambda of chi (default: the run's weight decay)%(default).0s")
+    parser.add_argument("--time", type=int, default=0, metavar="T", help="use the transition T -> T+1")
+    parser.add_argument("--curvature-samples", type=int, default=None, metavar="B",
+                        help="curvature batch: the first B of the N samples (default: all N)%(default).0s")
+    parser.add_argument("--max-steps", type=int, default=10_000, metavar="K", help="CG iterations per solve at most")
+    parser.add_argument("--rhs-chunk", type=int, default=None, metavar="K",
+                        help="right-hand sides per CG block (bounds memory; default: all N)%(default).0s")
+    parser.add_argument("--grad-chunk", type=int, default=8, metavar="C",
+                        help="per-example gradients computed C at a time (bounds memory)")
+    parser.add_argument("--precision", choices=("float64", "float32"), default="float64",
+                        help="arithmetic of gradients and solves (float64 reaches rtol 1e-6 at small lambda)")
+    parser.add_argument("--stride", type=int, default=1, metavar="K", help="translations: shifts 0, K, 2K, ...")
+    parser.add_argument("--factors", type=float, nargs="+", default=None, metavar="A",
+                        help="scaling factors (default: 0.5 0.8 1 1.25 2)%(default).0s")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)%(default).0s")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _resolved(paths) -> list[str]:
+    return [str(Path(p).expanduser().resolve()) for p in paths]
+
+
+def _test_samples(run_, data_paths, dataset):
+    """The run's test trajectories when reading the run's own files, else all of the file."""
+    import numpy as np
+
+    run_paths = _resolved(getattr(run_, "data_paths", None) or [])
+    test = np.asarray((getattr(run_, "split", None) or {}).get("test", []), dtype=np.int64)
+    if run_paths and _resolved(data_paths) == run_paths and test.size:
+        return test, "test split of the run"
+    return np.arange(dataset.n_samples), "all trajectories of the given data files"
+
+
+def run(args) -> int:
+    import sys
+
+    import jax
+
+    if args.precision == "float64":
+        # Before any array exists: the solves at lambda ~ 1e-6 need float64 to certify 1e-6.
+        jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    import numpy as np
+
+    from symgrad.diagnostics.overlap import compute_overlaps, remove_partials
+    from symgrad.groups import DEFAULT_SCALE_FACTORS, GROUP_NAMES, named_group
+    from symgrad.io import provenance, write_netcdf_atomic
+
+    if args.group not in GROUP_NAMES:
+        raise SymgradError(f"unknown group {args.group!r}; choose one of: {', '.join(GROUP_NAMES)}")
+    for name, value in (("--samples", args.samples), ("--max-steps", args.max_steps), ("--grad-chunk", args.grad_chunk)):
+        if value < 1:
+            raise SymgradError(f"{name} must be >= 1, got {value}")
+    if not args.rtol > 0:
+        raise SymgradError(f"--rtol must be positive, got {args.rtol}")
+    run_dir = Path(args.run)
+    if not run_dir.is_dir():
+        raise SymgradError(f"run directory {run_dir} does not exist; pass the --out directory of 'symgrad train'")
+    try:
+        from symgrad.data import open_dataset
+        from symgrad.train import load_run
+    except ImportError as exc:  # pragma: no cover - only while the package is incomplete
+        raise SymgradError(f"this installation lacks {exc.name}; reinstall symgrad (make install)") from None
+
+    run_ = load_run(run_dir, step=args.step) if args.step is not None else load_run(run_dir)
+    damping = args.damping if args.damping is not None else float(getattr(run_, "weight_decay", 0.0) or 0.0)
+    if args.metric != "euclidean" and not damping > 0:
+        raise SymgradError(
+            f"the chi metric needs damping lambda > 0 but the run's weight decay is {damping}; pass --damping L"
+        )
+    data_paths = list(args.data) if args.data else list(getattr(run_, "data_paths", None) or [])
+    if not data_paths:
+        raise SymgradError("the run does not record its data files; pass --data FILE.nc")
+    for p in data_paths:
+        if not Path(p).is_file():
+            raise SymgradError(f"data file {p} does not exist; pass an existing netCDF file to --data")
+    dataset = open_dataset(data_paths)
+    if not 0 <= args.time <= dataset.n_times - 2:
+        raise SymgradError(f"--time {args.time} is not a transition of data with {dataset.n_times} times; "
+                           f"choose 0..{dataset.n_times - 2}")
+    samples, source = _test_samples(run_, data_paths, dataset)
+    if len(samples) < args.samples:
+        raise SymgradError(f"--samples {args.samples} but only {len(samples)} test trajectories are available; "
+                           "pass a smaller --samples or more data")
+    samples = np.asarray(samples[: args.samples])
+    states = np.asarray(dataset.states(samples, [args.time, args.time + 1]))
+    dtype = jnp.float64 if args.precision == "float64" else jnp.float32
+    x, y = jnp.asarray(states[:, 0], dtype), jnp.asarray(states[:, 1], dtype)
+    n_curv = args.curvature_samples or args.samples
+    if not 1 <= n_curv <= args.samples:
+        raise SymgradError(f"--curvature-samples must be in 1..{args.samples}, got {n_curv}")
+    params = jax.tree.map(lambda a: jnp.asarray(a, dtype), run_.params)
+    group = named_group(args.group, dataset.resolution, stride=args.stride,
+                        factors=args.factors if args.factors is not None else DEFAULT_SCALE_FACTORS)
+    model = getattr(run_, "model", None)
+    attrs = provenance(
+        run_.config,
+        run_dir=str(run_dir.resolve()),
+        checkpoint_step=int(run_.step) if run_.step is not None else -1,
+        data_files=_resolved(data_paths),
+        time_index=int(args.time),
+        sample_source=source,
+        model=getattr(model, "name", "unknown"),
+        preset=getattr(model, "preset", "unknown"),
+        sigma=[float(s) for s in np.asarray(run_.sigma)],
+        damping_source="--damping" if args.damping is not None else "run weight decay",
+        precision=args.precision,
+    )
+    out = Path(args.out)
+    partial = out.with_name(out.name + ".partial")
+    ds = compute_overlaps(
+        run_.apply_fn, params, x, y, np.asarray(run_.sigma), group,
+        metric=args.metric, damping=damping, rtol=args.rtol, max_steps=args.max_steps,
+        x_curvature=x[:n_curv], grad_chunk_size=args.grad_chunk, rhs_chunk_size=args.rhs_chunk,
+        sample_ids=samples, partial_dir=partial, progress=not args.no_progress, attrs=attrs,
+    )
+    write_netcdf_atomic(ds, out)
+    remove_partials(partial)
+    msg = f"wrote {out}: group {group.name}, {len(group)} elements x {len(samples)} samples"
+    if "overlap_cosine_chi" in ds:
+        cos = ds["overlap_cosine_chi"].values
+        msg += (f", chi cosine median {np.nanmedian(cos):.4g}, "
+                f"{ds.attrs['ggn_products']} Gauss-Newton products")
+    print(msg)
+    n_flagged = int(ds.attrs.get("n_flagged", 0))
+    if n_flagged:
+        print(f"symgrad overlap: warning: {n_flagged} (element, sample) values did not reach --rtol {args.rtol}; "
+              "they are flagged in 'tolerance_not_met' (raise --max-steps, or loosen --rtol)", file=sys.stderr)
+    return 0

@@ -1,0 +1,125 @@
+"""The Gauss-Newton operator of the SMSE loss, matrix-free (DESIGN.md section 5).
+
+``G v = (1/|B|) sum_{b in B} J_b^T H J_b v`` with ``J_b`` the Jacobian of the model output
+on sample ``b`` wrt the flat parameters and ``H = diag(2 / (C nx ny sigma_c^2))`` the
+output Hessian of SMSE (``symgrad.loss.smse_output_hessian_diag``). G is never formed:
+the model is linearised once around ``params`` on the curvature batch (``jax.linearize``
+stores the forward residuals), and each product is one linearised forward (``J v``) and
+its transpose (``J^T w``, ``jax.linear_transpose``). Products for a block of vectors are
+``jax.vmap`` of the same linear map, so one linearisation serves every right-hand side.
+
+All vectors are flat, in ``jax.flatten_util.ravel_pytree(params)`` order.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import lineax as lx
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Float, PyTree
+
+from symgrad.loss import smse_output_hessian_diag
+
+# output_hessian(pred, t) -> H t for a tangent t of the batched prediction.
+OutputHessian = Callable[[Array, Array], Array]
+
+
+def smse_output_hessian(sigma) -> OutputHessian:
+    """``t -> H t`` for SMSE: a per-channel diagonal, ``2 / (C nx ny sigma_c^2)``."""
+
+    def hv(pred, t):
+        nx, ny = pred.shape[-3], pred.shape[-2]
+        return t * smse_output_hessian_diag(sigma, nx, ny).astype(t.dtype)
+
+    return hv
+
+
+class LinearizedGGN(NamedTuple):
+    """The linearised model on a curvature batch and its Gauss-Newton product."""
+
+    flat_params: Float[Array, " p"]
+    matvec: Callable[[Array], Array]  # flat v -> G v, linear; vmap it for blocks
+    batch_size: int
+
+    @property
+    def n_params(self) -> int:
+        return int(self.flat_params.shape[0])
+
+
+def linearize_ggn(
+    apply_fn: Callable[[PyTree, Array], Array],
+    params: PyTree,
+    x_curvature: Float[Array, "b nx ny c"],
+    sigma=None,
+    *,
+    output_hessian: OutputHessian | None = None,
+) -> LinearizedGGN:
+    """Linearise ``apply_fn`` at ``params`` on ``x_curvature`` once; return ``v -> G v``.
+
+    Call it inside ``jax.jit`` (as the solvers do): outside a trace the stored residuals
+    would be baked into every later compilation as constants.
+    """
+    if output_hessian is None:
+        if sigma is None:
+            raise ValueError("the Gauss-Newton operator needs sigma (SMSE) or an output_hessian")
+        output_hessian = smse_output_hessian(sigma)
+    flat, unravel = ravel_pytree(params)
+    batch = x_curvature.shape[0]
+    pred, f_jvp = jax.linearize(lambda p: apply_fn(unravel(p), x_curvature), flat)
+    f_vjp = jax.linear_transpose(f_jvp, flat)
+
+    def matvec(v):
+        jv = f_jvp(v.astype(flat.dtype))
+        (g,) = f_vjp(output_hessian(pred, jv))
+        return g / batch
+
+    return LinearizedGGN(flat, matvec, batch)
+
+
+def ggn_operator(
+    apply_fn, params, x_curvature, sigma=None, *, output_hessian=None
+) -> lx.FunctionLinearOperator:
+    """G as a lineax operator on flat vectors, tagged symmetric positive semi-definite."""
+    lin = linearize_ggn(apply_fn, params, x_curvature, sigma, output_hessian=output_hessian)
+    return _as_operator(lin.matvec, lin.flat_params)
+
+
+def damped_ggn_operator(
+    apply_fn, params, x_curvature, sigma=None, *, damping: float, output_hessian=None
+) -> lx.FunctionLinearOperator:
+    """``A = lambda I + G`` as a lineax operator (symmetric positive definite for lambda > 0)."""
+    lin = linearize_ggn(apply_fn, params, x_curvature, sigma, output_hessian=output_hessian)
+    return damped_operator(lin, damping)
+
+
+def damped_operator(lin: LinearizedGGN, damping) -> lx.FunctionLinearOperator:
+    mv = lambda v: damping * v + lin.matvec(v)  # noqa: E731
+    return _as_operator(mv, lin.flat_params)
+
+
+def _as_operator(mv, flat) -> lx.FunctionLinearOperator:
+    structure = jax.ShapeDtypeStruct(flat.shape, flat.dtype)
+    return lx.FunctionLinearOperator(
+        mv, structure, tags=(lx.symmetric_tag, lx.positive_semidefinite_tag)
+    )
+
+
+def ggn_matvec(
+    apply_fn, params, x_curvature, sigma, v: Float[Array, " p"], *, output_hessian=None
+) -> Float[Array, " p"]:
+    """One product ``G v`` by ``jax.jvp`` + ``jax.vjp`` (no linearisation kept).
+
+    The pure ``ggn_mv(params, batch, v)`` of DESIGN.md; for many products use
+    ``linearize_ggn`` so the forward pass is not repeated.
+    """
+    if output_hessian is None:
+        output_hessian = smse_output_hessian(sigma)
+    flat, unravel = ravel_pytree(params)
+    f = lambda p: apply_fn(unravel(p), x_curvature)  # noqa: E731
+    pred, jv = jax.jvp(f, (flat,), (jnp.asarray(v, flat.dtype),))
+    _, vjp = jax.vjp(f, flat)
+    (g,) = vjp(output_hessian(pred, jv))
+    return g / x_curvature.shape[0]
