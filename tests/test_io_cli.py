@@ -71,3 +71,10 @@ def test_symgrad_error_becomes_one_line(monkeypatch, capsys):
 def test_console_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "symgrad", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "usage: symgrad" in out.stdout
+
+
+def test_every_design_subcommand_is_registered():
+    # DESIGN.md section 7: the command's interface.
+    names = [n for n, _ in cli._available_commands()]
+    assert names == list(cli.SUBCOMMANDS)
+    assert set(names) == {"generate", "solve", "train", "equivariance", "overlap", "figures", "sweep", "info"}
