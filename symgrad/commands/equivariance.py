@@ -40,51 +40,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)%(default).0s")
 
 
-def _resolved(paths) -> list[str]:
-    return [str(Path(p).expanduser().resolve()) for p in paths]
-
-
-def _select_samples(run, data_paths, open_dataset, dataset):
-    """Trajectory indices in ``dataset`` to evaluate, and a phrase saying where they come from.
-
-    The run's test split indexes the concatenation of its training files. If the
-    diagnostic reads those files, the split applies unchanged; if it reads one of them,
-    the split is mapped into that file; a file the run never saw is held out entirely.
-    """
-    import numpy as np
-
-    run_paths = _resolved(getattr(run, "data_paths", None) or [])
-    split = getattr(run, "split", None) or {}
-    test = np.asarray(split.get("test", []), dtype=np.int64)
-    ours = _resolved(data_paths)
-    if set(ours) & set(run_paths) and test.size == 0:
-        raise SymgradError(
-            "the run has no test trajectories (its split fractions leave none); "
-            "pass a held-out data file with --data"
-        )
-    if run_paths and ours == run_paths:
-        return test, "test split of the run"
-    if run_paths and len(ours) == 1 and ours[0] in run_paths:
-        offset = 0
-        for p in run_paths:
-            n = open_dataset([p]).n_samples
-            if p == ours[0]:
-                local = test[(test >= offset) & (test < offset + n)] - offset
-                if local.size == 0:
-                    raise SymgradError(
-                        f"none of the run's test trajectories lies in {data_paths[0]}; "
-                        "pass all of the run's data files to --data (or omit --data)"
-                    )
-                return local, "test split of the run, restricted to this file"
-            offset += n
-    if set(ours) & set(run_paths):
-        raise SymgradError(
-            "--data mixes files the run was trained on with others; pass exactly the run's data files, "
-            "one of them, or only held-out files"
-        )
-    return np.arange(dataset.n_samples), "all trajectories of a data file the run was not trained on"
-
-
 def run(args) -> int:
     import sys
 
@@ -101,55 +56,19 @@ def run(args) -> int:
         raise SymgradError(f"--samples must be >= 1, got {args.samples}")
     if args.chunk_size < 1:
         raise SymgradError(f"--chunk-size must be >= 1, got {args.chunk_size}")
-    run_dir = Path(args.run)
-    if not run_dir.is_dir():
-        raise SymgradError(f"run directory {run_dir} does not exist; pass the --out directory of 'symgrad train'")
+    from symgrad.commands._diagnostic_inputs import check_transition, load_inputs, select_test_samples
 
-    try:
-        from symgrad.data import open_dataset
-        from symgrad.train import load_run
-    except ImportError as exc:  # pragma: no cover - only while the package is incomplete
-        raise SymgradError(f"this installation lacks {exc.name}; reinstall symgrad (make install)") from None
-
-    try:
-        run_ = load_run(run_dir, step=args.step) if args.step is not None else load_run(run_dir)
-    except SymgradError:
-        raise
-    except (OSError, ValueError, KeyError) as exc:
-        raise SymgradError(
-            f"cannot load a checkpoint from {run_dir} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            "pass a run directory written by 'symgrad train' that holds a checkpoint"
-        ) from None
-
-    data_paths = list(args.data) if args.data else list(getattr(run_, "data_paths", None) or [])
-    if not data_paths:
-        raise SymgradError("the run does not record its data files; pass --data FILE.nc")
-    for p in data_paths:
-        if not Path(p).is_file():
-            raise SymgradError(f"data file {p} does not exist; pass an existing netCDF file to --data")
-    dataset = open_dataset(data_paths)
-
-    model_resolution = None
+    inputs = load_inputs(args.run, args.data, args.step)
+    run_, run_dir, data_paths, dataset = inputs
     model = getattr(run_, "model", None)
-    if model is not None and isinstance(getattr(model, "config", None), dict):
-        model_resolution = model.config.get("resolution")
-    if model_resolution is not None and int(model_resolution) != int(dataset.resolution):
-        raise SymgradError(
-            f"the model was built for {model_resolution}x{model_resolution} states but {data_paths[0]} "
-            f"holds {dataset.resolution}x{dataset.resolution}; pass data at the model's resolution"
-        )
 
     if args.time is None:
         time_index = dataset.n_times - 2 if args.group.startswith("translate") else 0
     else:
         time_index = args.time
-    if not 0 <= time_index <= dataset.n_times - 2:
-        raise SymgradError(
-            f"--time {time_index} is not a transition of data with {dataset.n_times} times; "
-            f"choose 0..{dataset.n_times - 2}"
-        )
+    check_transition(time_index, dataset)
 
-    samples, sample_source = _select_samples(run_, data_paths, open_dataset, dataset)
+    samples, sample_source = select_test_samples(inputs)
     if args.samples is not None:
         samples = samples[: args.samples]
     states = np.asarray(dataset.states(samples, [time_index, time_index + 1]))

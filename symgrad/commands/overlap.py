@@ -51,21 +51,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def _resolved(paths) -> list[str]:
-    return [str(Path(p).expanduser().resolve()) for p in paths]
-
-
-def _test_samples(run_, data_paths, dataset):
-    """The run's test trajectories when reading the run's own files, else all of the file."""
-    import numpy as np
-
-    run_paths = _resolved(getattr(run_, "data_paths", None) or [])
-    test = np.asarray((getattr(run_, "split", None) or {}).get("test", []), dtype=np.int64)
-    if run_paths and _resolved(data_paths) == run_paths and test.size:
-        return test, "test split of the run"
-    return np.arange(dataset.n_samples), "all trajectories of the given data files"
-
-
 def run(args) -> int:
     import sys
 
@@ -88,32 +73,19 @@ def run(args) -> int:
             raise SymgradError(f"{name} must be >= 1, got {value}")
     if not args.rtol > 0:
         raise SymgradError(f"--rtol must be positive, got {args.rtol}")
-    run_dir = Path(args.run)
-    if not run_dir.is_dir():
-        raise SymgradError(f"run directory {run_dir} does not exist; pass the --out directory of 'symgrad train'")
-    try:
-        from symgrad.data import open_dataset
-        from symgrad.train import load_run
-    except ImportError as exc:  # pragma: no cover - only while the package is incomplete
-        raise SymgradError(f"this installation lacks {exc.name}; reinstall symgrad (make install)") from None
+    from symgrad.commands._diagnostic_inputs import (
+        check_transition, load_inputs, resolved, select_test_samples,
+    )
 
-    run_ = load_run(run_dir, step=args.step) if args.step is not None else load_run(run_dir)
+    inputs = load_inputs(args.run, args.data, args.step)
+    run_, run_dir, data_paths, dataset = inputs
     damping = args.damping if args.damping is not None else float(getattr(run_, "weight_decay", 0.0) or 0.0)
     if args.metric != "euclidean" and not damping > 0:
         raise SymgradError(
             f"the chi metric needs damping lambda > 0 but the run's weight decay is {damping}; pass --damping L"
         )
-    data_paths = list(args.data) if args.data else list(getattr(run_, "data_paths", None) or [])
-    if not data_paths:
-        raise SymgradError("the run does not record its data files; pass --data FILE.nc")
-    for p in data_paths:
-        if not Path(p).is_file():
-            raise SymgradError(f"data file {p} does not exist; pass an existing netCDF file to --data")
-    dataset = open_dataset(data_paths)
-    if not 0 <= args.time <= dataset.n_times - 2:
-        raise SymgradError(f"--time {args.time} is not a transition of data with {dataset.n_times} times; "
-                           f"choose 0..{dataset.n_times - 2}")
-    samples, source = _test_samples(run_, data_paths, dataset)
+    check_transition(args.time, dataset)
+    samples, source = select_test_samples(inputs)
     if len(samples) < args.samples:
         raise SymgradError(f"--samples {args.samples} but only {len(samples)} test trajectories are available; "
                            "pass a smaller --samples or more data")
@@ -132,7 +104,7 @@ def run(args) -> int:
         run_.config,
         run_dir=str(run_dir.resolve()),
         checkpoint_step=int(run_.step) if run_.step is not None else -1,
-        data_files=_resolved(data_paths),
+        data_files=resolved(data_paths),
         time_index=int(args.time),
         sample_source=source,
         model=getattr(model, "name", "unknown"),

@@ -1,0 +1,111 @@
+"""What ``symgrad equivariance`` and ``symgrad overlap`` share: loading a run, its data, and
+choosing held-out samples, with the same checks and the same one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+from symgrad.errors import SymgradError
+
+
+class DiagnosticInputs(NamedTuple):
+    run: object  # symgrad.train.Run
+    run_dir: Path
+    data_paths: list[str]
+    dataset: object  # symgrad.data.TrajectoryDataset
+
+
+def resolved(paths) -> list[str]:
+    return [str(Path(p).expanduser().resolve()) for p in paths]
+
+
+def load_inputs(run_dir, data, step=None) -> DiagnosticInputs:
+    """Load the run (latest checkpoint unless ``step``) and open its data or ``data``."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise SymgradError(f"run directory {run_dir} does not exist; pass the --out directory of 'symgrad train'")
+    from symgrad.data import open_dataset
+    from symgrad.train import load_run
+
+    try:
+        run = load_run(run_dir, step=step) if step is not None else load_run(run_dir)
+    except SymgradError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise SymgradError(
+            f"cannot load a checkpoint from {run_dir} ({type(exc).__name__}: {first}); "
+            "pass a run directory written by 'symgrad train' that holds a checkpoint"
+        ) from None
+
+    data_paths = list(data) if data else list(getattr(run, "data_paths", None) or [])
+    if not data_paths:
+        raise SymgradError("the run does not record its data files; pass --data FILE.nc")
+    for p in data_paths:
+        if not Path(p).exists():
+            raise SymgradError(f"data file {p} does not exist; pass an existing netCDF file to --data")
+    dataset = open_dataset(data_paths)
+
+    model = getattr(run, "model", None)
+    config = getattr(model, "config", None)
+    model_resolution = config.get("resolution") if isinstance(config, dict) else None
+    if model_resolution is not None and int(model_resolution) != int(dataset.resolution):
+        raise SymgradError(
+            f"the model was built for {model_resolution}x{model_resolution} states but {data_paths[0]} "
+            f"holds {dataset.resolution}x{dataset.resolution}; pass data at the model's resolution"
+        )
+    return DiagnosticInputs(run, run_dir, data_paths, dataset)
+
+
+def check_transition(time_index: int, dataset) -> None:
+    if not 0 <= time_index <= dataset.n_times - 2:
+        raise SymgradError(
+            f"--time {time_index} is not a transition of data with {dataset.n_times} times; "
+            f"choose 0..{dataset.n_times - 2}"
+        )
+
+
+def select_test_samples(inputs: DiagnosticInputs):
+    """Trajectory indices in the dataset to evaluate, and a phrase saying where they come from.
+
+    The run's test split indexes the concatenation of its training files. If the
+    diagnostic reads those files, the split applies unchanged; if it reads one of them,
+    the split is mapped into that file; a file the run never saw is held out entirely.
+    Training trajectories are never evaluated.
+    """
+    import numpy as np
+
+    from symgrad.data import open_dataset
+
+    run, data_paths, dataset = inputs.run, inputs.data_paths, inputs.dataset
+    run_paths = resolved(getattr(run, "data_paths", None) or [])
+    split = getattr(run, "split", None) or {}
+    test = np.asarray(split.get("test", []), dtype=np.int64)
+    ours = resolved(data_paths)
+    if set(ours) & set(run_paths) and test.size == 0:
+        raise SymgradError(
+            "the run has no test trajectories (its split fractions leave none); "
+            "pass a held-out data file with --data"
+        )
+    if run_paths and ours == run_paths:
+        return test, "test split of the run"
+    if run_paths and len(ours) == 1 and ours[0] in run_paths:
+        offset = 0
+        for p in run_paths:
+            n = open_dataset([p]).n_samples
+            if p == ours[0]:
+                local = test[(test >= offset) & (test < offset + n)] - offset
+                if local.size == 0:
+                    raise SymgradError(
+                        f"none of the run's test trajectories lies in {data_paths[0]}; "
+                        "pass all of the run's data files to --data (or omit --data)"
+                    )
+                return local, "test split of the run, restricted to this file"
+            offset += n
+    if set(ours) & set(run_paths):
+        raise SymgradError(
+            "--data mixes files the run was trained on with others; pass exactly the run's data files, "
+            "one of them, or only held-out files"
+        )
+    return np.arange(dataset.n_samples), "all trajectories of a data file the run was not trained on"
