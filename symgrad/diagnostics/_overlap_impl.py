@@ -202,6 +202,8 @@ def chi_bilinear(u, z, r_u_norm, w, r_v, r_v_norm, damping):
     ``z = chi(u - r_u)``; the last term is bounded by ``||r_u|| ||r_v|| ||chi||_2`` and
     ``||chi||_2 = 1 / lambda_min(lambda I + G) <= 1 / lambda``.
     """
+    # float64 on the host: the rounding of these P-term dot products is not in the bound.
+    u, z, w, r_v = (np.asarray(a, dtype=np.float64) for a in (u, z, w, r_v))
     est = u @ w.T + z @ r_v.T
     bound = np.outer(r_u_norm, r_v_norm) / damping
     return est, bound
@@ -209,6 +211,7 @@ def chi_bilinear(u, z, r_u_norm, w, r_v, r_v_norm, damping):
 
 def chi_self(b, y, r, r_norm, damping):
     """``b^T chi b ~ b . y + y . r`` (per row), error ``r^T chi r`` in ``[0, ||r||^2 / lambda]``."""
+    b, y, r = (np.asarray(a, dtype=np.float64) for a in (b, y, r))
     est = np.sum(b * y, axis=-1) + np.sum(y * r, axis=-1)
     return est, np.asarray(r_norm) ** 2 / damping
 

@@ -267,7 +267,9 @@ def compute_overlaps(
     ``apply_fn(params, x) -> y`` is any model on batches ``(n, nx, ny, c)`` (for symgrad's
     surrogates, the sigma-wrapped physical map). The loss is SMSE with ``sigma`` unless
     ``loss_fn(pred, target) -> (n,)`` is given; the Gauss-Newton output Hessian is SMSE's
-    unless ``output_hessian(pred, t) -> H t`` is given (a custom loss needs both).
+    unless ``output_hessian(pred, t) -> H t`` is given (a custom loss needs both). A custom
+    ``output_hessian`` must be positive semi-definite: the error bounds use
+    ``||(lambda I + G)^-1|| <= 1 / lambda``, which an indefinite H breaks.
     ``x_curvature`` is the curvature batch B (default ``x``). ``metric`` is ``"chi"``,
     ``"euclidean"`` or ``"both"`` (the Euclidean matrices come for free with chi).
 
@@ -374,7 +376,10 @@ def _u_residual_cap(u, v_side: _VSide, rtol, damping, safety):
     rv = np.linalg.norm(v_side.r_eff)
     if not rv > 0:
         return None
-    return safety * rtol * damping * fro / (np.sqrt(u.shape[0]) * rv)
+    cap = safety * rtol * damping * fro / (np.sqrt(u.shape[0]) * rv)
+    # A non-finite gradient (NaN cap) or orthogonal blocks (zero cap) would make CG run to
+    # max_steps for nothing; fall back to the energy criterion (the flags stay rigorous).
+    return cap if np.isfinite(cap) and cap > 0 else None
 
 
 def _progress(total, enabled, desc):
