@@ -340,6 +340,42 @@ def test_same_file_in_two_datasets_with_vlen_channel_names(tmp_path):
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
 
 
+def test_forked_child_opens_the_file_again(tmp_path):
+    """Regression: a forked worker inherits the parent's handle, so its own open was the
+    double open that crashes netCDF-C (vlen channel names). Run in a subprocess so a crash
+    fails this test instead of killing pytest."""
+    import subprocess
+    import sys
+    import textwrap
+
+    q = random_states(np.random.default_rng(18), 3, 2, 4, 4)
+    c = pdegym_channels(q)
+    path = tmp_path / "vlen_fork.nc"
+    with netCDF4.Dataset(path, "w") as nc:
+        for name, size in zip(schema.DIMS, c.shape):
+            nc.createDimension(name, size)
+        ch = nc.createVariable("channel", str, ("channel",))
+        for k, name in enumerate(CHANNELS):
+            ch[k] = name
+        nc.createVariable("data", "f4", schema.DIMS)[:] = c
+    script = textwrap.dedent(f"""
+        import os
+        from symgrad.data import open_dataset
+        a = open_dataset({str(path)!r}); parent = a.states(0)
+        pid = os.fork()
+        if pid == 0:
+            b = open_dataset({str(path)!r}); b.states(1); b.close()
+            c = open_dataset({str(path)!r}); c.states(2)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        assert (a.states(0) == parent).all()
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
+
+
 def test_regenerated_file_is_not_served_from_a_stale_handle(tmp_path):
     rng = np.random.default_rng(17)
     q1, q2 = random_states(rng, 2, 2, 4, 4), random_states(rng, 3, 2, 4, 4)

@@ -35,20 +35,6 @@ COMMON = ["--model", "unet", "--preset", "tiny", "--batch-size", str(BATCH), "--
           "--seed", "0", "--no-progress"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_faulthandler():
-    """Reading netCDF here raises a SIGSEGV that another library's handler recovers from
-    (the run is correct without faulthandler); pytest's faulthandler turns it into a
-    crash. Reported to the owners of symgrad.data; disabled for this module only."""
-    import faulthandler
-
-    enabled = faulthandler.is_enabled()
-    faulthandler.disable()
-    yield
-    if enabled:
-        faulthandler.enable(file=sys.stderr)
-
-
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("xla-cache")
@@ -66,8 +52,8 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "advect.nc"
-    # Written by a child process: writing a netCDF file in this process (after jax and
-    # orbax were imported) and reading it back here crashed libnetcdf/HDF5 (segfault).
+    # Written by a child process, so that the only handle this process ever holds on the
+    # file is the reader's shared one (netCDF-C's double-open crash: symgrad/data/reader.py).
     tests = str(Path(__file__).resolve().parent)
     subprocess.run([sys.executable, "-c",
                     f"import sys; sys.path.insert(0, {tests!r}); import test_train_support as s; "

@@ -56,6 +56,25 @@ _NC_LOCK = threading.RLock()
 _HANDLES: dict[tuple, list] = {}
 
 
+def _after_fork_in_child() -> None:
+    """A forked worker (DataLoader, multiprocessing) inherits the parent's open handles, so
+    its own open would be the double open that crashes netCDF-C; and a lock held by another
+    thread at fork time would never be released. Start the child clean: its copies of the
+    handles are read-only, closing them leaves the parent's alone."""
+    global _NC_LOCK
+    _NC_LOCK = threading.RLock()
+    handles = list(_HANDLES.values())
+    _HANDLES.clear()
+    for entry in handles:
+        try:
+            entry[0].close()
+        except Exception:  # noqa: BLE001 - best effort on a copy of the parent's handle
+            pass
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _file_key(path: Path) -> tuple:
     st = path.stat()
     return os.getpid(), st.st_dev, st.st_ino
