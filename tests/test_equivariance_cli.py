@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import TINY_RUN_TIMES as N_TIMES
 
 from symgrad.cli import main
 
-RES = 8
-N_TRAJ = 10
-N_TIMES = 3
+RES = 8  # the shared tiny run's resolution (tests/conftest.py)
 
 
 def _one_line_error(capsys, *needles):
@@ -33,7 +32,6 @@ def test_missing_run_directory(tmp_path, capsys):
 
 
 def test_run_directory_without_checkpoint(tmp_path, capsys):
-    pytest.importorskip("symgrad.train")
     run_dir = tmp_path / "empty-run"
     run_dir.mkdir()
     rc = main(["equivariance", "--run", str(run_dir), "--group", "d4", "--out", str(tmp_path / "o.nc")])
@@ -42,31 +40,18 @@ def test_run_directory_without_checkpoint(tmp_path, capsys):
     assert not (tmp_path / "o.nc").exists()
 
 
-def _states(n, res, seed):
-    rng = np.random.default_rng(seed)
-    rho = rng.uniform(0.5, 1.5, (n, N_TIMES, res, res, 1))
-    m = rng.uniform(-0.3, 0.3, (n, N_TIMES, res, res, 2))
-    p = rng.uniform(0.5, 1.5, (n, N_TIMES, res, res, 1))
-    e = p / 0.4 + 0.5 * np.sum(m**2, axis=-1, keepdims=True) / rho
-    return np.concatenate([rho, m, e], axis=-1).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    data = pytest.importorskip("symgrad.data")
-    train = pytest.importorskip("symgrad.train")
-    if not hasattr(data, "write_dataset"):
-        pytest.skip("symgrad.data.write_dataset not available yet")
-    root = tmp_path_factory.mktemp("equivariance-cli")
-    times = np.linspace(0.0, 0.1, N_TIMES)
-    data_file = data.write_dataset(root / "data.nc", _states(N_TRAJ, RES, 0), times, gamma=1.4)
-    other_res = data.write_dataset(root / "data16.nc", _states(4, 2 * RES, 1), times, gamma=1.4)
-    config = train.TrainConfig(
-        model="unet", preset="tiny", data=(str(data_file),), epochs=1, batch_size=4,
-        eval_batch_size=4, rollout_trajectories=0, progress=False, split_fractions=(0.6, 0.2, 0.2),
+def tiny_run(tiny_trained_run, tmp_path_factory):
+    """The shared tiny run, its data, and a data file at twice the model's resolution."""
+    from conftest import random_euler_states
+    from symgrad import data
+
+    run_dir, data_file = tiny_trained_run
+    other_res = data.write_dataset(
+        tmp_path_factory.mktemp("equivariance-cli") / "data16.nc",
+        random_euler_states(4, N_TIMES, 2 * RES, 1), np.linspace(0.0, 0.1, N_TIMES), gamma=1.4,
     )
-    train.train(config, root / "run", log=lambda *a, **k: None)
-    return root / "run", data_file, other_res
+    return run_dir, data_file, other_res
 
 
 def test_end_to_end_d4(tiny_run, tmp_path, capsys):

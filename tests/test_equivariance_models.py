@@ -11,7 +11,7 @@ from symgrad.diagnostics.equivariance import equivariance_errors
 from symgrad.groups import D4_ELEMENTS, named_group
 from symgrad.loss import channel_scales
 
-models = pytest.importorskip("symgrad.models")
+from symgrad import models
 
 RES = 8
 ROUND_OFF = 1e-24  # SMSE of float64 round-off differences is ~1e-30

@@ -159,7 +159,7 @@ def test_equivariant_model_has_unit_cosines(x64):
 
 @pytest.mark.slow
 def test_gcnn_has_unit_cosines(x64):
-    models = pytest.importorskip("symgrad.models")
+    from symgrad import models
     net = models.build("gcnn", "tiny", resolution=8)
     params = net.init(jax.random.key(0), dtype=jnp.float64)
     apply = models.surrogate_apply(net.apply, SIGMA)

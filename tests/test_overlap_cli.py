@@ -6,7 +6,6 @@ import xarray as xr
 
 from symgrad.cli import main
 
-N_TIMES, N_TRAJ, RES = 3, 10, 8
 
 
 def _one_line_error(capsys, *needles):
@@ -23,29 +22,9 @@ def test_unknown_group_and_missing_run(tmp_path, capsys):
     _one_line_error(capsys, "does not exist")
 
 
-def _states(n, res, seed):
-    rng = np.random.default_rng(seed)
-    rho = rng.uniform(0.5, 1.5, (n, N_TIMES, res, res, 1))
-    m = rng.uniform(-0.3, 0.3, (n, N_TIMES, res, res, 2))
-    p = rng.uniform(0.5, 1.5, (n, N_TIMES, res, res, 1))
-    e = p / 0.4 + 0.5 * np.sum(m**2, axis=-1, keepdims=True) / rho
-    return np.concatenate([rho, m, e], axis=-1).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    data = pytest.importorskip("symgrad.data")
-    train = pytest.importorskip("symgrad.train")
-    if not hasattr(data, "write_dataset"):
-        pytest.skip("symgrad.data.write_dataset not available yet")
-    root = tmp_path_factory.mktemp("overlap-cli")
-    data_file = data.write_dataset(root / "data.nc", _states(N_TRAJ, RES, 0), np.linspace(0, 0.1, N_TIMES), gamma=1.4)
-    config = train.TrainConfig(
-        model="unet", preset="tiny", data=(str(data_file),), epochs=1, batch_size=4,
-        eval_batch_size=4, rollout_trajectories=0, progress=False, split_fractions=(0.6, 0.2, 0.2),
-    )
-    train.train(config, root / "run", log=lambda *a, **k: None)
-    return root / "run", data_file
+def tiny_run(tiny_trained_run):
+    return tiny_trained_run
 
 
 @pytest.mark.slow  # ~2 min on 2 shared cores (training + a chi run)
@@ -73,3 +52,18 @@ def test_end_to_end_d4(x64, tiny_run, tmp_path, capsys):
     if not run.weight_decay > 0:
         assert main([a for a in args if a not in ("--damping", "1e-3")]) == 2
         _one_line_error(capsys, "--damping")
+
+
+def test_overlap_command_restores_the_float_precision(tiny_run, tmp_path):
+    # The command computes in float64 but must not leave x64 on for what runs after it
+    # in the same process (the demo trains the next model right after).
+    import jax
+
+    run_dir, data_file = tiny_run
+    before = jax.config.jax_enable_x64
+    args = ["overlap", "--run", str(run_dir), "--group", "d4", "--metric", "euclidean", "--data", str(data_file),
+            "--samples", "2", "--out", str(tmp_path / "ov.nc"), "--no-progress"]
+    assert main(args) == 0
+    assert jax.config.jax_enable_x64 == before
+    with xr.open_dataset(tmp_path / "ov.nc") as ds:
+        assert ds.attrs["dtype"] == "float64"

@@ -52,13 +52,23 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    import jax
+
+    # The solves at lambda ~ 1e-6 need float64 to certify 1e-6. Restore the setting after:
+    # commands also run in-process (the demo, the Python API), and a later training step
+    # must not silently switch to float64.
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", args.precision == "float64")
+    try:
+        return _run(args)
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+def _run(args) -> int:
     import sys
 
     import jax
-
-    if args.precision == "float64":
-        # Before any array exists: the solves at lambda ~ 1e-6 need float64 to certify 1e-6.
-        jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
     import numpy as np
 
