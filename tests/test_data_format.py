@@ -311,6 +311,20 @@ def test_dataset_is_picklable(tmp_path):
     np.testing.assert_array_equal(clone.states(1), ds.states(1))
 
 
+def _write_vlen_channel_file(path, seed):
+    """A PDEGym-layout file whose channel names are variable-length strings (what triggers
+    netCDF-C's double-open crash)."""
+    c = pdegym_channels(random_states(np.random.default_rng(seed), 3, 2, 4, 4))
+    with netCDF4.Dataset(path, "w") as nc:
+        for name, size in zip(schema.DIMS, c.shape):
+            nc.createDimension(name, size)
+        ch = nc.createVariable("channel", str, ("channel",))  # variable-length strings
+        for k, name in enumerate(CHANNELS):
+            ch[k] = name
+        nc.createVariable("data", "f4", schema.DIMS)[:] = c
+    return path
+
+
 def test_same_file_in_two_datasets_with_vlen_channel_names(tmp_path):
     """Regression: a second handle that reads vlen strings and closes made netCDF-C segfault
     on the next open; datasets now share one handle per file (run in a subprocess so that a
@@ -319,16 +333,7 @@ def test_same_file_in_two_datasets_with_vlen_channel_names(tmp_path):
     import sys
     import textwrap
 
-    q = random_states(np.random.default_rng(16), 3, 2, 4, 4)
-    c = pdegym_channels(q)
-    path = tmp_path / "vlen.nc"
-    with netCDF4.Dataset(path, "w") as nc:
-        for name, size in zip(schema.DIMS, c.shape):
-            nc.createDimension(name, size)
-        ch = nc.createVariable("channel", str, ("channel",))  # variable-length strings
-        for k, name in enumerate(CHANNELS):
-            ch[k] = name
-        nc.createVariable("data", "f4", schema.DIMS)[:] = c
+    path = _write_vlen_channel_file(tmp_path / "vlen.nc", seed=16)
     script = textwrap.dedent(f"""
         from symgrad.data import open_dataset
         a = open_dataset({str(path)!r}); a.states(0)
@@ -348,16 +353,7 @@ def test_forked_child_opens_the_file_again(tmp_path):
     import sys
     import textwrap
 
-    q = random_states(np.random.default_rng(18), 3, 2, 4, 4)
-    c = pdegym_channels(q)
-    path = tmp_path / "vlen_fork.nc"
-    with netCDF4.Dataset(path, "w") as nc:
-        for name, size in zip(schema.DIMS, c.shape):
-            nc.createDimension(name, size)
-        ch = nc.createVariable("channel", str, ("channel",))
-        for k, name in enumerate(CHANNELS):
-            ch[k] = name
-        nc.createVariable("data", "f4", schema.DIMS)[:] = c
+    path = _write_vlen_channel_file(tmp_path / "vlen_fork.nc", seed=18)
     script = textwrap.dedent(f"""
         import os
         from symgrad.data import open_dataset

@@ -78,3 +78,11 @@ def test_every_design_subcommand_is_registered():
     names = [n for n, _ in cli._available_commands()]
     assert names == list(cli.SUBCOMMANDS)
     assert set(names) == {"generate", "solve", "train", "equivariance", "overlap", "figures", "sweep", "info"}
+
+
+def test_diagnostic_commands_offer_every_named_group():
+    # The CLI spells the names out (so --help need not import jax); they must not drift.
+    from symgrad import groups
+    from symgrad.commands import _diagnostic_inputs
+
+    assert _diagnostic_inputs.GROUPS == groups.GROUP_NAMES

@@ -9,6 +9,29 @@ from typing import NamedTuple
 from symgrad.errors import SymgradError
 
 
+# symgrad.groups.GROUP_NAMES, spelled out here so that --help does not import jax.
+GROUPS = ("d4", "translate-x", "translate-y", "scale")
+
+
+def add_diagnostic_arguments(parser) -> None:
+    """The arguments every diagnostic takes: the run, the group, the data, the output."""
+    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory written by 'symgrad train'%(default).0s")
+    parser.add_argument("--group", required=True, metavar="GROUP", help=f"symmetry group: {', '.join(GROUPS)}%(default).0s")
+    parser.add_argument("--data", nargs="+", metavar="FILE.nc", default=None,
+                        help="dataset file(s) (default: the run's data, whose test split is used)%(default).0s")
+    parser.add_argument("--out", required=True, metavar="RESULT.nc", help="output netCDF file%(default).0s")
+    parser.add_argument("--stride", type=int, default=1, metavar="K",
+                        help="translations: shifts 0, K, 2K, ... < resolution")
+    parser.add_argument("--factors", type=float, nargs="+", default=None, metavar="A",
+                        help="scaling factors (default: 0.5 0.8 1 1.25 2)%(default).0s")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)%(default).0s")
+
+
+def check_group(name: str) -> None:
+    if name not in GROUPS:
+        raise SymgradError(f"unknown group {name!r}; choose one of: {', '.join(GROUPS)}")
+
+
 class DiagnosticInputs(NamedTuple):
     run: object  # symgrad.train.Run
     run_dir: Path

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from symgrad.commands._diagnostic_inputs import (
+    add_diagnostic_arguments, check_group, check_transition, load_inputs, select_test_samples,
+)
 from symgrad.errors import SymgradError
 
 HELP = "measure forward equivariance errors of a trained surrogate over a symmetry group"
@@ -17,27 +20,15 @@ DESCRIPTION = (
     "(t = n_times-2 -> n_times-1)."
 )
 
-GROUPS = ("d4", "translate-x", "translate-y", "scale")
-
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory written by 'symgrad train'%(default).0s")
-    parser.add_argument("--group", required=True, metavar="GROUP",
-                        help=f"symmetry group: {', '.join(GROUPS)}%(default).0s")
-    parser.add_argument("--data", nargs="+", metavar="FILE.nc", default=None,
-                        help="dataset file(s) (default: the run's training data, whose test split is used)%(default).0s")
-    parser.add_argument("--out", required=True, metavar="RESULT.nc", help="output netCDF file%(default).0s")
+    add_diagnostic_arguments(parser)
     parser.add_argument("--time", type=int, default=None, metavar="T",
                         help="use the transition T -> T+1 (default: see above)%(default).0s")
     parser.add_argument("--samples", type=int, default=None, metavar="N",
                         help="use the first N test trajectories (default: all)%(default).0s")
-    parser.add_argument("--stride", type=int, default=1, metavar="K",
-                        help="translations: shifts 0, K, 2K, ... < resolution")
-    parser.add_argument("--factors", type=float, nargs="+", default=None, metavar="A",
-                        help="scaling factors (default: 0.5 0.8 1 1.25 2)%(default).0s")
     parser.add_argument("--chunk-size", type=int, default=64, metavar="C",
                         help="model evaluations per compiled call (bounds memory)")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)%(default).0s")
 
 
 def run(args) -> int:
@@ -47,17 +38,14 @@ def run(args) -> int:
     import numpy as np
 
     from symgrad.diagnostics.equivariance import equivariance_errors
-    from symgrad.groups import DEFAULT_SCALE_FACTORS, GROUP_NAMES, named_group
+    from symgrad.groups import DEFAULT_SCALE_FACTORS, named_group
     from symgrad.io import provenance, write_netcdf_atomic
 
-    if args.group not in GROUP_NAMES:
-        raise SymgradError(f"unknown group {args.group!r}; choose one of: {', '.join(GROUP_NAMES)}")
+    check_group(args.group)
     if args.samples is not None and args.samples < 1:
         raise SymgradError(f"--samples must be >= 1, got {args.samples}")
     if args.chunk_size < 1:
         raise SymgradError(f"--chunk-size must be >= 1, got {args.chunk_size}")
-    from symgrad.commands._diagnostic_inputs import check_transition, load_inputs, select_test_samples
-
     inputs = load_inputs(args.run, args.data, args.step)
     run_, run_dir, data_paths, dataset = inputs
     model = getattr(run_, "model", None)

@@ -8,6 +8,9 @@ DESCRIPTION = (
     "run again, and OUT appears only when complete. Same arguments give the same data."
 )
 
+import contextlib
+import sys
+
 FAMILIES = ("CE-RP", "CE-CRP", "CE-RPUI")  # checked again against symgrad.euler.FAMILIES in run()
 
 
@@ -28,6 +31,20 @@ def add_run_arguments(parser) -> None:
                    help="trajectories per chunk (the unit of work that a resumed run skips)")
     g.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+@contextlib.contextmanager
+def resume_hint(out):
+    """On Ctrl-C, tell the user that finished chunks are kept and how to resume."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from symgrad.data import partial_dir
+
+        if partial_dir(out).exists():
+            print(f"finished chunks are kept in {partial_dir(out)}; run the same command again to resume",
+                  file=sys.stderr)
+        raise
 
 
 def solver_settings(args) -> dict:
@@ -51,22 +68,15 @@ def register(parser) -> None:
 
 
 def run(args) -> int:
-    import sys
+    from symgrad.data import generate_dataset
 
-    from symgrad.data import generate_dataset, partial_dir
-
-    try:
+    with resume_hint(args.out):
         out = generate_dataset(
             args.out, args.family, args.trajectories, args.resolution,
             n_times=args.times, t_final=args.t_final, seed=args.seed, chunk_size=args.chunk_size,
             solver_config=solver_settings(args), gamma=args.gamma, float64=args.float64,
             on_failure=args.on_failure, overwrite=args.overwrite, progress=not args.no_progress,
         )
-    except KeyboardInterrupt:
-        if partial_dir(args.out).exists():
-            print(f"finished chunks are kept in {partial_dir(args.out)}; run the same command again to resume",
-                  file=sys.stderr)
-        raise
     print(f"wrote {out}: {args.trajectories} {args.family} trajectories, {args.times} times, "
           f"{args.resolution}x{args.resolution}")
     return 0

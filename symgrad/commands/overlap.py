@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from symgrad.commands._diagnostic_inputs import (
+    add_diagnostic_arguments, check_group, check_transition, load_inputs, resolved, select_test_samples,
+)
 from symgrad.errors import SymgradError
 
 HELP = "measure gradient overlaps across group orbits (Euclidean and chi = (lambda I + G)^-1 metrics)"
@@ -19,19 +22,13 @@ DESCRIPTION = (
     "resumes. See docs/overlap.md."
 )
 
-GROUPS = ("d4", "translate-x", "translate-y", "scale")
-
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory written by 'symgrad train'%(default).0s")
-    parser.add_argument("--group", required=True, metavar="GROUP", help=f"symmetry group: {', '.join(GROUPS)}%(default).0s")
+    add_diagnostic_arguments(parser)
     parser.add_argument("--metric", choices=("chi", "euclidean", "both"), default="both",
                         help="which overlaps to compute (chi also yields the Euclidean ones)")
     parser.add_argument("--samples", type=int, default=64, metavar="N", help="number of test transitions N")
     parser.add_argument("--rtol", type=float, default=1e-6, help="requested relative accuracy of every chi value")
-    parser.add_argument("--data", nargs="+", metavar="FILE.nc", default=None,
-                        help="dataset file(s) (default: the run's data, test split)%(default).0s")
-    parser.add_argument("--out", required=True, metavar="RESULT.nc", help="output netCDF file%(default).0s")
     parser.add_argument("--damping", type=float, default=None, metavar="L",
                         help="lambda of chi (default: the run's weight decay)%(default).0s")
     parser.add_argument("--time", type=int, default=0, metavar="T", help="use the transition T -> T+1")
@@ -44,10 +41,6 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="per-example gradients computed C at a time (bounds memory)")
     parser.add_argument("--precision", choices=("float64", "float32"), default="float64",
                         help="arithmetic of gradients and solves (float64 reaches rtol 1e-6 at small lambda)")
-    parser.add_argument("--stride", type=int, default=1, metavar="K", help="translations: shifts 0, K, 2K, ...")
-    parser.add_argument("--factors", type=float, nargs="+", default=None, metavar="A",
-                        help="scaling factors (default: 0.5 0.8 1 1.25 2)%(default).0s")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)%(default).0s")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -73,20 +66,15 @@ def _run(args) -> int:
     import numpy as np
 
     from symgrad.diagnostics.overlap import compute_overlaps, remove_partials
-    from symgrad.groups import DEFAULT_SCALE_FACTORS, GROUP_NAMES, named_group
+    from symgrad.groups import DEFAULT_SCALE_FACTORS, named_group
     from symgrad.io import provenance, write_netcdf_atomic
 
-    if args.group not in GROUP_NAMES:
-        raise SymgradError(f"unknown group {args.group!r}; choose one of: {', '.join(GROUP_NAMES)}")
+    check_group(args.group)
     for name, value in (("--samples", args.samples), ("--max-steps", args.max_steps), ("--grad-chunk", args.grad_chunk)):
         if value < 1:
             raise SymgradError(f"{name} must be >= 1, got {value}")
     if not args.rtol > 0:
         raise SymgradError(f"--rtol must be positive, got {args.rtol}")
-    from symgrad.commands._diagnostic_inputs import (
-        check_transition, load_inputs, resolved, select_test_samples,
-    )
-
     inputs = load_inputs(args.run, args.data, args.step)
     run_, run_dir, data_paths, dataset = inputs
     damping = args.damping if args.damping is not None else float(getattr(run_, "weight_decay", 0.0) or 0.0)

@@ -1,6 +1,6 @@
 """``symgrad solve``: evolve user-given initial states (time index 0 of a data file)."""
 
-from symgrad.commands.generate import add_run_arguments, add_solver_arguments, solver_settings
+from symgrad.commands.generate import add_run_arguments, add_solver_arguments, resume_hint, solver_settings
 
 HELP = "evolve the initial states (time index 0) of a data file and write their trajectories"
 DESCRIPTION = (
@@ -21,20 +21,13 @@ def register(parser) -> None:
 
 
 def run(args) -> int:
-    import sys
+    from symgrad.data import solve_dataset
 
-    from symgrad.data import solve_dataset, partial_dir
-
-    try:
+    with resume_hint(args.out):
         out = solve_dataset(
             args.init, args.out, t_final=args.t_final, n_times=args.times, chunk_size=args.chunk_size,
             solver_config=solver_settings(args), float64=args.float64, overwrite=args.overwrite,
             progress=not args.no_progress,
         )
-    except KeyboardInterrupt:
-        if partial_dir(args.out).exists():
-            print(f"finished chunks are kept in {partial_dir(args.out)}; run the same command again to resume",
-                  file=sys.stderr)
-        raise
     print(f"wrote {out}: {args.times} times on [0, {args.t_final}]")
     return 0
