@@ -31,7 +31,8 @@ from symgrad.train import (  # noqa: E402
 )
 
 EPOCHS, BATCH, STEPS_PER_EPOCH = 3, 8, 3  # 8 trajectories x 5 transitions; 6 train -> 30
-COMMON = ["--model", "unet", "--preset", "tiny", "--batch-size", str(BATCH), "--lr", "3e-3",
+LR = "3e-3"  # as typed on the command line (tests replace this exact string)
+COMMON = ["--model", "unet", "--preset", "tiny", "--batch-size", str(BATCH), "--lr", LR,
           "--seed", "0", "--no-progress"]
 
 
@@ -206,8 +207,12 @@ def test_one_and_four_devices_agree(tmp_path, cache_dir, data_file, reference_ru
     assert json.loads((reference_run / "run.json").read_text())["n_devices"] == 1
     assert json.loads((tmp_path / "d4" / "status.json").read_text())["status"] == "max_steps"
     assert runs[1].step == runs[4].step == k
+    # Sharding changes the float32 reduction order of the gradient. Adam divides by the
+    # gradient's own running scale, so where a gradient is near zero that rounding is not
+    # damped: the update of such a parameter can move by a fraction of one step (lr). The
+    # tolerance is 5% of one step, not a relative one.
     for a, b in zip(_leaves(runs[1].params), _leaves(runs[4].params)):
-        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=0.05 * float(LR))
 
 
 def test_kill9_then_resume_is_bitwise_identical(tmp_path, cache_dir, data_file, reference_run):
@@ -321,7 +326,7 @@ def test_missing_checkpoint_is_a_clear_error_not_a_restart(tmp_path, data_file, 
 
 def test_resume_refuses_changed_config(tmp_path, data_file, reference_run, capsys):
     run_dir = _copy_run(reference_run, tmp_path / "changed")
-    changed = [a if a != "3e-3" else "1e-2" for a in COMMON]
+    changed = [a if a != LR else "1e-2" for a in COMMON]
     rc, err = _train_cli_inprocess(capsys, *changed, "--data", data_file, "--out", run_dir,
                                    "--epochs", EPOCHS)
     assert rc == 2 and "learning_rate" in err and "--force" in err
