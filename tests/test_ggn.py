@@ -53,3 +53,19 @@ def test_ggn_scales_with_output_hessian(x64):
     g1 = np.asarray(ggn_operator(apply, params, x, SIGMA).as_matrix())
     g2 = np.asarray(ggn_operator(apply, params, x, 2 * SIGMA).as_matrix())
     np.testing.assert_allclose(g2, g1 / 4, rtol=1e-12, atol=1e-16)
+
+
+@pytest.mark.parametrize("vectors_per_product", [None, 2])
+def test_gauss_newton_blocks_match_dense(x64, vectors_per_product):
+    from symgrad.diagnostics.ggn import GaussNewtonBlocks
+
+    apply, params = small_cnn(jax.random.PRNGKey(0))
+    x, _ = transitions(jax.random.PRNGKey(1), n_samples=3)
+    g = dense_ggn(apply, params, x, SIGMA)
+    vs = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (5, g.shape[0])))
+    op = GaussNewtonBlocks(apply, params, x, SIGMA, damping=0.5, vectors_per_product=vectors_per_product)
+    got = np.asarray(op(jnp.asarray(vs)))
+    np.testing.assert_allclose(got, vs @ (g + 0.5 * np.eye(len(g))), rtol=1e-11, atol=1e-13 * np.abs(g).max())
+    assert op.products == 5 and op.with_damping(0.0).products == 0
+    np.testing.assert_allclose(np.asarray(op.with_damping(0.0)(jnp.asarray(vs))), vs @ g, rtol=1e-11,
+                               atol=1e-13 * np.abs(g).max())

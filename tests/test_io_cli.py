@@ -77,7 +77,7 @@ def test_every_design_subcommand_is_registered():
     # DESIGN.md section 7: the command's interface.
     names = [n for n, _ in cli._available_commands()]
     assert names == list(cli.SUBCOMMANDS)
-    assert set(names) == {"generate", "solve", "train", "equivariance", "overlap", "figures", "sweep", "info"}
+    assert set(names) == {"generate", "solve", "train", "equivariance", "overlap", "spectrum", "figures", "sweep", "info"}
 
 
 def test_diagnostic_commands_offer_every_named_group():

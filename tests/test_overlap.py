@@ -1,4 +1,8 @@
-"""The overlap engine against dense linear algebra, plus controls, certification and resume."""
+"""The overlap engine against dense linear algebra, plus controls, certification and resume.
+
+Every solver (``block``, the default; ``cg``, the baseline; ``dense``, the exact reference)
+must reproduce the independent dense float64 reference below.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -93,12 +97,13 @@ def assert_bounds_hold(ds, ref):
         assert (err <= ds[name + "_bound"].values + slack).all(), name
 
 
+@pytest.mark.parametrize("solver", ["block", "cg", "dense"])
 @pytest.mark.parametrize("damping", [1e-6, 1e-3, 1.0])
 @pytest.mark.parametrize("name", ["pixel_mlp", "flat_mlp", "small_cnn"])
-def test_overlaps_match_dense_reference(x64, name, damping):
+def test_overlaps_match_dense_reference(x64, name, damping, solver):
     apply, params = model(name)
     x, y = transitions(jax.random.PRNGKey(1), n_samples=3)
-    ds = ov.compute_overlaps(apply, params, x, y, SIGMA, D4, damping=damping, rtol=1e-10)
+    ds = ov.compute_overlaps(apply, params, x, y, SIGMA, D4, damping=damping, rtol=1e-10, solver=solver)
     ref = reference(apply, params, x, y, D4, damping)
     assert_chi_matches(ds, ref, 1e-8)
     assert_bounds_hold(ds, ref)
@@ -113,32 +118,92 @@ def test_overlaps_match_dense_reference(x64, name, damping):
     e = ds.sel(element="e")
     np.testing.assert_allclose(e.overlap_cosine_chi.values, 1.0, rtol=1e-14)
     np.testing.assert_allclose(e.overlap_cosine_euclidean.values, 1.0, rtol=1e-14)
-    assert bool(e.reused_v_solves) and int(e.ggn_products_u) == 0
+    assert bool(e.reused_v_solves) and ds.attrs["solver"] == solver
     # the group really moves the gradients (else the test above proves nothing)
     assert np.abs(ref["cos"][1:] - 1).max() > 1e-3
+    # the certified bound never exceeds the residual bound, which holds in floating point
+    assert (ds.chi_uu_bound.values <= ds.residual_bound_u.values).all()
 
 
-def test_lineax_cg_agrees_with_dense(x64):
-    apply, params = model("pixel_mlp")
-    x, y = transitions(jax.random.PRNGKey(1), n_samples=3)
-    ds = ov.compute_overlaps(apply, params, x, y, SIGMA, D4, damping=1e-3, rtol=1e-12,
-                             solver="lineax", metric="chi")
-    ref = reference(apply, params, x, y, D4, 1e-3)
-    assert_chi_matches(ds, ref, 1e-8)
-    assert_bounds_hold(ds, ref)
-    assert "overlap_matrix_chi" in ds and ds.attrs["solver"] == "lineax"
-
-
-def test_truncated_solves_are_flagged_and_still_bounded(x64):
+@pytest.mark.parametrize("solver,limit", [("block", 2), ("cg", 3)])
+def test_truncated_solves_are_flagged_and_still_bounded(x64, solver, limit):
     apply, params = model("flat_mlp")
     x, y = transitions(jax.random.PRNGKey(1), n_samples=3)
-    ds = ov.compute_overlaps(apply, params, x, y, SIGMA, D4, damping=1e-3, rtol=1e-6, max_steps=3)
+    ds = ov.compute_overlaps(apply, params, x, y, SIGMA, D4, damping=1e-3, rtol=1e-6, solver=solver,
+                             max_iterations=limit)
     ref = reference(apply, params, x, y, D4, 1e-3)
     assert ds.tolerance_not_met.values.all() and ds.attrs["n_flagged"] == 3 * 8
-    assert not ds.converged_v.values.any() and (ds.cg_iterations_v.values == 3).all()
+    assert not ds.converged_v.values.any() and (ds.iterations_v.values == limit).all()
     err = np.abs(ds.overlap_cosine_chi.values - ref["cos"])
     assert err.max() > 1e-6  # the truncated answer really is wrong ...
     assert_bounds_hold(ds, ref)  # ... and the bounds say by how much, at most
+
+
+def test_gauss_radau_bounds_hold_along_the_block_iteration(x64):
+    """Block Gauss estimates and Gauss-Radau bounds at every step against the dense truth:
+    Gauss from below, Gauss-Radau from above, and the error matrix bounded entrywise."""
+    from symgrad.diagnostics.ggn import GaussNewtonBlocks
+    from symgrad.diagnostics.gradients import per_example_gradients
+    from symgrad.diagnostics.solvers import BlockLanczosSolver, SolverSettings
+
+    apply, params = model("small_cnn")
+    x, y = transitions(jax.random.PRNGKey(1), n_samples=3)
+    lam = 1e-4
+    rhs = jnp.concatenate([per_example_gradients(apply, params, D4.act(g, x), D4.act(g, y), SIGMA)
+                           for g in D4.elements[:3]])
+    a, cond = dense_damped_ggn(apply, params, x, SIGMA, lam)
+    exact = np.asarray(rhs) @ np.linalg.solve(a, np.asarray(rhs).T)
+    seen = []
+
+    class Record:
+        def __call__(self, gram, e):
+            err = exact - gram
+            slack = 8 * cond * np.finfo(float).eps * np.abs(np.diagonal(exact))
+            assert (np.diagonal(err) >= -slack).all()  # Gauss is a lower bound
+            assert (np.diagonal(err) <= e + slack).all()  # Gauss-Radau an upper bound
+            seen.append(np.max(e / np.diagonal(exact)))
+            return False, 2.0
+
+        def certified(self, gram, e):
+            return False
+
+    op = GaussNewtonBlocks(apply, params, x, SIGMA, damping=lam)
+    sol = BlockLanczosSolver(SolverSettings(damping=lam, max_iterations=12)).solve(op, rhs, Record())
+    assert len(seen) == 12 and seen[-1] < 1e-3 * seen[0]  # the bounds tighten as the space grows
+    assert (sol.error_bound <= sol.residual_bound).all()
+
+
+def test_null_space_share_against_the_eigen_decomposition(x64):
+    apply, params = model("small_cnn")  # 442 parameters, 192 outputs: G has a null space
+    x, y = transitions(jax.random.PRNGKey(1), n_samples=3)
+    lam = 1e-6
+    ds = ov.compute_overlaps(apply, params, x, y, SIGMA, D4, damping=lam, rtol=1e-8)
+    # reference: lambda ||A^-1 b||^2 / b^T A^-1 b in the eigenbasis of the dense G, and the
+    # plain share of b^T A^-1 b from eigenvalues of G below 1e-8 (the null space proper)
+    flat, unravel = ravel_pytree(params)
+    a, _ = dense_damped_ggn(apply, params, x, SIGMA, lam)
+    theta, q = np.linalg.eigh(a - lam * np.eye(len(a)))
+    grad = jax.jacrev(lambda p, xs, ys: smse(apply(unravel(p), xs), ys, SIGMA))
+    for k, g in enumerate(D4.elements):
+        c = q.T @ np.asarray(grad(flat, D4.act(g, x), D4.act(g, y))).T  # (P, N)
+        chi = np.sum(c**2 / (theta + lam)[:, None], axis=0)
+        soft = np.sum(c**2 * lam / (theta + lam)[:, None] ** 2, axis=0) / chi
+        hard = np.sum((c**2 / (theta + lam)[:, None])[theta < 1e-8], axis=0) / chi
+        np.testing.assert_allclose(ds.null_space_share_u.values[k], soft, rtol=1e-6)
+        np.testing.assert_allclose(soft, hard, atol=1e-3)  # this spectrum has a gap at lambda
+    assert ds.null_space_share_u.values[1:].min() > 0.5  # u^g leaves the range of G ...
+    assert ds.null_space_share_v.values.max() < 1e-3  # ... while v lies in it (x is the curvature batch)
+
+
+def test_float32_parameters_are_solved_in_float64_by_default(x64):
+    apply, params = model("pixel_mlp")
+    x, y = transitions(jax.random.PRNGKey(1), n_samples=2)
+    p32 = jax.tree.map(lambda a: a.astype(jnp.float32), params)
+    ds = ov.compute_overlaps(apply, p32, x.astype(jnp.float32), y.astype(jnp.float32), SIGMA, D4,
+                             damping=1e-6, rtol=1e-8)
+    assert ds.attrs["dtype"] == "float64" and ds.attrs["n_flagged"] == 0
+    low = ov.compute_overlaps(apply, p32, x, y, SIGMA, D4, damping=1e-6, rtol=1e-8, precision="float32")
+    assert low.attrs["dtype"] == "float32"
 
 
 def test_equivariant_model_has_unit_cosines(x64):
@@ -170,22 +235,27 @@ def test_gcnn_has_unit_cosines(x64):
     assert not ds.tolerance_not_met.values.any()
 
 
-def test_interrupted_run_resumes_to_the_same_result(x64, tmp_path, monkeypatch):
+@pytest.mark.parametrize("solver", ["block", "cg"])
+def test_interrupted_run_resumes_to_the_same_result(x64, tmp_path, monkeypatch, solver):
     apply, params = model("pixel_mlp")
     x, y = transitions(jax.random.PRNGKey(1), n_samples=3)
-    kw = dict(damping=1e-3, rtol=1e-8)
+    # chunks of 6 right-hand sides: (v, e, r), (r2, r3), (s, rs), (r2s, r3s) for block;
+    # the baseline always solves v, then one element at a time
+    kw = dict(damping=1e-3, rtol=1e-8, solver=solver, rhs_chunk_size=6)
     full = ov.compute_overlaps(apply, params, x, y, SIGMA, D4, **kw)
+    n_chunks = 4 if solver == "block" else 8
+    assert full.attrs["rhs_chunks"] == n_chunks
     part = tmp_path / "r.nc.partial"
     with pytest.raises(ov.OverlapInterrupted):
-        ov.compute_overlaps(apply, params, x, y, SIGMA, D4, partial_dir=part, stop_after=3, **kw)
-    assert sorted(p.name for p in part.glob("element_*.nc")) == [f"element_{k}.nc" for k in range(3)]
-    assert (part / "v_solves.npz").exists()
+        ov.compute_overlaps(apply, params, x, y, SIGMA, D4, partial_dir=part, stop_after=2, **kw)
+    assert sorted(p.name for p in part.glob("chunk_*.npz")) == ["chunk_0.npz", "chunk_1.npz"]
 
     calls = []
-    real = ov.chi_solve
-    monkeypatch.setattr(ov, "chi_solve", lambda *a, **k: calls.append(1) or real(*a, **k))
+    solver_class = type(ov.make_solver(solver, ov.SolverSettings(damping=1e-3)))
+    real = solver_class.solve
+    monkeypatch.setattr(solver_class, "solve", lambda *a, **k: calls.append(1) or real(*a, **k))
     resumed = ov.compute_overlaps(apply, params, x, y, SIGMA, D4, partial_dir=part, **kw)
-    assert len(calls) == 5  # the v-solves and elements 0-2 came from disk
+    assert len(calls) == n_chunks - 2  # chunks 0 and 1 came from disk
     for name in full.data_vars:
         np.testing.assert_array_equal(resumed[name].values, full[name].values, err_msg=name)
     assert resumed.attrs["ggn_products"] == full.attrs["ggn_products"]
@@ -202,6 +272,7 @@ def test_result_file_round_trip_and_coordinates(x64, tmp_path):
     x, y = transitions(jax.random.PRNGKey(1), n_samples=2)
     ds = ov.compute_overlaps(apply, params, x, y, SIGMA, D4, damping=1e-3, rtol=1e-6,
                              attrs={"data_file": "d.nc"})
+    assert ds.ggn_top_eigenvalues.dims == ("eigen_index",) and ds.effective_dimension.dims == ("damping_grid",)
     assert ds.overlap_matrix_chi.dims == ("element", "sample_i", "sample_j")
     assert ds.overlap_cosine_chi.dims == ("element", "sample")
     assert list(ds.element.values) == list(D4.elements)
@@ -230,3 +301,28 @@ def test_user_errors(x64):
         ov.compute_overlaps(apply, params, x, y, SIGMA, D4, metric="cosine")
     with pytest.raises(SymgradError, match="output_hessian"):
         ov.compute_overlaps(apply, params, x, y, SIGMA, D4, loss_fn=lambda p, t: smse(p, t, SIGMA))
+    with pytest.raises(SymgradError, match="solver"):
+        ov.compute_overlaps(apply, params, x, y, SIGMA, D4, solver="auto")
+    with pytest.raises(SymgradError, match="dense"):  # never formed for a model above the limit
+        from symgrad.diagnostics.ggn import GaussNewtonBlocks
+        from symgrad.diagnostics.solvers import DenseSolver, SolverSettings
+        op = GaussNewtonBlocks(apply, params, x, SIGMA, damping=1e-3)
+        DenseSolver(SolverSettings(damping=1e-3, dense_max_params=10)).solve(op, jnp.ones((1, op.n_params)))
+
+
+@pytest.mark.parametrize("solver", ["block", "cg"])
+def test_chi_solve_certifies_every_quadratic_form(x64, solver):
+    apply, params = model("flat_mlp")
+    x, _ = transitions(jax.random.PRNGKey(1), n_samples=3)
+    rhs = jax.random.normal(jax.random.PRNGKey(5), (6, ravel_pytree(params)[0].size))
+    a, _ = dense_damped_ggn(apply, params, x, SIGMA, 1e-4)
+    exact = np.asarray(rhs) @ np.linalg.solve(a, np.asarray(rhs).T)
+    sol = ov.chi_solve(apply, params, x, SIGMA, rhs, damping=1e-4, rtol=1e-9, solver=solver)
+    quad = np.diagonal(exact)
+    assert (sol.error_bound / quad <= 1e-9).all() and sol.converged.all()
+    assert (np.abs(np.diagonal(sol.gram) - quad) <= sol.error_bound + 1e-12 * quad).all()
+    # e bounds exactly what it claims: the energy norm of each solution's error
+    err = np.asarray(sol.solution) - np.linalg.solve(a, np.asarray(rhs).T).T
+    energy = np.einsum("kp,pq,kq->k", err, a, err)
+    assert (energy <= sol.error_bound * (1 + 1e-6) + 1e-12 * quad).all()
+    assert sol.ggn_products > 0 and sol.residual.shape == rhs.shape

@@ -27,15 +27,14 @@ def tiny_run(tiny_trained_run):
     return tiny_trained_run
 
 
-@pytest.mark.slow  # ~2 min on 2 shared cores (training + a chi run)
-def test_end_to_end_d4(x64, tiny_run, tmp_path, capsys):
+def test_end_to_end_d4_at_the_runs_damping(tiny_run, tmp_path, capsys):
     run_dir, data_file = tiny_run
     from symgrad.train import load_run
 
     run = load_run(run_dir)
     out = tmp_path / "ov.nc"
     args = ["overlap", "--run", str(run_dir), "--group", "d4", "--data", str(data_file), "--samples", "2",
-            "--damping", "1e-3", "--rtol", "1e-4", "--out", str(out), "--no-progress"]
+            "--rtol", "1e-6", "--out", str(out), "--no-progress"]
     assert main(args) == 0
     assert "wrote" in capsys.readouterr().out
     assert not (tmp_path / "ov.nc.partial").exists()  # partials removed after the atomic write
@@ -44,14 +43,22 @@ def test_end_to_end_d4(x64, tiny_run, tmp_path, capsys):
         assert list(ds.sample.values) == list(run.split["test"][:2])
         assert ds.overlap_matrix_chi.dims == ("element", "sample_i", "sample_j")
         np.testing.assert_allclose(ds.overlap_cosine_chi.sel(element="e").values, 1.0, rtol=1e-12)
-        assert int(ds.attrs["checkpoint_step"]) == run.step and ds.attrs["damping"] == 1e-3
-        assert ds.attrs["ggn_products"] > 0 and "config" in ds.attrs
-        assert not ds.tolerance_not_met.values.any()
+        assert int(ds.attrs["checkpoint_step"]) == run.step and ds.attrs["damping"] == run.weight_decay == 1e-6
+        assert ds.attrs["ggn_products"] > 0 and "config" in ds.attrs and ds.attrs["solver"] == "block"
+        assert not ds.tolerance_not_met.values.any() and ds.attrs["max_relative_bound"] <= 1e-6
+        assert ds.ggn_top_eigenvalues.size > 0 and ds.attrs["dtype"] == "float64"
 
-    # Damping defaults to the run's weight decay; a zero weight decay is a clear error.
-    if not run.weight_decay > 0:
-        assert main([a for a in args if a not in ("--damping", "1e-3")]) == 2
-        _one_line_error(capsys, "--damping")
+
+def test_user_errors_of_the_solver_flags(tiny_run, tmp_path, capsys):
+    run_dir, data_file = tiny_run
+    base = ["overlap", "--run", str(run_dir), "--group", "d4", "--data", str(data_file), "--samples", "2",
+            "--out", str(tmp_path / "o.nc"), "--no-progress"]
+    assert main(base + ["--product-chunk", "0"]) == 2
+    _one_line_error(capsys, "--product-chunk")
+    assert main(base + ["--solver", "dense"]) == 2  # 22,548 parameters: G is never formed for it
+    _one_line_error(capsys, "--solver block")
+    assert main(base + ["--damping", "0"]) == 2
+    _one_line_error(capsys, "damping")
 
 
 def test_overlap_command_restores_the_float_precision(tiny_run, tmp_path):

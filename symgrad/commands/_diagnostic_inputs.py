@@ -132,3 +132,17 @@ def select_test_samples(inputs: DiagnosticInputs):
             "one of them, or only held-out files"
         )
     return np.arange(dataset.n_samples), "all trajectories of a data file the run was not trained on"
+
+
+def load_test_transitions(inputs: DiagnosticInputs, n_samples: int, time_index: int):
+    """The first ``n_samples`` held-out transitions ``T -> T+1``: ``(samples, source, x, y)`` (numpy)."""
+    import numpy as np
+
+    check_transition(time_index, inputs.dataset)
+    samples, source = select_test_samples(inputs)
+    if len(samples) < n_samples:
+        raise SymgradError(f"--samples {n_samples} but only {len(samples)} test trajectories are available; "
+                           "pass a smaller --samples or more data")
+    samples = np.asarray(samples[:n_samples])
+    states = np.asarray(inputs.dataset.states(samples, [time_index, time_index + 1]))
+    return samples, source, states[:, 0], states[:, 1]

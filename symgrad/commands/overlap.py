@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from symgrad.commands._diagnostic_inputs import (
-    add_diagnostic_arguments, check_group, check_transition, load_inputs, resolved, select_test_samples,
+    add_diagnostic_arguments, check_group, load_inputs, load_test_transitions, resolved,
 )
 from symgrad.errors import SymgradError
 
@@ -18,9 +18,15 @@ DESCRIPTION = (
     "Gauss-Newton metric chi = (lambda I + G)^-1 (G over the untransformed batch), and the "
     "per-sample cosine and Frobenius-normalised overlaps. Every chi value is stored with a "
     "certified error bound; values whose bound exceeds --rtol are flagged "
-    "(tolerance_not_met). Partial results are kept in OUT.partial/ so an interrupted run "
-    "resumes. See docs/overlap.md."
+    "(tolerance_not_met). The default solver shares one block Krylov space among all "
+    "right-hand sides and stops on Gauss-Radau bounds of the certified quantities; a short "
+    "spectrum probe first predicts the cost and is stored with the result. Partial results "
+    "are kept in OUT.partial/ so an interrupted run resumes. See docs/overlap.md."
 )
+
+SOLVER_HELP = ("block: one block Lanczos space for every right-hand side, Gauss-Radau stopping (the fast path); "
+               "cg: independent CG per right-hand side with the residual rule (the part-1 baseline); "
+               "dense: forms G, exact reference for small models")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -34,35 +40,29 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time", type=int, default=0, metavar="T", help="use the transition T -> T+1")
     parser.add_argument("--curvature-samples", type=int, default=None, metavar="B",
                         help="curvature batch: the first B of the N samples (default: all N)%(default).0s")
-    parser.add_argument("--max-steps", type=int, default=10_000, metavar="K", help="CG iterations per solve at most")
+    parser.add_argument("--solver", choices=("block", "cg", "dense"), default="block", help=SOLVER_HELP)
+    parser.add_argument("--max-iterations", type=int, default=10_000, metavar="K",
+                        help="solver iterations at most (block steps, or CG steps per right-hand side)")
     parser.add_argument("--rhs-chunk", type=int, default=None, metavar="K",
-                        help="right-hand sides per CG block (bounds memory; default: all N)%(default).0s")
+                        help="right-hand sides solved together (bounds memory; default: all)%(default).0s")
+    parser.add_argument("--basis-memory", type=float, default=None, metavar="GB",
+                        help="GB of Lanczos vectors kept for reorthogonalisation "
+                             "(default: a quarter of the device memory)%(default).0s")
+    parser.add_argument("--product-chunk", type=int, default=None, metavar="V",
+                        help="vectors per vmapped Gauss-Newton product (bounds activation memory on big models; "
+                             "default: the whole block)%(default).0s")
+    parser.add_argument("--probe-vectors", type=int, default=8, metavar="K",
+                        help="random vectors of the spectrum probe stored with the result (0: no probe)")
     parser.add_argument("--grad-chunk", type=int, default=8, metavar="C",
                         help="per-example gradients computed C at a time (bounds memory)")
     parser.add_argument("--precision", choices=("float64", "float32"), default="float64",
                         help="arithmetic of gradients and solves (float64 reaches rtol 1e-6 at small lambda)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 def run(args) -> int:
-    import jax
-
-    # The solves at lambda ~ 1e-6 need float64 to certify 1e-6. Restore the setting after:
-    # commands also run in-process (the demo, the Python API), and a later training step
-    # must not silently switch to float64.
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", args.precision == "float64")
-    try:
-        return _run(args)
-    finally:
-        jax.config.update("jax_enable_x64", previous)
-
-
-def _run(args) -> int:
     import sys
 
-    import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from symgrad.diagnostics.overlap import compute_overlaps, remove_partials
@@ -70,11 +70,16 @@ def _run(args) -> int:
     from symgrad.io import provenance, write_netcdf_atomic
 
     check_group(args.group)
-    for name, value in (("--samples", args.samples), ("--max-steps", args.max_steps), ("--grad-chunk", args.grad_chunk)):
+    for name, value in (("--samples", args.samples), ("--max-iterations", args.max_iterations),
+                        ("--grad-chunk", args.grad_chunk),
+                        ("--product-chunk", 1 if args.product_chunk is None else args.product_chunk),
+                        ("--rhs-chunk", 1 if args.rhs_chunk is None else args.rhs_chunk)):
         if value < 1:
             raise SymgradError(f"{name} must be >= 1, got {value}")
     if not args.rtol > 0:
         raise SymgradError(f"--rtol must be positive, got {args.rtol}")
+    if args.basis_memory is not None and not args.basis_memory >= 0:
+        raise SymgradError(f"--basis-memory must be >= 0 GB, got {args.basis_memory}")
     inputs = load_inputs(args.run, args.data, args.step)
     run_, run_dir, data_paths, dataset = inputs
     damping = args.damping if args.damping is not None else float(getattr(run_, "weight_decay", 0.0) or 0.0)
@@ -82,19 +87,10 @@ def _run(args) -> int:
         raise SymgradError(
             f"the chi metric needs damping lambda > 0 but the run's weight decay is {damping}; pass --damping L"
         )
-    check_transition(args.time, dataset)
-    samples, source = select_test_samples(inputs)
-    if len(samples) < args.samples:
-        raise SymgradError(f"--samples {args.samples} but only {len(samples)} test trajectories are available; "
-                           "pass a smaller --samples or more data")
-    samples = np.asarray(samples[: args.samples])
-    states = np.asarray(dataset.states(samples, [args.time, args.time + 1]))
-    dtype = jnp.float64 if args.precision == "float64" else jnp.float32
-    x, y = jnp.asarray(states[:, 0], dtype), jnp.asarray(states[:, 1], dtype)
+    samples, source, x, y = load_test_transitions(inputs, args.samples, args.time)
     n_curv = args.curvature_samples or args.samples
     if not 1 <= n_curv <= args.samples:
         raise SymgradError(f"--curvature-samples must be in 1..{args.samples}, got {n_curv}")
-    params = jax.tree.map(lambda a: jnp.asarray(a, dtype), run_.params)
     group = named_group(args.group, dataset.resolution, stride=args.stride,
                         factors=args.factors if args.factors is not None else DEFAULT_SCALE_FACTORS)
     model = getattr(run_, "model", None)
@@ -109,14 +105,15 @@ def _run(args) -> int:
         preset=getattr(model, "preset", "unknown"),
         sigma=[float(s) for s in np.asarray(run_.sigma)],
         damping_source="--damping" if args.damping is not None else "run weight decay",
-        precision=args.precision,
     )
     out = Path(args.out)
     partial = out.with_name(out.name + ".partial")
     ds = compute_overlaps(
-        run_.apply_fn, params, x, y, np.asarray(run_.sigma), group,
-        metric=args.metric, damping=damping, rtol=args.rtol, max_steps=args.max_steps,
-        x_curvature=x[:n_curv], grad_chunk_size=args.grad_chunk, rhs_chunk_size=args.rhs_chunk,
+        run_.apply_fn, run_.params, x, y, np.asarray(run_.sigma), group,
+        metric=args.metric, damping=damping, rtol=args.rtol, solver=args.solver,
+        max_iterations=args.max_iterations, x_curvature=x[:n_curv], grad_chunk_size=args.grad_chunk,
+        rhs_chunk_size=args.rhs_chunk, vectors_per_product=args.product_chunk, precision=args.precision, spectrum_vectors=args.probe_vectors,
+        basis_memory=None if args.basis_memory is None else int(args.basis_memory * 2**30),
         sample_ids=samples, partial_dir=partial, progress=not args.no_progress, attrs=attrs,
     )
     write_netcdf_atomic(ds, out)
@@ -124,11 +121,12 @@ def _run(args) -> int:
     msg = f"wrote {out}: group {group.name}, {len(group)} elements x {len(samples)} samples"
     if "overlap_cosine_chi" in ds:
         cos = ds["overlap_cosine_chi"].values
-        msg += (f", chi cosine median {np.nanmedian(cos):.4g}, "
+        bound = float(np.nanmax(ds["overlap_cosine_chi_bound"].values))
+        msg += (f", chi cosine median {np.nanmedian(cos):.4g} (bounds <= {bound:.2g}), "
                 f"{ds.attrs['ggn_products']} Gauss-Newton products")
     print(msg)
     n_flagged = int(ds.attrs.get("n_flagged", 0))
     if n_flagged:
         print(f"symgrad overlap: warning: {n_flagged} (element, sample) values did not reach --rtol {args.rtol}; "
-              "they are flagged in 'tolerance_not_met' (raise --max-steps, or loosen --rtol)", file=sys.stderr)
+              "they are flagged in 'tolerance_not_met' (raise --max-iterations, or loosen --rtol)", file=sys.stderr)
     return 0

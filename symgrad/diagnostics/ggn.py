@@ -9,10 +9,15 @@ its transpose (``J^T w``, ``jax.linear_transpose``). Products for a block of vec
 ``jax.vmap`` of the same linear map, so one linearisation serves every right-hand side.
 
 All vectors are flat, in ``jax.flatten_util.ravel_pytree(params)`` order.
+
+``GaussNewtonBlocks`` is what the chi solvers use: it linearises once, keeps the
+linearisation on the device (a ``jax.tree_util.Partial`` passed to one jitted product, so
+nothing is baked into a compilation as a constant) and counts every product it evaluates.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, NamedTuple
 
 import jax
@@ -123,3 +128,97 @@ def ggn_matvec(
     _, vjp = jax.vjp(f, flat)
     (g,) = vjp(output_hessian(pred, jv))
     return g / x_curvature.shape[0]
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+@partial(jax.jit, static_argnums=(0,))
+def _linearize_flat(apply_fn, params, x_curvature):
+    flat, unravel = ravel_pytree(params)
+    pred, f_jvp = jax.linearize(lambda p: apply_fn(unravel(p), x_curvature), flat)
+    return flat, pred, f_jvp
+
+
+def apply_blocks(output_hessian, vectors_per_product, state, block):
+    """``(lambda I + G) V`` for the rows of ``block``, traceable (the solvers' jitted loops call it).
+
+    ``state = (flat_params, pred, f_jvp, sigma, damping)`` as held by ``GaussNewtonBlocks``.
+    ``vectors_per_product`` rows are vmapped at a time (``lax.map``; None: all): the tangent
+    activations of a vmapped jvp grow with the rows, which bounds memory for big models.
+    """
+    flat, pred, f_jvp, sigma, damping = state
+    hv = smse_output_hessian(sigma) if output_hessian is None else output_hessian
+    f_vjp = jax.linear_transpose(f_jvp, flat)
+    batch = pred.shape[0]
+
+    def one(v):
+        (g,) = f_vjp(hv(pred, f_jvp(v)))
+        return damping * v + g / batch
+
+    block = block.astype(flat.dtype)
+    if vectors_per_product is None or vectors_per_product >= block.shape[0]:
+        return jax.vmap(one)(block)
+    return jax.lax.map(one, block, batch_size=vectors_per_product)
+
+
+_apply_blocks_jit = jax.jit(apply_blocks, static_argnums=(0, 1))
+
+
+class GaussNewtonBlocks:
+    """``V -> (lambda I + G) V`` for blocks ``V`` of flat vectors ``(k, P)``, counted.
+
+    The model is linearised once at construction on the curvature batch; every call is
+    one jitted, vmapped linearised jvp/transpose pair. ``products`` counts the vectors
+    multiplied so far (a block of k is k products), the unit every cost here is stated in.
+    ``damping=0`` gives G itself (the spectrum probe). ``vectors_per_product`` bounds how
+    many vectors one vmapped product carries (memory of the tangent activations).
+
+    The solvers see only this interface: ``__call__``, ``damping``, ``dtype``, ``n_params``,
+    ``products`` and, for a solver that runs its loop inside one jit,
+    ``traced_product(state, block)`` with ``state``.
+    """
+
+    def __init__(self, apply_fn, params, x_curvature, sigma=None, *, damping: float = 0.0,
+                 output_hessian: OutputHessian | None = None, vectors_per_product: int | None = None):
+        if output_hessian is None and sigma is None:
+            raise ValueError("the Gauss-Newton operator needs sigma (SMSE) or an output_hessian")
+        leaves = jax.tree_util.tree_leaves(params)
+        dtype = jnp.result_type(*leaves) if leaves else jnp.float32
+        self._sigma = None if sigma is None else jnp.asarray(sigma, dtype)
+        self._hessian = output_hessian
+        self._chunk = None if vectors_per_product is None else int(vectors_per_product)
+        # static and hashable (one object per operator), for solvers whose loop is one jit
+        self.traced_product = partial(apply_blocks, output_hessian, self._chunk)
+        self._flat, self._pred, self._f_jvp = _linearize_flat(apply_fn, params, jnp.asarray(x_curvature, dtype))
+        self.damping = float(damping)
+        self._damping = jnp.asarray(damping, dtype)
+        self.products = 0
+        self.curvature_batch_size = int(x_curvature.shape[0])
+
+    @property
+    def n_params(self) -> int:
+        return int(self._flat.shape[0])
+
+    @property
+    def dtype(self):
+        return self._flat.dtype
+
+    @property
+    def state(self):
+        """The device-held part of a product: ``traced_product(state, block)`` inside a jitted loop."""
+        return (self._flat, self._pred, self._f_jvp, self._sigma, self._damping)
+
+    def __call__(self, block):
+        block = jnp.asarray(block)
+        self.products += int(block.shape[0])
+        return _apply_blocks_jit(self._hessian, self._chunk, self.state, block)
+
+    def with_damping(self, damping: float) -> "GaussNewtonBlocks":
+        """The same linearisation with another damping (no new forward pass)."""
+        other = object.__new__(GaussNewtonBlocks)
+        other.__dict__.update(self.__dict__)
+        other.damping = float(damping)
+        other._damping = jnp.asarray(damping, self.dtype)
+        other.products = 0
+        return other

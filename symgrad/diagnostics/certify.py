@@ -1,0 +1,242 @@
+"""Certification of chi values: error bounds, flags and stopping rules, in one place.
+
+Every chi value is a bilinear form ``b_i^T A^-1 b_j`` with ``A = lambda I + G``, estimated
+from approximate solutions ``x_i`` with explicit residuals ``r_i = b_i - A x_i`` by the
+corrected estimate ``b_i . x_j + x_i . r_j``, whose error is exactly ``r_i^T A^-1 r_j``.
+The one number that carries the accuracy of a right-hand side is an upper bound
+
+    e_i >= r_i^T A^-1 r_i          (the squared energy norm of the error of x_i)
+
+which a solver supplies (``||r_i||^2 / lambda``, or a Gauss-Radau quadrature bound; see
+docs/overlap.md section 3). From it, and nothing else:
+
+* entry ``(i, j)``: ``|error| <= sqrt(e_i e_j)`` (Cauchy-Schwarz in the ``A^-1`` inner product);
+* quadratic form ``i``: error in ``[0, e_i]``;
+* cosine and Frobenius-normalised overlaps: the worst case over the box of true values.
+
+A value is certified when each of these, relative to its natural scale, is at most
+``rtol`` (``FLAG_DEFINITION``). The stopping rules below ask the same question of the
+iterates a solver holds, with a safety factor, so that "stop" and "certified" can never
+disagree by more than that factor.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+FLAG_DEFINITION = (
+    "tolerance_not_met(g,i) is true unless: bound(cosine) <= rtol, bound(frobenius) <= rtol, "
+    "chi_uu_bound/chi_uu <= rtol, chi_vv_bound/chi_vv <= rtol and, for every j, "
+    "overlap_matrix_chi_bound[g,i,j] / sqrt(chi_uu[g,i] chi_vv[j]) <= rtol"
+)
+
+# A stopping rule is met when every value would be certified at SAFETY * rtol: the margin
+# absorbs the difference between the iterates' estimates and the final corrected ones.
+DEFAULT_SAFETY = 0.5
+# The baseline CG (residual rule) keeps its historical margin: the residual bound of a
+# product of two solves needs each solve ten times tighter than rtol.
+CG_SAFETY = 0.1
+# When the v-solves serve elements solved later (in other right-hand-side chunks), they are
+# driven this much further, so that the later u-solves alone can certify every entry.
+V_AHEAD = 0.01
+
+
+class ElementCertificate(NamedTuple):
+    """Bounds and flags of one group element's chi values (float64, numpy)."""
+
+    matrix_bound: np.ndarray  # (N, N) bound on |error| of M_ij
+    matrix_flag: np.ndarray  # (N, N) entry bound above rtol (Cauchy-Schwarz scale)
+    cosine: np.ndarray  # (N,)
+    cosine_bound: np.ndarray
+    frobenius: np.ndarray
+    frobenius_bound: np.ndarray
+    not_met: np.ndarray  # (N,) the flag of FLAG_DEFINITION
+    worst: float  # the largest relative bound (compare with rtol; inf while a ratio is unbounded)
+
+
+def certify_element(m, uu, vv, e_u, e_v, rtol: float) -> ElementCertificate:
+    """Certify ``M_ij = <u_i, v_j>_chi``, ``<u_i, u_i>_chi`` and ``<v_j, v_j>_chi`` of one element.
+
+    ``m`` (N, N), ``uu`` (N,), ``vv`` (N,) are the estimates; ``e_u``, ``e_v`` the energy
+    error bounds of the u- and v-solves.
+    """
+    m = np.asarray(m, np.float64)
+    uu, vv = np.asarray(uu, np.float64), np.asarray(vv, np.float64)
+    e_u, e_v = np.asarray(e_u, np.float64), np.asarray(e_v, np.float64)
+    diag = np.diagonal(m)
+    mb = np.sqrt(np.outer(e_u, e_v))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = mb / np.sqrt(np.abs(uu)[:, None] * np.abs(vv)[None, :])
+        uu_rel, vv_rel = e_u / np.abs(uu), e_v / np.abs(vv)
+    matrix_flag = ~(rel <= rtol)  # NaN counts as not met
+    cos, cos_b = ratio_interval_bound(diag, np.diagonal(mb), [uu, vv], [e_u, e_v], sqrt_den=True)
+    fro_norm = np.full_like(uu, np.linalg.norm(m))
+    fro_err = np.full_like(uu, np.linalg.norm(mb))  # ||B||_F bounds | ||M_true||_F - ||M||_F |
+    fro, fro_b = ratio_interval_bound(diag, np.diagonal(mb), [fro_norm], [fro_err], sqrt_den=False)
+    not_met = (
+        ~(cos_b <= rtol) | ~(fro_b <= rtol) | ~(uu_rel <= rtol) | ~(vv_rel <= rtol)
+        | matrix_flag.any(axis=-1) | ~np.isfinite(cos) | ~np.isfinite(fro)
+    )
+    parts = (cos_b, fro_b, uu_rel, vv_rel, rel)
+    worst = max(float(np.max(np.where(np.isnan(p), np.inf, p))) for p in parts)
+    return ElementCertificate(mb, matrix_flag, cos, cos_b, fro, fro_b, not_met, worst)
+
+
+def ratio_interval_bound(num, num_bound, den_parts, den_bounds, *, sqrt_den):
+    """Worst deviation of ``num / f(den)`` over the box of true values.
+
+    ``num`` lies in ``[num - num_bound, num + num_bound]`` and each denominator part in
+    ``[d - b, d + b]``; the denominator is the product of the parts (``sqrt`` of it when
+    ``sqrt_den``). The ratio is monotone in every variable on the box (denominator > 0),
+    so its extremes are at corners. Infinite where a denominator interval reaches 0.
+    """
+    num = np.asarray(num, dtype=np.float64)
+    num_bound = np.asarray(num_bound, dtype=np.float64)
+    den = np.ones_like(num)
+    for d in den_parts:
+        den = den * np.asarray(d, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = num / (np.sqrt(den) if sqrt_den else den)
+    worst = np.zeros_like(value)
+    lows = [np.asarray(d) - np.asarray(b) for d, b in zip(den_parts, den_bounds)]
+    highs = [np.asarray(d) + np.asarray(b) for d, b in zip(den_parts, den_bounds)]
+    positive = np.ones(value.shape, dtype=bool)
+    for lo in lows:
+        positive &= lo > 0
+    n_parts = len(den_parts)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for s_num in (-1.0, 1.0):
+            n = num + s_num * num_bound
+            for corner in range(2**n_parts):
+                d = np.ones_like(num)
+                for k in range(n_parts):
+                    d = d * (highs[k] if (corner >> k) & 1 else lows[k])
+                c = n / (np.sqrt(d) if sqrt_den else d)
+                worst = np.maximum(worst, np.abs(c - value))
+    return value, np.where(positive & np.isfinite(worst), worst, np.inf)
+
+
+def roundoff_allowance(rhs_norm, residual_norm_of_ay, n_params: int, dtype) -> np.ndarray:
+    """An allowance for floating-point error in the computed residual ``fl(b - A y)``.
+
+    ``sqrt(P) eps (||b|| + ||A y||)``: a model of the accumulated rounding of the operator
+    application, added to residual norms before they enter a bound. Not rigorous
+    (docs/overlap.md says so); negligible in float64, and it keeps float32 honest, where
+    a computed residual can be smaller than its own rounding error.
+    """
+    eps = float(np.finfo(np.dtype(dtype)).eps)
+    return math.sqrt(n_params) * eps * (np.asarray(rhs_norm, np.float64) + np.asarray(residual_norm_of_ay, np.float64))
+
+
+# ----------------------------------------------------------------------------- stopping rules
+
+
+class SolvedV(NamedTuple):
+    """The v side fixed by an earlier chunk, against which a later chunk's u's are certified."""
+
+    vv: np.ndarray  # (N,)
+    e_v: np.ndarray  # (N,)
+    cross: dict  # element index -> (N, N) estimate of <u_i^g, v_j>_chi (u . w), for stopping only
+
+
+class EnergyStopping:
+    """Stop when every right-hand side's relative energy error is below ``safety * rtol``.
+
+    The rule for a plain ``chi_solve``: it certifies every quadratic form, and therefore
+    every entry on the Cauchy-Schwarz scale, of the block.
+    """
+
+    def __init__(self, rtol: float, safety: float = DEFAULT_SAFETY):
+        self.rtol, self.safety = float(rtol), float(safety)
+
+    def _worst(self, gram, e) -> float:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.asarray(e) / np.abs(np.diagonal(np.asarray(gram)))
+        return float(np.max(np.where(np.isfinite(rel), rel, np.inf)))
+
+    def __call__(self, gram, e):
+        worst = self._worst(gram, e) / (self.safety * self.rtol)
+        return worst <= 1.0, worst
+
+    def certified(self, gram, e) -> bool:
+        return self._worst(gram, e) <= self.rtol
+
+
+class OverlapStopping:
+    """Stop a chunk of overlap solves when every value it decides is certified at ``safety * rtol``.
+
+    ``v_columns`` are the chunk's columns holding ``v_0..v_{N-1}`` (None when the v's were
+    solved in an earlier chunk: then ``solved_v``); ``element_columns[k]`` the columns of
+    ``u_0^g..u_{N-1}^g`` of element k (the v columns themselves for an element whose
+    gradients equal v). With ``v_ahead`` (later chunks will need these v's) the v's must
+    also reach ``V_AHEAD * safety * rtol`` relative energy error before the chunk stops.
+    """
+
+    def __init__(self, v_columns, element_columns: dict, rtol: float, *, safety: float = DEFAULT_SAFETY,
+                 solved_v: SolvedV | None = None, v_ahead: bool = False):
+        if v_columns is None and solved_v is None:
+            raise ValueError("a chunk without the v's needs solved_v")
+        self.v_columns = None if v_columns is None else list(v_columns)
+        self.element_columns = {k: list(c) for k, c in element_columns.items()}
+        self.rtol, self.safety = float(rtol), float(safety)
+        self.solved_v = solved_v
+        self.v_ahead = bool(v_ahead)
+
+    def _worst(self, gram, e, target: float, v_goal: float | None) -> float:
+        gram, e = np.asarray(gram, np.float64), np.asarray(e, np.float64)
+        quad = np.diagonal(gram)
+        v = self.v_columns
+        vv, e_v = (quad[v], e[v]) if v is not None else (self.solved_v.vv, self.solved_v.e_v)
+        worst = 0.0
+        for k, cols in self.element_columns.items():
+            m = gram[np.ix_(cols, v)] if v is not None else self.solved_v.cross[k]
+            worst = max(worst, certify_element(m, quad[cols], vv, e[cols], e_v, target).worst / target)
+        if v is not None and v_goal is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rel = e_v / np.abs(vv)
+            worst = max(worst, float(np.max(np.where(np.isfinite(rel), rel, np.inf))) / v_goal)
+        return worst
+
+    def __call__(self, gram, e):
+        target = self.safety * self.rtol
+        v_goal = V_AHEAD * target if self.v_ahead else (target if not self.element_columns else None)
+        worst = self._worst(gram, e, target, v_goal)
+        return worst <= 1.0, worst
+
+    def certified(self, gram, e) -> bool:
+        v_goal = self.rtol if not self.element_columns else None
+        return self._worst(gram, e, self.rtol, v_goal) <= 1.0
+
+
+# ----------------------------------------------------------------------------- baseline CG rule
+
+
+def energy_residual_eta(rtol: float, damping: float, safety: float = CG_SAFETY) -> float:
+    """The baseline CG rule ``||r||^2 <= eta b^T y``, ``eta = safety rtol lambda``.
+
+    ``b^T y`` increases to ``b^T chi b`` along CG from 0, so the rule gives
+    ``||r||^2 / lambda <= safety rtol b^T chi b``: each solve's residual bound ``e`` is then
+    ``safety rtol`` relative to its quadratic form (docs/overlap.md section 2).
+    """
+    return float(safety) * float(rtol) * float(damping)
+
+
+def frobenius_residual_cap(u, w, r_v_norms, rtol: float, damping: float, safety: float = CG_SAFETY):
+    """Absolute residual cap for the baseline's u-solves that also certifies the Frobenius overlap.
+
+    The residual bound matrix is ``||r_ui|| ||r_vj|| / lambda``, of Frobenius norm
+    ``||r_u|| ||r_v|| / lambda``; capping every ``||r_ui|| <= safety rtol lambda F / (sqrt(N)
+    ||r_v||)`` with ``F = ||U W^T||_F`` (no u-solve needed) keeps it below ``safety rtol
+    ||M||_F``. Only steers the solver; the reported bounds stay rigorous regardless.
+    """
+    fro = np.linalg.norm(np.asarray(u, np.float64) @ np.asarray(w, np.float64).T)
+    rv = np.linalg.norm(r_v_norms)
+    if not rv > 0:
+        return None
+    cap = safety * rtol * damping * fro / (np.sqrt(np.shape(u)[0]) * rv)
+    # A non-finite gradient (NaN cap) or orthogonal blocks (zero cap) would make CG run to
+    # its limit for nothing; fall back to the energy rule (the flags stay rigorous).
+    return cap if np.isfinite(cap) and cap > 0 else None

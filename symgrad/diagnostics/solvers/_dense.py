@@ -1,0 +1,62 @@
+"""``--solver dense``: the exact reference for small models.
+
+Forms ``A = lambda I + G`` column by column with the same matrix-free products the other
+solvers use (P products), factorises it with ``lineax.Cholesky`` and solves every
+right-hand side. The certificate is the same as everyone's: explicit residuals through the matrix-free operator
+and ``e = ||r||^2 / lambda``, so the dense answer is checked against the operator the
+iterative solvers see. Refuses models above ``SolverSettings.dense_max_params``: it is
+never chosen for the user, only asked for.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
+
+from symgrad.diagnostics.solvers._base import ChiSolution, SolverSettings, finish
+from symgrad.errors import SymgradError
+
+# Columns of A formed per batched product.
+_COLUMN_BLOCK = 256
+
+
+def dense_matrix(operator) -> np.ndarray:
+    """``lambda I + G`` as a dense symmetric float64 matrix (P products)."""
+    n = operator.n_params
+    cols = []
+    for start in range(0, n, _COLUMN_BLOCK):
+        stop = min(n, start + _COLUMN_BLOCK)
+        eye = jnp.zeros((stop - start, n), operator.dtype).at[jnp.arange(stop - start), jnp.arange(start, stop)].set(1)
+        cols.append(np.asarray(operator(eye), np.float64))
+    a = np.concatenate(cols, axis=0)
+    return 0.5 * (a + a.T)
+
+
+class DenseSolver:
+    """``--solver dense``: Cholesky of the formed ``lambda I + G`` (small models only)."""
+
+    name = "dense"
+
+    def __init__(self, settings: SolverSettings):
+        self.settings = settings
+
+    def solve(self, operator, rhs, stop=None, *, residual_cap=None, progress=None) -> ChiSolution:
+        n = operator.n_params
+        if n > self.settings.dense_max_params:
+            raise SymgradError(
+                f"--solver dense forms the {n} x {n} Gauss-Newton matrix, more than the limit of "
+                f"{self.settings.dense_max_params} parameters; use --solver block (the matrix-free default)"
+            )
+        products_before = operator.products
+        a = dense_matrix(operator)
+        if progress is not None:
+            progress(1, operator.products - products_before, np.nan)
+        op = lx.MatrixLinearOperator(jnp.asarray(a), lx.positive_semidefinite_tag)
+        solver = lx.Cholesky()
+        state = solver.init(op, {})
+        b = jnp.asarray(rhs, operator.dtype)
+        x = jax.vmap(lambda bk: lx.linear_solve(op, jnp.asarray(bk, a.dtype), solver, state=state).value)(b)
+        return finish(operator, b, x.astype(operator.dtype), iterations=1, converged=True,
+                      products_before=products_before)

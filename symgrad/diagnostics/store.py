@@ -1,0 +1,233 @@
+"""Where overlap results live: the inputs' fingerprint, resumable partial results, and the
+schema of the result dataset (docs/overlap.md section 6).
+
+Partial results (``RESULT.nc.partial/``): ``fingerprint.json`` (hash of parameters, data,
+sigma, curvature batch and every setting that changes a number), ``spectrum.json`` (the
+probe summary) and one ``chunk_<c>.npz`` per solved right-hand-side chunk: the results of
+its elements and, for chunk 0, the v-solves later chunks need. Each file is written
+atomically and holds a whole chunk, so a kill at any moment leaves either the chunk or
+nothing, and the rerun solves exactly what the uninterrupted run would have. Different
+inputs are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from symgrad.diagnostics.certify import FLAG_DEFINITION, certify_element
+from symgrad.errors import SymgradError
+from symgrad.io import commit_file, write_netcdf_atomic
+
+
+def fingerprint(arrays, settings: dict) -> str:
+    """SHA-256 of the arrays (shape, dtype, bytes) and the JSON of ``settings``."""
+    h = hashlib.sha256()
+    for arr in arrays:
+        a = np.ascontiguousarray(np.asarray(arr)) if arr is not None else np.zeros(0)
+        h.update(str((a.shape, a.dtype.str)).encode())
+        h.update(a.tobytes())
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _write_json(path: Path, payload) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, sort_keys=True))
+    commit_file(tmp, path)
+
+
+class Partials:
+    """The partial-results directory of one overlap computation (all writes atomic)."""
+
+    def __init__(self, directory, fingerprint_: str):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        stamp = self.dir / "fingerprint.json"
+        if stamp.exists():
+            old = json.loads(stamp.read_text()).get("fingerprint")
+            if old != fingerprint_:
+                raise SymgradError(
+                    f"partial results in {self.dir} were computed from different inputs or "
+                    "settings; delete that directory to start afresh, or rerun with the "
+                    "original inputs to resume"
+                )
+        else:
+            _write_json(stamp, {"fingerprint": fingerprint_})
+
+    def load_chunk(self, c):
+        """``(element results by index, v-side or None, log entry)`` of chunk ``c``, or None."""
+        path = self.dir / f"chunk_{c}.npz"
+        if not path.exists():
+            return None
+        elements, v_side = {}, {}
+        with np.load(path) as f:
+            for key in f.files:
+                head, _, name = key.partition("/")
+                if head == "v":
+                    v_side[name] = f[key]
+                elif head.startswith("e"):
+                    elements.setdefault(int(head[1:]), {})[name] = f[key]
+            log = json.loads(str(f["log"]))
+        return elements, (v_side or None), log
+
+    def save_chunk(self, c, elements: dict, v_side: dict | None, log: dict):
+        arrays = {f"e{k}/{name}": np.asarray(a) for k, res in elements.items() for name, a in res.items()}
+        arrays.update({f"v/{name}": np.asarray(a) for name, a in (v_side or {}).items()})
+        arrays["log"] = np.asarray(json.dumps(log))
+        path = self.dir / f"chunk_{c}.npz"
+        tmp = self.dir / f".chunk_{c}.npz.tmp"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        commit_file(tmp, path)
+
+    def load_json(self, name):
+        path = self.dir / f"{name}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def save_json(self, name, payload):
+        _write_json(self.dir / f"{name}.json", payload)
+
+
+def remove_partials(directory) -> None:
+    """Delete a partial-results directory once the final result is safely written."""
+    if directory is not None and Path(directory).exists():
+        shutil.rmtree(directory)
+
+
+# ----------------------------------------------------------------------------- schema
+
+
+def _var(dims, data, long_name, units="1", **extra):
+    return (dims, np.asarray(data), {"long_name": long_name, "units": units, **extra})
+
+
+def spectrum_variables(summary) -> dict:
+    """The probe summary as dataset variables (shared by overlap results and ``symgrad spectrum``)."""
+    if summary is None:
+        return {}
+    d = ("damping_grid",)
+    return {
+        "ggn_top_eigenvalues": _var(("eigen_index",), summary["top_eigenvalues"],
+                                    "largest Ritz values of the Gauss-Newton matrix G (block Lanczos)", plot_scale="log"),
+        "ggn_top_eigenvalue_residuals": _var(("eigen_index",), summary["top_residuals"],
+                                             "Lanczos residual norm of each Ritz pair (an eigenvalue lies within it)",
+                                             plot_scale="log"),
+        "effective_dimension": _var(d, summary["effective_dimension"],
+                                    "d_eff(lambda) = tr(G (G + lambda I)^-1), Hutchinson estimate"),
+        "effective_dimension_lower": _var(d, summary["effective_dimension_lower"],
+                                          "lower end of the quadrature interval of d_eff (Gauss-Radau)"),
+        "effective_dimension_upper": _var(d, summary["effective_dimension_upper"],
+                                          "upper end of the quadrature interval of d_eff (Gauss)"),
+        "effective_dimension_stderr": _var(d, summary["effective_dimension_stderr"],
+                                           "standard error of the Hutchinson average over probe vectors"),
+    }
+
+
+def spectrum_coords(summary) -> dict:
+    if summary is None:
+        return {}
+    return {"damping_grid": ("damping_grid", np.asarray(summary["dampings"], np.float64),
+                             {"long_name": "damping lambda of the effective dimension", "units": "1"}),
+            "eigen_index": ("eigen_index", np.arange(len(summary["top_eigenvalues"])),
+                            {"long_name": "rank of the Ritz value, largest first", "units": "1"})}
+
+
+def spectrum_attrs(summary) -> dict:
+    if summary is None:
+        return {}
+    return {
+        "ggn_trace": float(summary["trace"]), "ggn_trace_stderr": float(summary["trace_stderr"]),
+        "ggn_rank_bound": int(summary["rank_bound"]), "spectrum_probe_vectors": int(summary["probe_vectors"]),
+        "spectrum_probe_steps": int(summary["probe_steps"]), "spectrum_probe_ggn_products": int(summary["ggn_products"]),
+    }
+
+
+def build_result_dataset(group, results: list[dict], v_side: dict, *, metric: str, rtol: float, sample_ids,
+                         settings: dict, spectrum=None, chunks=None, attrs: dict | None = None) -> xr.Dataset:
+    """Assemble per-element results into the overlap dataset; bounds and flags by ``certify``."""
+    ee = ("element", "sample")
+    mm = ("element", "sample_i", "sample_j")
+    stack = lambda name: np.stack([r[name] for r in results])  # noqa: E731
+    diag = lambda m: np.diagonal(m, axis1=-2, axis2=-1)  # noqa: E731
+    m_euc = stack("overlap_matrix_euclidean")
+    norm_u = stack("grad_norm_u")
+    norm_v = np.asarray(v_side["grad_norm_v"], np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fro_euc = diag(m_euc) / np.linalg.norm(m_euc, axis=(-2, -1))[:, None]
+        cos_euc = diag(m_euc) / (norm_u * norm_v[None, :])
+    data = {
+        "overlap_matrix_euclidean": _var(mm, m_euc, "Euclidean gradient overlap u_i^g . v_j"),
+        "overlap_cosine_euclidean": _var(ee, cos_euc, "Euclidean cosine of u_i^g and v_i"),
+        "overlap_frobenius_euclidean": _var(ee, fro_euc, "Euclidean M^g_ii / ||M^g||_F"),
+        "grad_norm_u": _var(ee, norm_u, "Euclidean norm of u_i^g = grad L(g.x_i, g.y_i)"),
+        "grad_norm_v": _var(("sample",), norm_v, "Euclidean norm of v_i = grad L(x_i, y_i)"),
+    }
+    out_attrs = {"n_flagged": 0, "ggn_products": int(sum(c.get("ggn_products", 0) for c in chunks or []))}
+    if metric in ("chi", "both"):
+        vv, e_v, res_v = (np.asarray(v_side[k], np.float64) for k in ("chi_vv", "error_bound_v", "residual_bound_v"))
+        certs = [certify_element(r["overlap_matrix_chi"], r["chi_uu"], vv, r["error_bound_u"], e_v, rtol) for r in results]
+        rigorous = [certify_element(r["overlap_matrix_chi"], r["chi_uu"], vv, r["residual_bound_u"], res_v, rtol)
+                    for r in results]
+        cstack = lambda name: np.stack([getattr(c, name) for c in certs])  # noqa: E731
+        flag = cstack("not_met")
+        out_attrs["n_flagged"] = int(flag.sum())
+        out_attrs["max_relative_bound"] = float(max(c.worst for c in certs))
+        null_desc = ("null-space share lambda ||chi b||^2 / <b, b>_chi = -d ln <b, b>_chi / d ln lambda: "
+                     "1 when all of <b, b>_chi behaves as in the null space of G (grows as 1/lambda)")
+        data.update(
+            overlap_matrix_chi=_var(mm, stack("overlap_matrix_chi"), "chi-metric gradient overlap <u_i^g, v_j>_chi (corrected estimate)"),
+            overlap_matrix_chi_bound=_var(mm, cstack("matrix_bound"), "certified bound on |error| of overlap_matrix_chi"),
+            overlap_matrix_chi_flag=_var(mm, cstack("matrix_flag"), "bound / sqrt(chi_uu_i chi_vv_j) exceeds rtol"),
+            overlap_cosine_chi=_var(ee, cstack("cosine"), "chi cosine <u_i^g, v_i>_chi / sqrt(<u,u>_chi <v,v>_chi)"),
+            overlap_cosine_chi_bound=_var(ee, cstack("cosine_bound"), "certified bound on |error| of overlap_cosine_chi"),
+            overlap_frobenius_chi=_var(ee, cstack("frobenius"), "chi M^g_ii / ||M^g||_F"),
+            overlap_frobenius_chi_bound=_var(ee, cstack("frobenius_bound"), "certified bound on |error| of overlap_frobenius_chi"),
+            chi_uu=_var(ee, stack("chi_uu"), "<u_i^g, u_i^g>_chi (corrected estimate)"),
+            chi_uu_bound=_var(ee, stack("error_bound_u"), "certified bound on |error| of chi_uu"),
+            chi_vv=_var(("sample",), vv, "<v_i, v_i>_chi (corrected estimate)"),
+            chi_vv_bound=_var(("sample",), e_v, "certified bound on |error| of chi_vv"),
+            residual_bound_u=_var(ee, stack("residual_bound_u"), "||r||^2 / lambda for the u-solve: the bound that holds in floating point"),
+            residual_bound_v=_var(("sample",), res_v, "||r||^2 / lambda for the v-solve: the bound that holds in floating point"),
+            certified_by_residual_bound=_var(ee, ~np.stack([c.not_met for c in rigorous]),
+                                             "every value of (element, sample) meets rtol with the residual bounds alone"),
+            residual_norm_u=_var(ee, stack("residual_norm_u"), "||u - (lambda I + G) z||_2, recomputed explicitly"),
+            residual_norm_v=_var(("sample",), v_side["residual_norm_v"], "||v - (lambda I + G) w||_2, recomputed explicitly"),
+            iterations_u=_var(ee, stack("iterations_u"), "solver iterations of the u-solve (CG steps or block steps)", "count"),
+            iterations_v=_var(("sample",), v_side["iterations_v"], "solver iterations of the v-solve", "count"),
+            converged_u=_var(ee, stack("converged_u"), "the u-solve met its solver's stopping rule"),
+            converged_v=_var(("sample",), v_side["converged_v"], "the v-solve met its solver's stopping rule"),
+            null_space_share_u=_var(ee, stack("null_space_share_u"), null_desc),
+            null_space_share_v=_var(("sample",), v_side["null_space_share_v"], null_desc),
+            reused_v_solves=_var(("element",), stack("reused_v_solves").astype(bool), "u^g == v bit for bit, v-solves reused"),
+            solver_chunk=_var(("element",), stack("chunk").astype(np.int32), "right-hand-side chunk that solved this element", "1"),
+            tolerance_not_met=_var(ee, flag, "some chi value of (element, sample) has bound above rtol (see tolerance_definition)"),
+        )
+        data.update(spectrum_variables(spectrum))
+    sample_ids = np.asarray(sample_ids)
+    coords = {
+        "element": ("element", np.asarray(list(group.elements)), {"long_name": group.element_long_name}),
+        "sample": ("sample", sample_ids, {"long_name": "sample index"}),
+        "sample_i": ("sample_i", sample_ids, {"long_name": "sample index of u_i^g"}),
+        "sample_j": ("sample_j", sample_ids, {"long_name": "sample index of v_j"}),
+    }
+    if metric in ("chi", "both"):
+        coords.update(spectrum_coords(spectrum))
+    ds = xr.Dataset(data, coords=coords)
+    ds.attrs.update({"title": f"symgrad gradient overlaps, group {group.name}", "group": group.name,
+                     "metric": metric, "rtol": float(rtol)})
+    ds.attrs.update({k: (json.dumps(v) if isinstance(v, (dict, list, tuple)) or v is None else v)
+                     for k, v in settings.items()})
+    ds.attrs.update(out_attrs)
+    if metric in ("chi", "both"):
+        ds.attrs["tolerance_definition"] = FLAG_DEFINITION
+        ds.attrs["solver_chunks"] = json.dumps(chunks or [])
+        ds.attrs.update(spectrum_attrs(spectrum))
+    if attrs:
+        ds.attrs.update(attrs)
+    return ds
