@@ -64,6 +64,15 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # after BrokenPipeError, an OSError too
+        # A failed write anywhere in a command (full disk, no permission): one line.
+        from symgrad.io import write_error
+
+        err = write_error(exc)
+        if err is None:
+            raise
+        print(f"symgrad {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -75,15 +77,149 @@ def commit_file(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def write_netcdf_atomic(ds, path: str | os.PathLike, **to_netcdf_kwargs) -> Path:
-    """Write an ``xarray.Dataset`` to ``path`` through a temporary file and a rename."""
+# What a failed write means to the user, by errno: the one place these words live.
+_WRITE_ADVICE = {
+    errno.ENOSPC: "free some space or choose another location",
+    errno.EDQUOT: "free some of your quota or choose another location",
+    errno.EACCES: "choose a location you can write to",
+    errno.EPERM: "choose a location you can write to",
+    errno.EROFS: "the file system is read-only: choose another location",
+    errno.EISDIR: "that path is a directory: give a file name",
+    errno.ENOTDIR: "a parent of that path is a file, not a directory",
+}
+# A netCDF library error with less free space than this at the target reads as a full disk
+# (netCDF-C reports ENOSPC as "NetCDF: HDF error", without an errno).
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+def write_error(exc: BaseException, path: str | os.PathLike | None = None):
+    """The one-line ``SymgradError`` for a write that failed with ``exc``, or None when
+    ``exc`` is not a write failure (then the caller re-raises it)."""
+    from symgrad.errors import SymgradError
+
+    if not isinstance(exc, (OSError, RuntimeError)):
+        return None
+    where = path if path is not None else getattr(exc, "filename", None)
+    target = Path(where) if where is not None else None
+    code = getattr(exc, "errno", None)
+    # Free space first: netCDF-C reports a full disk as an HDF error or even as EACCES.
+    if target is not None or code == errno.ENOSPC:
+        probe = next((p for p in (target, *target.parents) if p.exists()), None) if target is not None else None
+        try:
+            free = shutil.disk_usage(probe).free if probe is not None else None
+        except OSError:
+            free = None
+        if code == errno.ENOSPC or (free is not None and free < _NEARLY_FULL_BYTES):
+            space = f" ({free} bytes free)" if free is not None else ""
+            return SymgradError(f"cannot write {target or 'the output'}: {os.strerror(errno.ENOSPC)}{space}; "
+                                f"{_WRITE_ADVICE[errno.ENOSPC]}")
+    if isinstance(exc, OSError) and code in _WRITE_ADVICE:
+        return SymgradError(f"cannot write {target or 'the output'}: {exc.strerror or os.strerror(code)}; "
+                            f"{_WRITE_ADVICE[code]}")
+    return None
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as JSON through a fsynced temporary file and a rename (numpy values
+    allowed); a failed write raises the one-line ``SymgradError`` of ``write_error``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = atomic_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=True, default=_json_default)
+            fh.write("\n")
+        commit_file(tmp, path)
+    except OSError as exc:
+        err = write_error(exc, path)
+        if err is None:
+            raise
+        raise err from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_netcdf_atomic(ds, path: str | os.PathLike, **to_netcdf_kwargs) -> Path:
+    """Write an ``xarray.Dataset`` to ``path`` through a temporary file and a rename.
+
+    A failed write (full disk, no permission) raises a one-line ``SymgradError`` and leaves
+    ``path`` as it was."""
+    path = Path(path)
+    tmp = atomic_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         ds.to_netcdf(tmp, engine="netcdf4", **to_netcdf_kwargs)
         commit_file(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        err = write_error(exc, path)
+        if err is None:
+            raise
+        raise err from None
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+class ExclusiveLock:
+    """One writer per output: an advisory ``fcntl`` lock on ``path``, held while in use.
+
+    The OS releases the lock when the process dies, so a kill -9 leaves no stale lock; the
+    file itself (holding the holder's PID and host, for the message) is removed on a clean
+    release. A second process gets a one-line ``SymgradError`` naming the holder. ``what``
+    names the thing locked in that message ("run directory RUN_DIR").
+    """
+
+    def __init__(self, path: str | os.PathLike, what: str):
+        self.path, self.what, self._fd = Path(path), what, None
+
+    def __enter__(self):
+        import fcntl
+
+        from symgrad.errors import SymgradError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            # Raw descriptors, unbuffered: nothing is left to flush (and fail) on release.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise SymgradError(f"{self.what} is in use by {holder} (lock {self.path}); wait for it to "
+                                   "finish, or use another output") from None
+            # A holder that released and removed the file between our open and our lock leaves
+            # us locking a deleted inode: retry on the path's current file.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        try:  # who holds it, for the refusal message; the flock alone is the lock
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        except OSError:  # a full disk: the work itself will report that, with its path
+            pass
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)  # closing releases the lock
+            self._fd = None
+        return False

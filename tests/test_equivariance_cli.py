@@ -126,3 +126,40 @@ def test_run_with_config_but_no_checkpoint(tiny_run, tmp_path, capsys):
     assert rc == 2
     _one_line_error(capsys, "checkpoint")
     assert not (tmp_path / "o.nc").exists()
+
+
+def test_an_existing_result_is_kept_unless_overwrite(tiny_run, tmp_path, capsys):
+    run_dir, data_file, _ = tiny_run
+    out = tmp_path / "d4.nc"
+    args = ["equivariance", "--run", str(run_dir), "--group", "d4", "--data", str(data_file), "--samples", "2",
+            "--out", str(out)]
+    assert main(args) == 0
+    capsys.readouterr()
+    before = out.read_bytes()
+    assert main(args[:-2] + ["--samples", "1", "--out", str(out)]) == 2
+    _one_line_error(capsys, "exists", "--overwrite")
+    assert out.read_bytes() == before
+    assert main(args[:-2] + ["--samples", "1", "--out", str(out), "--overwrite"]) == 0
+    with xr.open_dataset(out) as ds:
+        assert ds.sizes["sample"] == 1
+
+
+def test_unwritable_output_fails_before_the_work(tiny_run, tmp_path, capsys):
+    run_dir, data_file, _ = tiny_run
+    base = ["equivariance", "--run", str(run_dir), "--group", "d4", "--data", str(data_file), "--samples", "1"]
+    assert main(base + ["--out", str(tmp_path)]) == 2
+    _one_line_error(capsys, "is a directory")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert main(base + ["--out", str(blocker / "o.nc")]) == 2
+    _one_line_error(capsys, "cannot write", "choose another --out")
+
+
+def test_more_samples_than_available_and_a_file_as_run_are_refused(tiny_run, tmp_path, capsys):
+    run_dir, data_file, _ = tiny_run
+    base = ["equivariance", "--group", "d4", "--data", str(data_file), "--out", str(tmp_path / "o.nc")]
+    assert main(base + ["--run", str(run_dir), "--samples", "100"]) == 2  # overlap refuses too: never a silent cap
+    _one_line_error(capsys, "--samples 100 but only", "test trajectories")
+    assert main(base + ["--run", str(data_file)]) == 2
+    _one_line_error(capsys, "is a file", "run directory")
+    assert not (tmp_path / "o.nc").exists()

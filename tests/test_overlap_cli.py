@@ -58,7 +58,9 @@ def test_user_errors_of_the_solver_flags(tiny_run, tmp_path, capsys):
     assert main(base + ["--solver", "dense"]) == 2  # 22,548 parameters: G is never formed for it
     _one_line_error(capsys, "--solver block")
     assert main(base + ["--damping", "0"]) == 2
-    _one_line_error(capsys, "damping")
+    _one_line_error(capsys, "--damping 0")  # names the flag, not the run's weight decay
+    assert main(base + ["--rtol", "2"]) == 2
+    _one_line_error(capsys, "(0, 1)")
 
 
 def test_overlap_command_restores_the_float_precision(tiny_run, tmp_path):
@@ -74,3 +76,20 @@ def test_overlap_command_restores_the_float_precision(tiny_run, tmp_path):
     assert jax.config.jax_enable_x64 == before
     with xr.open_dataset(tmp_path / "ov.nc") as ds:
         assert ds.attrs["dtype"] == "float64"
+
+
+def test_an_existing_result_is_kept_unless_overwrite(tiny_run, tmp_path, capsys):
+    # a chi result is hours of work: a second run (here Euclidean only) must not replace it
+    run_dir, data_file = tiny_run
+    out = tmp_path / "ov.nc"
+    args = ["overlap", "--run", str(run_dir), "--group", "d4", "--metric", "euclidean", "--data", str(data_file),
+            "--samples", "2", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    capsys.readouterr()
+    before = out.read_bytes()
+    assert main(args) == 2
+    _one_line_error(capsys, "exists", "--overwrite")
+    assert out.read_bytes() == before
+    assert main(args + ["--overwrite"]) == 0
+    assert main(args[:-3] + ["--out", str(tmp_path), "--no-progress"]) == 2
+    _one_line_error(capsys, "is a directory")

@@ -195,6 +195,22 @@ def test_config_toml_and_cli_precedence(tmp_path):
         TrainConfig(schedule="linear")
 
 
+def test_wrong_typed_config_values_are_one_line_errors_naming_the_field(tmp_path, capsys):
+    from symgrad.cli import main
+
+    toml = tmp_path / "bad.toml"
+    toml.write_text('[train]\nepochs = "two"\nlearning_rate = "fast"\nprogress = 1\nsplit_fractions = [0.5, 0.5]\n')
+    with pytest.raises(SymgradError) as info:
+        TrainConfig.from_toml(toml)
+    msg = str(info.value)
+    for part in ("epochs must be an integer, got 'two'", "learning_rate must be a number",
+                 "progress must be true or false", "split_fractions must be a list of 3 numbers"):
+        assert part in msg, msg
+    assert main(["train", "--config", str(toml), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "epochs must be an integer" in err, err
+
+
 # -- subprocess runs ------------------------------------------------------------------
 
 
@@ -230,6 +246,57 @@ def test_kill9_then_resume_is_bitwise_identical(tmp_path, cache_dir, data_file, 
     assert 0 < step < EPOCHS * STEPS_PER_EPOCH
     resumed = _cli(cache_dir, *args)
     assert "resuming" in resumed.stdout
+    a, b = load_run(reference_run), load_run(out)
+    assert a.step == b.step == EPOCHS * STEPS_PER_EPOCH
+    _assert_bitwise(a.params, b.params)
+    _assert_bitwise(a.opt_state, b.opt_state)
+
+
+def test_kill9_during_startup_then_rerun_equals_uninterrupted_run(tmp_path, cache_dir, data_file, reference_run):
+    # killed after config.json but before the first checkpoint: a requeued job reruns the
+    # same command, which must start cleanly (and the dead process's lock must not block it)
+    out = tmp_path / "startup"
+    args = [*COMMON, "--data", data_file, "--out", out, "--epochs", EPOCHS, "--checkpoint-every", 2,
+            "--keep", 10]
+    proc = subprocess.Popen(support.cli_command("train", *args, "--debug-step-delay", "0.7"),
+                            env=_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        t0 = time.time()
+        while not (out / "config.json").exists():
+            assert proc.poll() is None and time.time() - t0 < 240, proc.communicate()
+            time.sleep(0.02)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    ck = out / "checkpoints"
+    assert not (ck.is_dir() and any(p.name.isdigit() for p in ck.iterdir())), "killed too late"
+    rerun = _cli(cache_dir, *args)
+    assert "resuming" not in rerun.stdout
+    a, b = load_run(reference_run), load_run(out)
+    assert a.step == b.step == EPOCHS * STEPS_PER_EPOCH
+    _assert_bitwise(a.params, b.params)
+    _assert_bitwise(a.opt_state, b.opt_state)
+
+
+def test_a_second_trainer_on_the_same_run_is_refused(tmp_path, cache_dir, data_file, reference_run):
+    out = tmp_path / "shared"
+    args = [*COMMON, "--data", data_file, "--out", out, "--epochs", EPOCHS, "--checkpoint-every", 2,
+            "--keep", 10]
+    first = subprocess.Popen(support.cli_command("train", *args, "--debug-step-delay", "0.5"),
+                             env=_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.time()
+        while not (out / "lock").exists():
+            assert first.poll() is None and time.time() - t0 < 240, first.communicate()
+            time.sleep(0.02)
+        second = _cli(cache_dir, *args, check=False)
+        assert first.poll() is None, "the first run ended before the second one started"
+    finally:
+        stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    err = second.stderr.strip()
+    assert second.returncode == 2 and len(err.splitlines()) == 1, err
+    assert f"process {first.pid}" in err and "in use" in err
     a, b = load_run(reference_run), load_run(out)
     assert a.step == b.step == EPOCHS * STEPS_PER_EPOCH
     _assert_bitwise(a.params, b.params)

@@ -3,6 +3,7 @@ choosing held-out samples, with the same checks and the same one-line errors."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,7 +20,9 @@ def add_diagnostic_arguments(parser) -> None:
     parser.add_argument("--group", required=True, metavar="GROUP", help=f"symmetry group: {', '.join(GROUPS)}%(default).0s")
     parser.add_argument("--data", nargs="+", metavar="FILE.nc", default=None,
                         help="dataset file(s) (default: the run's data, whose test split is used)%(default).0s")
-    parser.add_argument("--out", required=True, metavar="RESULT.nc", help="output netCDF file%(default).0s")
+    parser.add_argument("--out", required=True, metavar="RESULT.nc",
+                        help="output netCDF file; an existing one is kept unless --overwrite%(default).0s")
+    parser.add_argument("--overwrite", action="store_true", help="replace RESULT.nc if it exists")
     parser.add_argument("--stride", type=int, default=1, metavar="K",
                         help="translations: shifts 0, K, 2K, ... < resolution")
     parser.add_argument("--factors", type=float, nargs="+", default=None, metavar="A",
@@ -30,6 +33,43 @@ def add_diagnostic_arguments(parser) -> None:
 def check_group(name: str) -> None:
     if name not in GROUPS:
         raise SymgradError(f"unknown group {name!r}; choose one of: {', '.join(GROUPS)}")
+
+
+def check_output(path, overwrite: bool) -> Path:
+    """Refuse to replace a finished result without ``--overwrite``, and fail *before* the long
+    work when ``path`` cannot be written (a directory, a missing parent that cannot be made,
+    a read-only or full file system)."""
+    import os
+    import tempfile
+
+    out = Path(path)
+    if out.is_dir():
+        raise SymgradError(f"--out {out} is a directory; pass a file name such as {out / 'result.nc'}")
+    if out.exists() and not overwrite:
+        raise SymgradError(f"{out} exists (a finished result); pass --overwrite to replace it, or choose another --out")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        # A real write, not os.access: root passes permission checks on read-only mounts.
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{out.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise SymgradError(f"cannot write {out}: {exc.strerror or exc}; choose another --out") from None
+    return out
+
+
+@contextlib.contextmanager
+def locked_output(path, overwrite: bool):
+    """``check_output``, then hold ``.RESULT.nc.lock`` (one writer per result, partials
+    included) until the result is written; checked again once the lock is held, so that a
+    run that finished meanwhile is not replaced."""
+    from symgrad.io import ExclusiveLock
+
+    out = check_output(path, overwrite)
+    with ExclusiveLock(out.with_name(f".{out.name}.lock"), f"the output {out}"):
+        check_output(out, overwrite)
+        yield out
 
 
 class DiagnosticInputs(NamedTuple):
@@ -46,6 +86,8 @@ def resolved(paths) -> list[str]:
 def load_inputs(run_dir, data, step=None) -> DiagnosticInputs:
     """Load the run (latest checkpoint unless ``step``) and open its data or ``data``."""
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise SymgradError(f"--run {run_dir} is a file; pass the run directory (the --out of 'symgrad train')")
     if not run_dir.is_dir():
         raise SymgradError(f"run directory {run_dir} does not exist; pass the --out directory of 'symgrad train'")
     from symgrad.data import open_dataset
@@ -134,15 +176,23 @@ def select_test_samples(inputs: DiagnosticInputs):
     return np.arange(dataset.n_samples), "all trajectories of a data file the run was not trained on"
 
 
+def first_test_samples(inputs: DiagnosticInputs, n_samples: int | None):
+    """The first ``n_samples`` held-out trajectories (all when None): ``(samples, source)``;
+    asking for more than there are is an error, never a silent cap."""
+    import numpy as np
+
+    samples, source = select_test_samples(inputs)
+    if n_samples is not None and len(samples) < n_samples:
+        raise SymgradError(f"--samples {n_samples} but only {len(samples)} test trajectories are available; "
+                           "pass a smaller --samples or more data")
+    return np.asarray(samples if n_samples is None else samples[:n_samples]), source
+
+
 def load_test_transitions(inputs: DiagnosticInputs, n_samples: int, time_index: int):
     """The first ``n_samples`` held-out transitions ``T -> T+1``: ``(samples, source, x, y)`` (numpy)."""
     import numpy as np
 
     check_transition(time_index, inputs.dataset)
-    samples, source = select_test_samples(inputs)
-    if len(samples) < n_samples:
-        raise SymgradError(f"--samples {n_samples} but only {len(samples)} test trajectories are available; "
-                           "pass a smaller --samples or more data")
-    samples = np.asarray(samples[:n_samples])
+    samples, source = first_test_samples(inputs, n_samples)
     states = np.asarray(inputs.dataset.states(samples, [time_index, time_index + 1]))
     return samples, source, states[:, 0], states[:, 1]

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from symgrad.commands._diagnostic_inputs import (
-    add_diagnostic_arguments, check_group, check_transition, load_inputs, select_test_samples,
+    add_diagnostic_arguments, check_group, check_transition, first_test_samples, load_inputs, locked_output,
 )
 from symgrad.errors import SymgradError
 
@@ -32,6 +32,11 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    with locked_output(args.out, args.overwrite):
+        return _run(args)
+
+
+def _run(args) -> int:
     import sys
 
     import jax.numpy as jnp
@@ -56,9 +61,7 @@ def run(args) -> int:
         time_index = args.time
     check_transition(time_index, dataset)
 
-    samples, sample_source = select_test_samples(inputs)
-    if args.samples is not None:
-        samples = samples[: args.samples]
+    samples, sample_source = first_test_samples(inputs, args.samples)
     states = np.asarray(dataset.states(samples, [time_index, time_index + 1]))
     x, y = states[:, 0], states[:, 1]
 

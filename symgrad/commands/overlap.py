@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from symgrad.commands._diagnostic_inputs import (
-    add_diagnostic_arguments, check_group, load_inputs, load_test_transitions, resolved,
+    add_diagnostic_arguments, check_group, locked_output, load_inputs, load_test_transitions, resolved,
 )
 from symgrad.errors import SymgradError
 
@@ -61,6 +61,11 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    with locked_output(args.out, args.overwrite):
+        return _run(args)
+
+
+def _run(args) -> int:
     import sys
 
     import numpy as np
@@ -76,17 +81,17 @@ def run(args) -> int:
                         ("--rhs-chunk", 1 if args.rhs_chunk is None else args.rhs_chunk)):
         if value < 1:
             raise SymgradError(f"{name} must be >= 1, got {value}")
-    if not args.rtol > 0:
-        raise SymgradError(f"--rtol must be positive, got {args.rtol}")
+    if not 0 < args.rtol < 1:
+        raise SymgradError(f"--rtol must lie in (0, 1) (a relative accuracy such as 1e-6), got {args.rtol}")
     if args.basis_memory is not None and not args.basis_memory >= 0:
         raise SymgradError(f"--basis-memory must be >= 0 GB, got {args.basis_memory}")
     inputs = load_inputs(args.run, args.data, args.step)
     run_, run_dir, data_paths, dataset = inputs
     damping = args.damping if args.damping is not None else float(getattr(run_, "weight_decay", 0.0) or 0.0)
     if args.metric != "euclidean" and not damping > 0:
-        raise SymgradError(
-            f"the chi metric needs damping lambda > 0 but the run's weight decay is {damping}; pass --damping L"
-        )
+        source = f"--damping {args.damping:g}" if args.damping is not None else f"the run's weight decay {damping:g}"
+        raise SymgradError(f"the chi metric needs damping lambda > 0, got {source}; pass --damping L with L > 0 "
+                           "(or --metric euclidean)")
     samples, source, x, y = load_test_transitions(inputs, args.samples, args.time)
     n_curv = args.curvature_samples or args.samples
     if not 1 <= n_curv <= args.samples:

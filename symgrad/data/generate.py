@@ -5,7 +5,7 @@ A run writing ``OUT.nc`` keeps its finished chunks in ``OUT.nc.partial/``:
 * ``spec.json``: every argument that determines the file's contents;
 * ``chunk_00000.nc``, ...: trajectories ``[k*K, min((k+1)*K, N))``, each a complete data
   file written atomically (temporary file + rename), so a chunk either exists whole or not;
-* ``lock``: an ``flock`` held while a process works in the directory.
+* ``lock``: an ``flock`` held while a process works in the directory (``symgrad.io.ExclusiveLock``).
 
 A killed run leaves the finished chunks; re-running the same command skips them, computes
 the rest and finally streams all chunks into ``OUT.nc`` (again through a temporary file and
@@ -20,10 +20,8 @@ Initial conditions: trajectory ``i`` starts from
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ import numpy as np
 from symgrad.data import schema
 from symgrad.data.writer import DatasetWriter, write_dataset
 from symgrad.errors import SymgradError
+from symgrad.io import ExclusiveLock, write_json_atomic
 
 ON_FAILURE = ("error", "resample")
 MAX_RESAMPLE_ATTEMPTS = 5
@@ -82,21 +81,7 @@ def _check_spec(partial: Path, spec: dict) -> None:
                 f"original arguments to resume it, or delete {partial} to start over"
             )
     else:
-        tmp = partial / ".spec.json.tmp"
-        tmp.write_text(json.dumps(spec, indent=1, sort_keys=True))
-        os.replace(tmp, spec_file)
-
-
-def _lock(partial: Path):
-    fh = open(partial / "lock", "w")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        raise SymgradError(
-            f"another process is generating into {partial} (its lock is held); wait for it to finish"
-        ) from None
-    return fh
+        write_json_atomic(spec_file, spec)
 
 
 def _existing_output_matches(out: Path, spec: dict) -> bool:
@@ -185,8 +170,7 @@ def _run(job: _Job, out, *, overwrite: bool = False, progress: bool = True, stop
         )
     partial = partial_dir(out)
     partial.mkdir(parents=True, exist_ok=True)
-    lock = _lock(partial)
-    try:
+    with ExclusiveLock(partial / "lock", f"the output {out}"):
         _check_spec(partial, spec)
         # Temporary files of a killed run (we hold the lock, so nobody else is writing them).
         for stale in [*partial.glob(".chunk_*.nc.tmp-*"), *out.parent.glob(f".{out.name}.tmp-*")]:
@@ -219,8 +203,6 @@ def _run(job: _Job, out, *, overwrite: bool = False, progress: bool = True, stop
         _assemble(job, spec, out, bounds, paths)
         shutil.rmtree(partial, ignore_errors=True)
         return out
-    finally:
-        lock.close()
 
 
 def _assemble(job: _Job, spec: dict, out: Path, bounds, paths) -> None:

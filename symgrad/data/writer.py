@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ from jaxtyping import Float
 
 from symgrad.data import schema
 from symgrad.errors import SymgradError
-from symgrad.io import atomic_path, commit_file
+from symgrad.io import atomic_path, commit_file, write_error
 
 
 def _attr_value(value):
@@ -121,12 +120,19 @@ class DatasetWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            self._nc.close()
-            if exc_type is None:
+            try:
+                self._nc.close()
+                if exc is not None:
+                    raise exc
                 if not self._written.all():
                     missing = np.flatnonzero(~self._written)
-                    raise RuntimeError(f"{missing.size} samples were never written (first: {missing[0]})")
+                    raise ValueError(f"{missing.size} samples were never written (first: {missing[0]})")
                 commit_file(self._tmp, self.path)
+            except (OSError, RuntimeError) as err:
+                failure = write_error(err, self.path)  # a full disk: one line, the path kept as it was
+                if failure is None:
+                    raise
+                raise failure from None
         finally:
             if self._tmp is not None and self._tmp.exists():
                 self._tmp.unlink()

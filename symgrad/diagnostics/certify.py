@@ -23,7 +23,7 @@ disagree by more than that factor.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 

@@ -22,7 +22,7 @@ import xarray as xr
 
 from symgrad.diagnostics.certify import FLAG_DEFINITION, certify_element
 from symgrad.errors import SymgradError
-from symgrad.io import commit_file, write_netcdf_atomic
+from symgrad.io import commit_file, write_error, write_json_atomic
 
 
 def fingerprint(arrays, settings: dict) -> str:
@@ -34,12 +34,6 @@ def fingerprint(arrays, settings: dict) -> str:
         h.update(a.tobytes())
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()
-
-
-def _write_json(path: Path, payload) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, sort_keys=True))
-    commit_file(tmp, path)
 
 
 class Partials:
@@ -58,7 +52,7 @@ class Partials:
                     "original inputs to resume"
                 )
         else:
-            _write_json(stamp, {"fingerprint": fingerprint_})
+            write_json_atomic(stamp, {"fingerprint": fingerprint_})
 
     def load_chunk(self, c):
         """``(element results by index, v-side or None, log entry)`` of chunk ``c``, or None."""
@@ -82,16 +76,23 @@ class Partials:
         arrays["log"] = np.asarray(json.dumps(log))
         path = self.dir / f"chunk_{c}.npz"
         tmp = self.dir / f".chunk_{c}.npz.tmp"
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        commit_file(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+            commit_file(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            err = write_error(exc, path)
+            if err is None:
+                raise
+            raise err from None
 
     def load_json(self, name):
         path = self.dir / f"{name}.json"
         return json.loads(path.read_text()) if path.exists() else None
 
     def save_json(self, name, payload):
-        _write_json(self.dir / f"{name}.json", payload)
+        write_json_atomic(self.dir / f"{name}.json", payload)
 
 
 def remove_partials(directory) -> None:

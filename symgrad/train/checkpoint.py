@@ -17,41 +17,18 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from symgrad.errors import SymgradError
-from symgrad.io import atomic_path, commit_file
 
 CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
 STATUS_FILE = "status.json"
 CHECKPOINT_DIR = "checkpoints"
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True, default=_json_default)
-            fh.write("\n")
-        commit_file(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _json_default(o):
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o)}")
+LOCK_FILE = "lock"  # held by the process training in the run directory (symgrad.io.ExclusiveLock)
 
 
 def read_json(path: str | os.PathLike, what: str) -> dict:

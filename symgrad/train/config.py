@@ -55,6 +55,7 @@ class TrainConfig:
     debug_step_delay: float = 0.0
 
     def __post_init__(self):
+        _check_types(self)
         # Normalise containers so that TOML/JSON/CLI inputs compare equal.
         object.__setattr__(self, "data", tuple(str(p) for p in self.data))
         object.__setattr__(self, "split_fractions", tuple(float(f) for f in self.split_fractions))
@@ -142,6 +143,38 @@ class TrainConfig:
             if new != old:
                 out[f.name] = (old, new)
         return out
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# Field annotation -> (check, what the message says it must be). Annotations are strings
+# (``from __future__ import annotations``); every field's type is in this table.
+_TYPE_CHECKS = {
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (_is_number, "a number"),
+    "dict[str, Any]": (lambda v: isinstance(v, dict), "a table of settings"),
+    "tuple[str, ...]": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(p, (str, Path)) for p in v),
+                        "a list of file paths"),
+    "tuple[float, float, float]": (lambda v: isinstance(v, (list, tuple)) and len(v) == 3
+                                   and all(_is_number(f) for f in v), "a list of 3 numbers"),
+}
+
+
+def _check_types(config: TrainConfig) -> None:
+    """Every field has its declared type (a TOML file can hold ``epochs = "two"``): one line
+    naming each wrong field, before any range check or arithmetic sees the value."""
+    problems = []
+    for f in fields(config):
+        check, expected = _TYPE_CHECKS[f.type]
+        value = getattr(config, f.name)
+        if not check(value):
+            problems.append(f"{f.name} must be {expected}, got {value!r} ({type(value).__name__})")
+    if problems:
+        raise SymgradError("invalid training config: " + "; ".join(problems))
 
 
 def cls_replace(config: TrainConfig, changes: dict[str, Any]) -> TrainConfig:

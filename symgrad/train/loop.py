@@ -18,10 +18,11 @@ import jax
 import numpy as np
 
 from symgrad.errors import SymgradError
+from symgrad.io import ExclusiveLock, write_json_atomic
 from symgrad.loss import channel_scales
 from symgrad.train import distributed
 from symgrad.train.checkpoint import (
-    CONFIG_FILE, RUN_FILE, STATUS_FILE, Checkpointer, checkpoint_dir, read_json, write_json_atomic,
+    CONFIG_FILE, LOCK_FILE, RUN_FILE, STATUS_FILE, Checkpointer, checkpoint_dir, read_json,
 )
 from symgrad.train.config import TrainConfig
 from symgrad.train.state import TrainState, batch_indices
@@ -137,6 +138,20 @@ def _padded(indices: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
 # run directory preparation
 
 
+def _stored_config(run_dir: Path) -> TrainConfig | None:
+    if not (run_dir / CONFIG_FILE).exists():
+        return None
+    return TrainConfig.from_dict(read_json(run_dir / CONFIG_FILE, "stored training config"))
+
+
+def _discard_run(run_dir: Path) -> None:
+    """Remove a run's files (not the lock): ``--overwrite``, or a run with nothing trained."""
+    if distributed.is_primary():
+        for name in (CONFIG_FILE, RUN_FILE, STATUS_FILE, METRICS_JSON, "metrics.nc", "metrics.csv"):
+            (run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(checkpoint_dir(run_dir), ignore_errors=True)
+
+
 def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool | None, force: bool,
                      overwrite: bool) -> tuple[bool, dict | None]:
     """Decide between fresh start and resume; return ``(resuming, stored_run_info)``."""
@@ -147,10 +162,7 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool | None, fo
     if overwrite:
         if resume:
             raise SymgradError("--resume and --overwrite contradict each other; choose one")
-        if distributed.is_primary():
-            for name in (CONFIG_FILE, RUN_FILE, STATUS_FILE, METRICS_JSON, "metrics.nc", "metrics.csv"):
-                (run_dir / name).unlink(missing_ok=True)
-            shutil.rmtree(checkpoint_dir(run_dir), ignore_errors=True)
+        _discard_run(run_dir)
         return False, None
     if resume is False:
         if has_ckpt or started:
@@ -162,13 +174,27 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool | None, fo
         if resume:
             raise SymgradError(f"--resume given but {checkpoint_dir(run_dir)} has no checkpoint; "
                                "drop --resume to start a new run")
-        if started:
+        # status.json and metrics.json are written only with or after a checkpoint: without
+        # them the run was killed before its first save and nothing was trained.
+        trained = (run_dir / STATUS_FILE).exists() or (run_dir / METRICS_JSON).exists()
+        if started and trained:
             raise SymgradError(
-                f"{run_dir} holds a run (config.json) but no checkpoint (it stopped before the "
-                "first save, or checkpoints were deleted); pass --overwrite to start it again "
-                "from scratch, or choose a new --out")
+                f"{run_dir} holds a trained run but no checkpoint (they were deleted); pass "
+                "--overwrite to start it again from scratch, or choose a new --out")
+        if started:
+            # Killed before its first checkpoint: the same command starts it again (a
+            # requeued cluster job must not fail here). Other settings would silently
+            # replace the recorded run: refuse those.
+            stored = _stored_config(run_dir)
+            diffs = config.material_differences(stored) if stored is not None else None
+            if diffs:
+                listing = ", ".join(f"{k}: stored {old!r} != given {new!r}" for k, (old, new) in diffs.items())
+                raise SymgradError(
+                    f"{run_dir} holds a run that stopped before its first checkpoint, with a different "
+                    f"config ({listing}); use the same settings, --overwrite to start anew, or a new --out")
+            _discard_run(run_dir)
         return False, None
-    stored = TrainConfig.from_dict(read_json(run_dir / CONFIG_FILE, "stored training config"))
+    stored = _stored_config(run_dir)
     diffs = config.material_differences(stored)
     if diffs and not force:
         listing = ", ".join(f"{k}: stored {old!r} != given {new!r}" for k, (old, new) in diffs.items())
@@ -240,10 +266,18 @@ def train(
     require a checkpoint; ``False``: require a fresh directory. A stored config that
     differs materially is refused unless ``force``. ``overwrite`` discards an existing run.
     Raises :class:`SymgradError` on non-finite loss/gradients after checkpointing the last
-    good state.
+    good state, or when another process trains in ``run_dir`` (one writer per run: the
+    primary process holds ``LOCK_FILE`` while it trains).
     """
-    open_dataset, split_trajectories, TransitionSource, build, surrogate_apply = _imports()
     run_dir = Path(run_dir).absolute()
+    if not distributed.is_primary():
+        return _train(config, run_dir, resume=resume, force=force, overwrite=overwrite, log=log)
+    with ExclusiveLock(run_dir / LOCK_FILE, f"run directory {run_dir}"):
+        return _train(config, run_dir, resume=resume, force=force, overwrite=overwrite, log=log)
+
+
+def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log) -> TrainResult:
+    open_dataset, split_trajectories, TransitionSource, build, surrogate_apply = _imports()
     config = _resolve_paths(config)
     primary = distributed.is_primary()
     resuming, stored_run = _prepare_run_dir(run_dir, config, resume, force, overwrite)
