@@ -130,6 +130,15 @@ def test_tukey_statistics_match_matplotlib():
     assert np.all(np.isnan(tukey_statistics(np.full((1, 4), np.nan))))
 
 
+def test_tukey_statistics_of_values_a_few_ulps_apart():
+    # Two chi cosines of an equivariant model (make demo): the interpolated quartiles round
+    # to one number between them, so no datum lies inside the fences.
+    row = np.array([float.fromhex("0x1.0000000000003p+0"), float.fromhex("0x1.0000000000001p+0")])
+    s = dict(zip(TUKEY_STATS, tukey_statistics(row)))
+    assert row.min() <= s["whisker_low"] <= s["whisker_high"] <= row.max()
+    assert s["whisker_low"] in row and s["min"] == row.min() and s["max"] == row.max()
+
+
 def test_written_dataset_schema(problem, tmp_path):
     x, y, sigma, params = problem
     for group_name, kind in [("d4", "OU"), ("translate-x", "i"), ("scale", "f")]:

@@ -56,6 +56,11 @@ def tukey_statistics(values, axis: int = -1) -> np.ndarray:
         q1, med, q3 = np.percentile(row, [25, 50, 75])
         iqr = q3 - q1
         inside = row[(row >= q1 - 1.5 * iqr) & (row <= q3 + 1.5 * iqr)]
+        if inside.size == 0:
+            # Values a few ulps apart: the interpolated quartiles can round to one number
+            # strictly between the data (iqr = 0), leaving no datum inside the fences. The
+            # whiskers are then the datum nearest the median.
+            inside = row[[np.argmin(np.abs(row - med))]]
         out[idx] = (row.min(), q1, med, q3, row.max(), inside.min(), inside.max(), row.mean())
     return out
 

@@ -111,6 +111,7 @@ def probe_spectrum(operator, *, n_vectors: int = DEFAULT_VECTORS, steps: int = D
     for lam in dampings:
         gauss, radau = _quadrature(t, last, rho0, float(lam), s1)
         lo, hi = zz - lam * radau, zz - lam * gauss  # d_eff term lies in [lo, hi] per probe vector
+        lo = np.maximum(lo, 0.0)  # each term z^T G (G + lam)^-1 z >= 0: an unresolved radau bound says no more
         mid = 0.5 * (lo + hi)
         lows.append(float(np.mean(lo)))
         highs.append(float(np.mean(hi)))
