@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import json
@@ -129,37 +130,17 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Write ``obj`` as JSON through a fsynced temporary file and a rename (numpy values
-    allowed); a failed write raises the one-line ``SymgradError`` of ``write_error``."""
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike):
+    """Yield a temporary sibling of ``path`` to write; on success it is fsynced and renamed
+    onto ``path``. A failed write (full disk, no permission) raises the one-line
+    ``SymgradError`` of ``write_error`` and leaves ``path`` as it was; the temporary file
+    never stays behind."""
     path = Path(path)
     tmp = atomic_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True, default=_json_default)
-            fh.write("\n")
-        commit_file(tmp, path)
-    except OSError as exc:
-        err = write_error(exc, path)
-        if err is None:
-            raise
-        raise err from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_netcdf_atomic(ds, path: str | os.PathLike, **to_netcdf_kwargs) -> Path:
-    """Write an ``xarray.Dataset`` to ``path`` through a temporary file and a rename.
-
-    A failed write (full disk, no permission) raises a one-line ``SymgradError`` and leaves
-    ``path`` as it was."""
-    path = Path(path)
-    tmp = atomic_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ds.to_netcdf(tmp, engine="netcdf4", **to_netcdf_kwargs)
+        yield tmp
         commit_file(tmp, path)
     except (OSError, RuntimeError) as exc:
         err = write_error(exc, path)
@@ -169,7 +150,20 @@ def write_netcdf_atomic(ds, path: str | os.PathLike, **to_netcdf_kwargs) -> Path
     finally:
         if tmp.exists():
             tmp.unlink()
-    return path
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as JSON (numpy values allowed) with ``atomic_write``."""
+    with atomic_write(path) as tmp, open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=_json_default)
+        fh.write("\n")
+
+
+def write_netcdf_atomic(ds, path: str | os.PathLike, **to_netcdf_kwargs) -> Path:
+    """Write an ``xarray.Dataset`` to ``path`` with ``atomic_write``."""
+    with atomic_write(path) as tmp:
+        ds.to_netcdf(tmp, engine="netcdf4", **to_netcdf_kwargs)
+    return Path(path)
 
 
 class ExclusiveLock:

@@ -109,12 +109,24 @@ def _wait_for_checkpoint(run_dir: Path, proc, below: int, timeout=240) -> int:
     raise AssertionError("no checkpoint appeared")
 
 
+def _reference_args(data_file, out):
+    """The arguments of ``reference_run`` with another ``--out``."""
+    return [*COMMON, "--data", data_file, "--out", out, "--epochs", EPOCHS, "--checkpoint-every", 2, "--keep", 10]
+
+
+def _assert_equals_reference(reference_run, out):
+    """``out`` finished with parameters and optimiser state bitwise equal to the reference run."""
+    a, b = load_run(reference_run), load_run(out)
+    assert a.step == b.step == EPOCHS * STEPS_PER_EPOCH
+    _assert_bitwise(a.params, b.params)
+    _assert_bitwise(a.opt_state, b.opt_state)
+
+
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, cache_dir, data_file):
     """An uninterrupted CLI run, 3 epochs x 3 steps, every checkpoint kept."""
     out = tmp_path_factory.mktemp("runs") / "reference"
-    _cli(cache_dir, *COMMON, "--data", data_file, "--out", out, "--epochs", EPOCHS,
-         "--checkpoint-every", 2, "--keep", 10)
+    _cli(cache_dir, *_reference_args(data_file, out))
     return out
 
 
@@ -233,8 +245,7 @@ def test_one_and_four_devices_agree(tmp_path, cache_dir, data_file, reference_ru
 
 def test_kill9_then_resume_is_bitwise_identical(tmp_path, cache_dir, data_file, reference_run):
     out = tmp_path / "killed"
-    args = [*COMMON, "--data", data_file, "--out", out, "--epochs", EPOCHS, "--checkpoint-every", 2,
-            "--keep", 10]
+    args = _reference_args(data_file, out)
     proc = subprocess.Popen(support.cli_command("train", *args, "--debug-step-delay", "0.7"),
                             env=_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -246,18 +257,14 @@ def test_kill9_then_resume_is_bitwise_identical(tmp_path, cache_dir, data_file, 
     assert 0 < step < EPOCHS * STEPS_PER_EPOCH
     resumed = _cli(cache_dir, *args)
     assert "resuming" in resumed.stdout
-    a, b = load_run(reference_run), load_run(out)
-    assert a.step == b.step == EPOCHS * STEPS_PER_EPOCH
-    _assert_bitwise(a.params, b.params)
-    _assert_bitwise(a.opt_state, b.opt_state)
+    _assert_equals_reference(reference_run, out)
 
 
 def test_kill9_during_startup_then_rerun_equals_uninterrupted_run(tmp_path, cache_dir, data_file, reference_run):
     # killed after config.json but before the first checkpoint: a requeued job reruns the
     # same command, which must start cleanly (and the dead process's lock must not block it)
     out = tmp_path / "startup"
-    args = [*COMMON, "--data", data_file, "--out", out, "--epochs", EPOCHS, "--checkpoint-every", 2,
-            "--keep", 10]
+    args = _reference_args(data_file, out)
     proc = subprocess.Popen(support.cli_command("train", *args, "--debug-step-delay", "0.7"),
                             env=_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -272,16 +279,12 @@ def test_kill9_during_startup_then_rerun_equals_uninterrupted_run(tmp_path, cach
     assert not (ck.is_dir() and any(p.name.isdigit() for p in ck.iterdir())), "killed too late"
     rerun = _cli(cache_dir, *args)
     assert "resuming" not in rerun.stdout
-    a, b = load_run(reference_run), load_run(out)
-    assert a.step == b.step == EPOCHS * STEPS_PER_EPOCH
-    _assert_bitwise(a.params, b.params)
-    _assert_bitwise(a.opt_state, b.opt_state)
+    _assert_equals_reference(reference_run, out)
 
 
 def test_a_second_trainer_on_the_same_run_is_refused(tmp_path, cache_dir, data_file, reference_run):
     out = tmp_path / "shared"
-    args = [*COMMON, "--data", data_file, "--out", out, "--epochs", EPOCHS, "--checkpoint-every", 2,
-            "--keep", 10]
+    args = _reference_args(data_file, out)
     first = subprocess.Popen(support.cli_command("train", *args, "--debug-step-delay", "0.5"),
                              env=_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -297,10 +300,7 @@ def test_a_second_trainer_on_the_same_run_is_refused(tmp_path, cache_dir, data_f
     err = second.stderr.strip()
     assert second.returncode == 2 and len(err.splitlines()) == 1, err
     assert f"process {first.pid}" in err and "in use" in err
-    a, b = load_run(reference_run), load_run(out)
-    assert a.step == b.step == EPOCHS * STEPS_PER_EPOCH
-    _assert_bitwise(a.params, b.params)
-    _assert_bitwise(a.opt_state, b.opt_state)
+    _assert_equals_reference(reference_run, out)
 
 
 def test_sigterm_checkpoints_and_resume_continues(tmp_path, cache_dir, data_file, reference_run):

@@ -22,7 +22,7 @@ import xarray as xr
 
 from symgrad.diagnostics.certify import FLAG_DEFINITION, certify_element
 from symgrad.errors import SymgradError
-from symgrad.io import commit_file, write_error, write_json_atomic
+from symgrad.io import atomic_write, write_json_atomic
 
 
 def fingerprint(arrays, settings: dict) -> str:
@@ -74,18 +74,8 @@ class Partials:
         arrays = {f"e{k}/{name}": np.asarray(a) for k, res in elements.items() for name, a in res.items()}
         arrays.update({f"v/{name}": np.asarray(a) for name, a in (v_side or {}).items()})
         arrays["log"] = np.asarray(json.dumps(log))
-        path = self.dir / f"chunk_{c}.npz"
-        tmp = self.dir / f".chunk_{c}.npz.tmp"
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
-            commit_file(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            err = write_error(exc, path)
-            if err is None:
-                raise
-            raise err from None
+        with atomic_write(self.dir / f"chunk_{c}.npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
 
     def load_json(self, name):
         path = self.dir / f"{name}.json"
