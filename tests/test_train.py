@@ -95,6 +95,14 @@ def _assert_bitwise(a, b):
         np.testing.assert_array_equal(x, y)
 
 
+def _wait_for_file(path: Path, proc, timeout=240) -> None:
+    """Poll until ``path`` exists, while ``proc`` (the run writing it) is still alive."""
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None and time.time() - t0 < timeout, proc.communicate()
+        time.sleep(0.02)
+
+
 def _wait_for_checkpoint(run_dir: Path, proc, below: int, timeout=240) -> int:
     """Poll until a finalised checkpoint (an all-digit step directory) exists."""
     t0 = time.time()
@@ -268,10 +276,7 @@ def test_kill9_during_startup_then_rerun_equals_uninterrupted_run(tmp_path, cach
     proc = subprocess.Popen(support.cli_command("train", *args, "--debug-step-delay", "0.7"),
                             env=_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        t0 = time.time()
-        while not (out / "config.json").exists():
-            assert proc.poll() is None and time.time() - t0 < 240, proc.communicate()
-            time.sleep(0.02)
+        _wait_for_file(out / "config.json", proc)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate()
@@ -288,10 +293,7 @@ def test_a_second_trainer_on_the_same_run_is_refused(tmp_path, cache_dir, data_f
     first = subprocess.Popen(support.cli_command("train", *args, "--debug-step-delay", "0.5"),
                              env=_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        t0 = time.time()
-        while not (out / "lock").exists():
-            assert first.poll() is None and time.time() - t0 < 240, first.communicate()
-            time.sleep(0.02)
+        _wait_for_file(out / "lock", first)
         second = _cli(cache_dir, *args, check=False)
         assert first.poll() is None, "the first run ended before the second one started"
     finally:

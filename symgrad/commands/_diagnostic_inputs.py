@@ -35,6 +35,11 @@ def check_group(name: str) -> None:
         raise SymgradError(f"unknown group {name!r}; choose one of: {', '.join(GROUPS)}")
 
 
+def _refuse_existing(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise SymgradError(f"{out} exists (a finished result); pass --overwrite to replace it, or choose another --out")
+
+
 def check_output(path, overwrite: bool) -> Path:
     """Refuse to replace a finished result without ``--overwrite``, and fail *before* the long
     work when ``path`` cannot be written (a directory, a missing parent that cannot be made,
@@ -45,8 +50,7 @@ def check_output(path, overwrite: bool) -> Path:
     out = Path(path)
     if out.is_dir():
         raise SymgradError(f"--out {out} is a directory; pass a file name such as {out / 'result.nc'}")
-    if out.exists() and not overwrite:
-        raise SymgradError(f"{out} exists (a finished result); pass --overwrite to replace it, or choose another --out")
+    _refuse_existing(out, overwrite)
     parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -62,13 +66,13 @@ def check_output(path, overwrite: bool) -> Path:
 @contextlib.contextmanager
 def locked_output(path, overwrite: bool):
     """``check_output``, then hold ``.RESULT.nc.lock`` (one writer per result, partials
-    included) until the result is written; checked again once the lock is held, so that a
-    run that finished meanwhile is not replaced."""
+    included) until the result is written; the existence check is repeated once the lock is
+    held, so that a run that finished meanwhile is not replaced."""
     from symgrad.io import ExclusiveLock
 
     out = check_output(path, overwrite)
     with ExclusiveLock(out.with_name(f".{out.name}.lock"), f"the output {out}"):
-        check_output(out, overwrite)
+        _refuse_existing(out, overwrite)
         yield out
 
 
