@@ -93,9 +93,10 @@ _WRITE_ADVICE = {
 _NEARLY_FULL_BYTES = 1 << 20
 
 
-def write_error(exc: BaseException, path: str | os.PathLike | None = None):
+def write_error(exc: BaseException, path: str | os.PathLike | None = None, needed: str = ""):
     """The one-line ``SymgradError`` for a write that failed with ``exc``, or None when
-    ``exc`` is not a write failure (then the caller re-raises it)."""
+    ``exc`` is not a write failure (then the caller re-raises it). ``needed`` says how much
+    room the write wanted, for a full disk."""
     from symgrad.errors import SymgradError
 
     if not isinstance(exc, (OSError, RuntimeError)):
@@ -111,7 +112,7 @@ def write_error(exc: BaseException, path: str | os.PathLike | None = None):
         except OSError:
             free = None
         if code == errno.ENOSPC or (free is not None and free < _NEARLY_FULL_BYTES):
-            space = f" ({free} bytes free)" if free is not None else ""
+            space = f" ({free} bytes free{', ' + needed if needed else ''})" if free is not None else ""
             return SymgradError(f"cannot write {target or 'the output'}: {os.strerror(errno.ENOSPC)}{space}; "
                                 f"{_WRITE_ADVICE[errno.ENOSPC]}")
     if isinstance(exc, OSError) and code in _WRITE_ADVICE:
@@ -150,6 +151,39 @@ def atomic_write(path: str | os.PathLike):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+# A finished file that a later run reuses (a chunk of ``generate``) carries its SHA-256 in a
+# sibling ``NAME.sha256``, written after the file itself: a file without it, or whose bytes no
+# longer match it (a damaged disk, a hand edit, a copy cut short), is not reused.
+DIGEST_SUFFIX = ".sha256"
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_digest(path: str | os.PathLike) -> None:
+    """Write ``path``'s SHA-256 beside it (atomically), for :func:`is_intact`."""
+    path = Path(path)
+    with atomic_write(path.with_name(path.name + DIGEST_SUFFIX)) as tmp:
+        tmp.write_text(file_digest(path) + "\n")
+
+
+def is_intact(path: str | os.PathLike) -> bool:
+    """True when ``path`` exists and still has the SHA-256 that :func:`record_digest` wrote."""
+    path = Path(path)
+    sidecar = path.with_name(path.name + DIGEST_SUFFIX)
+    try:
+        return sidecar.read_text().strip() == file_digest(path)
+    except OSError:  # either file missing or unreadable
+        return False
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:

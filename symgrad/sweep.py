@@ -16,7 +16,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from symgrad.errors import SymgradError
+from symgrad.errors import EXIT_PREEMPTED, SymgradError
 
 _DIAGNOSTICS = ("equivariance", "overlap")
 
@@ -147,7 +147,10 @@ def run_local(jobs: list[Job], *, executable: list[str] | None = None, echo=prin
             continue
         echo(f"[{i}/{len(jobs)}] {job.name}: {job.command()}")
         rc = subprocess.call([*executable, *job.argv])
-        if rc != 0:
+        if rc == EXIT_PREEMPTED:
+            echo(f"[{i}/{len(jobs)}] {job.name}: pre-empted; its progress is saved, rerun the sweep to continue")
+            failed.add(job.name)
+        elif rc != 0:
             echo(f"[{i}/{len(jobs)}] {job.name}: failed with exit status {rc}")
             failed.add(job.name)
         elif job.kind == "train":
@@ -185,7 +188,15 @@ def slurm_script(job: Job, slurm: dict, log_dir: Path) -> str:
         lines.append(f"#SBATCH --account={s['account']}")
     lines += ["set -euo pipefail", str(s["setup"])]
     if job.kind == "train":
-        lines.append(f"srun {job.command()} && touch {shlex.quote(job.output)}")
+        # A pre-empted run (exit EXIT_PREEMPTED) has saved a checkpoint: requeue the job, which
+        # then resumes it. Only a complete run (exit 0) is marked done.
+        lines += [
+            "rc=0",
+            f"srun {job.command()} || rc=$?",
+            f'if [ "$rc" -eq {EXIT_PREEMPTED} ]; then scontrol requeue "$SLURM_JOB_ID"; exit 0; fi',
+            f'if [ "$rc" -eq 0 ]; then touch {shlex.quote(job.output)}; fi',
+            'exit "$rc"',
+        ]
     else:
         lines.append(job.command())
     return "\n".join(lines) + "\n"

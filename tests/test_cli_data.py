@@ -14,6 +14,7 @@ import pytest
 
 from symgrad import cli
 from symgrad.data import open_dataset, partial_dir, schema, write_dataset
+from symgrad.errors import SymgradError
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--resolution", "16", "--times", "3", "--t-final", "0.02", "--chunk-size", "2", "--no-progress"]
@@ -61,11 +62,52 @@ def test_info_check_finds_wrong_energy_channel(tmp_path, capsys):
     path = synthetic_file(tmp_path / "e.nc")
     with netCDF4.Dataset(path, "a") as nc:
         nc.variables["data"][1, 1, 4, 2, 3] = 50.0
-    assert cli.main(["info", str(path)]) == 0  # plain info does not check E
+    assert cli.main(["info", str(path)]) == 0  # plain info describes the file, and warns
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("warning: 1 of the 3 trajectories") and "E inconsistent" in err
+    assert "sample 1, time index 1, cell (2, 3)" in err and "info --check" in err and len(err.splitlines()) == 1
     assert cli.main(["info", str(path), "--check"]) == 2
     err = capsys.readouterr().err
-    assert "E channel differs" in err and "sample 1, time index 1, cell (2, 3)" in err
+    assert "1 trajectories have E inconsistent" in err and "sample 1, time index 1, cell (2, 3)" in err
+    assert "not the total energy" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def _negative_density_file(path):
+    import netCDF4
+
+    path = synthetic_file(path, n=4, t=3)
+    with netCDF4.Dataset(path, "a") as nc:
+        nc.variables["data"][2, 0, 0, 5, 6] = -0.25  # rho < 0 at t = 0 of sample 2
+    return path
+
+
+def test_non_physical_data_is_refused_where_it_is_read(tmp_path, capsys):
+    """Negative density: plain info warns, --check counts it, and every reader (the dataset,
+    training, solve) refuses with the file, sample, time and cell instead of using it."""
+    path = _negative_density_file(tmp_path / "neg.nc")
+    assert cli.main(["info", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "density <= 0" in err and "sample 2, time index 0, cell (5, 6)" in err
+    assert cli.main(["info", str(path), "--check"]) == 2
+    assert "1 trajectories have density <= 0 (first at sample 2, time index 0, cell (5, 6))" in capsys.readouterr().err
+
+    expected = f"{path} holds non-physical values: density <= 0 at sample 2 (dataset sample 2), time index 0, cell (5, 6)"
+    with open_dataset(path) as ds:
+        ds.states([0, 1, 3])  # the other trajectories are fine
+        with pytest.raises(SymgradError, match="non-physical") as exc:
+            ds.states([1, 2])
+        assert str(exc.value).startswith(expected)
+    assert cli.main(["train", "--model", "unet", "--preset", "tiny", "--data", str(path), "--epochs", "1",
+                     "--batch-size", "2", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+    # solve reads the initial states through the same check: no CFL advice for bad input.
+    assert cli.main(["solve", str(path), "--t-final", "0.01", "--times", "2", "--out", str(tmp_path / "s.nc"),
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err and "--cfl" not in err, err
+    assert not (tmp_path / "s.nc").exists()
 
 
 def test_info_pdegym_without_metadata(tmp_path, capsys):

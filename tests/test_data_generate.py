@@ -65,6 +65,39 @@ def test_resume_after_kill_equals_uninterrupted(reference, tmp_path):
     np.testing.assert_array_equal(first_chunk, ref[:2])
 
 
+def test_damaged_chunks_are_recomputed_not_trusted(reference, tmp_path, capsys):
+    """A truncated chunk, a chunk with a flipped byte and a chunk without its checksum (killed
+    between the two writes) are each said so and recomputed; intact chunks are reused; the
+    result equals the uninterrupted reference."""
+    out = tmp_path / "damaged.nc"
+    assert generate_dataset(out, "CE-RP", N, RES, seed=11, stop_after_chunks=2, **ARGS) is None
+    first, second = (partial_dir(out) / f"chunk_{c:05d}.nc" for c in range(2))
+    assert all(c.with_name(c.name + ".sha256").exists() for c in (first, second))
+    with open(first, "r+b") as fh:  # truncated: the netCDF cannot even be opened
+        fh.truncate(fh.seek(0, 2) // 2)
+    second_mtime = second.stat().st_mtime_ns
+    capsys.readouterr()
+    assert generate_dataset(out, "CE-RP", N, RES, seed=11, stop_after_chunks=1, **ARGS) is None
+    err = capsys.readouterr().err
+    assert f"{first} is damaged" in err and str(second) not in err
+    assert second.stat().st_mtime_ns == second_mtime  # the intact chunk is reused as it is
+    np.testing.assert_array_equal(raw(first)[0], raw(reference)[0][:2])
+
+    damaged = bytearray(second.read_bytes())  # one flipped byte: maybe still a valid netCDF,
+    damaged[-8] ^= 0xFF                       # with other values in it
+    second.write_bytes(bytes(damaged))
+    assert generate_dataset(out, "CE-RP", N, RES, seed=11, **ARGS) == out
+    assert f"{second} is damaged" in capsys.readouterr().err
+    np.testing.assert_array_equal(raw(out)[0], raw(reference)[0])
+
+    unverified = tmp_path / "unverified.nc"
+    assert generate_dataset(unverified, "CE-RP", N, RES, seed=11, stop_after_chunks=1, **ARGS) is None
+    (partial_dir(unverified) / "chunk_00000.nc.sha256").unlink()
+    assert generate_dataset(unverified, "CE-RP", N, RES, seed=11, **ARGS) == unverified
+    assert "chunk_00000.nc is damaged or was never verified" in capsys.readouterr().err
+    np.testing.assert_array_equal(raw(unverified)[0], raw(reference)[0])
+
+
 def test_resume_with_other_arguments_is_an_error(tmp_path):
     out = tmp_path / "x.nc"
     generate_dataset(out, "CE-RP", N, RES, seed=11, stop_after_chunks=0, **ARGS)
@@ -106,8 +139,10 @@ def test_failed_trajectory_is_reported_not_written(reference, tmp_path):
     rho = q[..., 0]
     q[1, 0, 3, 5, 3] = 0.5 * rho[1, 0, 3, 5] * (q[1, 0, 3, 5, 1] ** 2 + q[1, 0, 3, 5, 2] ** 2) / rho[1, 0, 3, 5] ** 2 - 0.1
     init = write_dataset(tmp_path / "init.nc", q, [0.0])  # negative pressure at cell (3, 5)
-    with pytest.raises(SymgradError, match=r"trajectory 1: non-physical.*t=0 in cell \(i=3, j=5\)"):
+    # The reader refuses it before the solver runs: no solver advice for bad input.
+    with pytest.raises(SymgradError, match=r"pressure <= 0 at sample 1 .*time index 0, cell \(3, 5\)") as exc:
         solve_dataset(init, tmp_path / "bad.nc", **ARGS)
+    assert "--cfl" not in str(exc.value)
     assert not (tmp_path / "bad.nc").exists()
 
 
@@ -128,5 +163,6 @@ def test_resample_policy_replaces_failed_initial_state(reference):
     np.testing.assert_allclose(states[1, 0], good[1], rtol=1e-6)
     assert np.isfinite(states).all()
     job = gen._Job(**{**job.__dict__, "resample": None})
-    with pytest.raises(SymgradError, match="trajectory 1"):
+    with pytest.raises(SymgradError, match="trajectory 1: non-physical.*t=0") as exc:
         gen._solve_chunk(job, 0, 2)
+    assert "initial states are not physical" in str(exc.value) and "--cfl" not in str(exc.value)

@@ -1,12 +1,14 @@
 """Sweep expansion, local execution (with a stand-in executable) and SLURM scripts."""
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from symgrad import cli
-from symgrad.errors import SymgradError
+from symgrad.errors import EXIT_PREEMPTED, SymgradError
 from symgrad.sweep import expand, load_sweep, run_local, write_slurm
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,6 +100,35 @@ def test_slurm_scripts_have_dependencies(tmp_path):
     assert "--dependency=afterok" in text and text.count("sbatch --parsable") == 20
     train_script = next((tmp_path / "slurm").glob("train-*.sbatch")).read_text()
     assert "srun symgrad train" in train_script and "#SBATCH --signal=TERM" in train_script
+
+
+def _run_train_script(tmp_path, train_exit: int):
+    """The train job's sbatch script run by bash with stand-ins for srun and scontrol."""
+    sweep = load_sweep(_write(tmp_path, BODY.format(out=tmp_path / "o")))
+    jobs = expand(sweep)
+    write_slurm(jobs, sweep, tmp_path / "slurm")
+    job = next(j for j in jobs if j.kind == "train")
+    Path(job.output).parent.mkdir(parents=True)  # the run directory, as train makes it
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "srun").write_text(f"#!/bin/sh\nexit {train_exit}\n")
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'scontrol.txt'}\n")
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    script = (tmp_path / "slurm" / f"{job.name}.sbatch").read_text().replace("source .venv/bin/activate", "true")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242"}
+    rc = subprocess.run(["bash", "-c", script], env=env).returncode
+    return rc, Path(job.output).exists(), (tmp_path / "scontrol.txt")
+
+
+@pytest.mark.parametrize("train_exit", [0, EXIT_PREEMPTED, 2])
+def test_slurm_train_job_requeues_when_preempted_and_marks_only_complete_runs_done(tmp_path, train_exit):
+    rc, done, scontrol = _run_train_script(tmp_path, train_exit)
+    assert done == (train_exit == 0)
+    if train_exit == EXIT_PREEMPTED:
+        assert rc == 0 and scontrol.read_text().split() == ["requeue", "4242"]
+    else:
+        assert rc == train_exit and not scontrol.exists()
 
 
 def test_cli_dry_run_prints_commands(tmp_path, capsys):

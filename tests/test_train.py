@@ -25,7 +25,7 @@ import test_train_support as support  # noqa: E402
 
 
 from symgrad.cli import main as cli_main  # noqa: E402
-from symgrad.errors import SymgradError  # noqa: E402
+from symgrad.errors import EXIT_PREEMPTED, SymgradError  # noqa: E402
 from symgrad.train import (  # noqa: E402
     Checkpointer, TrainConfig, batch_order, load_run, train, training_sigma,
 )
@@ -315,7 +315,8 @@ def test_sigterm_checkpoints_and_resume_continues(tmp_path, cache_dir, data_file
     _wait_for_checkpoint(out, proc, below=EPOCHS * STEPS_PER_EPOCH)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == EXIT_PREEMPTED == 75, stderr  # not 0: the run is not complete
+    assert stdout.splitlines()[-1].startswith("preempted: step"), stdout
     status = json.loads((out / "status.json").read_text())
     assert status["status"] == "preempted"
     stopped = status["step"]

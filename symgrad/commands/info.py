@@ -8,9 +8,6 @@ DESCRIPTION = (
     "the parameter count and configuration of a surrogate."
 )
 
-ENERGY_RTOL = 1e-4  # |E - E(p)| / max(1, |E|) allowed by --check (float32 storage is ~1e-7)
-
-
 def register(parser) -> None:
     parser.add_argument("paths", nargs="*", metavar="FILE", help="data file(s), a directory or a glob")
     parser.add_argument("--check", action="store_true",
@@ -52,6 +49,7 @@ def _fmt_times(times) -> str:
 
 def _describe_file(args) -> int:
     import json
+    import sys
 
     import numpy as np
 
@@ -90,13 +88,20 @@ def _describe_file(args) -> int:
 
         n_range = max(1, min(args.samples, dataset.n_samples))
         picks = np.unique(np.linspace(0, dataset.n_samples - 1, n_range).round().astype(int))
-        block = dataset.read_channels(picks)
+        block = dataset.read_channels(picks, check_physics=False)  # ranges of bad data too
         print(f"ranges on {picks.size} trajectories (samples {', '.join(map(str, picks[:8]))}"
               f"{', ...' if picks.size > 8 else ''}), all times:")
         for c, name in enumerate(schema.CHANNELS):
             values = block[:, :, c]
             print(f"  {name:<4} min {values.min(): .6g}  max {values.max(): .6g}  mean {values.mean(): .6g}")
 
+        problem = None if args.check else schema.first_unphysical(block, dataset.gamma)
+        if problem is not None:  # --check lists every problem below
+            what, (s, t, i, j), affected = problem
+            print(f"warning: {affected} of the {picks.size} trajectories looked at hold non-physical values "
+                  f"({what}, first at sample {picks[s]}, time index {t}, cell ({i}, {j})): reading them "
+                  f"for training or a diagnostic will fail; run 'symgrad info --check' to list every problem",
+                  file=sys.stderr)
         for key in ("created", "git_commit", "host", "command"):
             if key in attrs:
                 print(f"{key + ':':<12} {attrs[key]}")
@@ -111,55 +116,44 @@ def _describe_file(args) -> int:
                 raise SymgradError(f"{len(problems)} check(s) failed for {paths[0]}"
                                    f"{' and its shards' if len(paths) > 1 else ''}: " + "; ".join(problems))
             print(f"check:       OK ({dataset.n_samples} trajectories: finite, rho > 0, p > 0, "
-                  f"E consistent with p to {ENERGY_RTOL:g})")
+                  f"E consistent with p to {schema.ENERGY_RTOL:g})")
     return 0
 
 
 def _check(dataset, args) -> list[str]:
+    """Every trajectory against every rule of ``schema.UNPHYSICAL``: counts and first places."""
     import numpy as np
     from tqdm.auto import tqdm
 
     from symgrad.data import schema
 
-    problems = []
-    worst_energy = (0.0, None)
-    bad_rho = bad_p = 0
-    first_rho = first_p = None
+    affected = [0] * len(schema.UNPHYSICAL)
+    first: list[tuple | None] = [None] * len(schema.UNPHYSICAL)
+    worst_energy = 0.0
     step = 4
     # disable=None: a bar on a terminal only, not in logs
     for start in tqdm(range(0, dataset.n_samples, step), desc="check", unit="block", leave=False, disable=None):
         idx = np.arange(start, min(start + step, dataset.n_samples))
-        block = dataset.read_channels(idx)  # raises on NaN/Inf, naming file, sample, time, cell
-        rho_bad = block[:, :, 0] <= 0
-        p_bad = block[:, :, 3] <= 0
-        if rho_bad.any():
-            bad_rho += int(rho_bad.any(axis=(1, 2, 3)).sum())
-            first_rho = first_rho or tuple(int(v) for v in np.argwhere(rho_bad)[0]) + (start,)
-        if p_bad.any():
-            bad_p += int(p_bad.any(axis=(1, 2, 3)).sum())
-            first_p = first_p or tuple(int(v) for v in np.argwhere(p_bad)[0]) + (start,)
-        mismatch = schema.energy_mismatch(block, dataset.gamma)
-        k = np.unravel_index(np.argmax(mismatch), mismatch.shape)
-        if mismatch[k] > worst_energy[0]:
-            worst_energy = (float(mismatch[k]), (start + int(k[0]), int(k[1]), int(k[2]), int(k[3])))
+        # Raises on NaN/Inf, naming file, sample, time and cell; the physics is counted here.
+        block = dataset.read_channels(idx, check_physics=False)
+        for r, (_, _, rule) in enumerate(schema.UNPHYSICAL):
+            bad = rule(block, dataset.gamma)
+            if bad.any():
+                affected[r] += int(bad.reshape(bad.shape[0], -1).any(axis=1).sum())
+                if first[r] is None:
+                    s, t, i, j = (int(v) for v in np.argwhere(bad)[0])
+                    first[r] = (start + s, t, i, j)
+        worst_energy = max(worst_energy, float(schema.energy_mismatch(block, dataset.gamma).max()))
 
-    def where(first):
-        s, t, i, j, start = first
-        return f"first at sample {start + s}, time index {t}, cell ({i}, {j})"
-
-    if bad_rho:
-        problems.append(f"{bad_rho} trajectories have density <= 0 ({where(first_rho)})")
-    if bad_p:
-        problems.append(f"{bad_p} trajectories have pressure <= 0 ({where(first_p)})")
-    if worst_energy[0] > ENERGY_RTOL:
-        s, t, i, j = worst_energy[1]
-        problems.append(
-            f"the E channel differs from p/(gamma-1) + rho|u|^2/2 with gamma={dataset.gamma:g} by up to "
-            f"{worst_energy[0]:.3g} (relative; sample {s}, time index {t}, cell ({i}, {j})): the 5th channel "
-            f"is not the total energy, or gamma is wrong"
-        )
-    else:
-        print(f"energy:      E matches p/(gamma-1) + rho|u|^2/2 to {worst_energy[0]:.2g} (relative)")
+    problems = []
+    for (channel, what, _), n, f in zip(schema.UNPHYSICAL, affected, first):
+        if n:
+            why = (f", up to {worst_energy:.3g} with gamma={dataset.gamma:g}: the 5th channel is not the "
+                   "total energy, or gamma is wrong") if channel == "E" else ""
+            problems.append(f"{n} trajectories have {what} (first at sample {f[0]}, time index {f[1]}, "
+                            f"cell ({f[2]}, {f[3]}){why})")
+    if not any(n for (channel, _, _), n in zip(schema.UNPHYSICAL, affected) if channel == "E"):
+        print(f"energy:      E matches p/(gamma-1) + rho|u|^2/2 to {worst_energy:.2g} (relative)")
     return problems
 
 

@@ -11,7 +11,8 @@ DESCRIPTION = (
     "Settings come from the defaults (the paper study: lr 5e-4, weight decay 1e-6, batch 64, "
     "90 epochs), then --config FILE.toml, then the flags given. If RUN_DIR already holds a "
     "checkpoint the run continues from it (exactly: same batches, same result). SIGTERM "
-    "saves a checkpoint and exits cleanly."
+    "(pre-emption) saves a checkpoint and exits with status 75; rerun the same command to "
+    "continue. Exit status 0 means the run is complete."
 )
 
 
@@ -72,6 +73,7 @@ def config_from_args(args):
 
 
 def run(args) -> int:
+    from symgrad.errors import EXIT_PREEMPTED
     from symgrad.train import distributed
 
     # Must precede every other jax call.
@@ -84,4 +86,4 @@ def run(args) -> int:
                    force=getattr(args, "force", False), overwrite=getattr(args, "overwrite", False))
     if distributed.is_primary():
         print(f"{result.status}: step {result.step}, {result.epoch} epochs completed; run in {result.run_dir}")
-    return 0
+    return EXIT_PREEMPTED if result.status == "preempted" else 0

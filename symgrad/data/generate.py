@@ -4,7 +4,9 @@ A run writing ``OUT.nc`` keeps its finished chunks in ``OUT.nc.partial/``:
 
 * ``spec.json``: every argument that determines the file's contents;
 * ``chunk_00000.nc``, ...: trajectories ``[k*K, min((k+1)*K, N))``, each a complete data
-  file written atomically (temporary file + rename), so a chunk either exists whole or not;
+  file written atomically (temporary file + rename), so a chunk either exists whole or not,
+  and ``chunk_00000.nc.sha256`` beside it (``symgrad.io.record_digest``). A rerun reuses only
+  chunks whose bytes still match; a damaged or unverified one is said so and recomputed;
 * ``lock``: an ``flock`` held while a process works in the directory (``symgrad.io.ExclusiveLock``).
 
 A killed run leaves the finished chunks; re-running the same command skips them, computes
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,7 +35,7 @@ import numpy as np
 from symgrad.data import schema
 from symgrad.data.writer import DatasetWriter, write_dataset
 from symgrad.errors import SymgradError
-from symgrad.io import ExclusiveLock, write_json_atomic
+from symgrad.io import DIGEST_SUFFIX, ExclusiveLock, is_intact, record_digest, write_json_atomic
 
 ON_FAILURE = ("error", "resample")
 MAX_RESAMPLE_ATTEMPTS = 5
@@ -135,12 +138,16 @@ def _solve_chunk(job: _Job, start: int, stop: int):
             failed = np.flatnonzero(~ok)
             if job.resample is None or attempt >= MAX_RESAMPLE_ATTEMPTS:
                 more = f" (after {attempt} resampling attempts)" if attempt else ""
+                # Failing at t = 0 means the initial states themselves are not physical:
+                # solver settings cannot help there.
+                at_start = bool(np.all(np.asarray(result.failure.time)[~np.asarray(result.ok)] == 0))
+                advice = ("The initial states are not physical: fix them" if at_start else
+                          "Try a smaller --cfl, --limiter minmod, --reconstruction characteristic or --float64")
                 raise SymgradError(
                     f"the solver failed on {failed.size} trajectories{more}: " + "; ".join(lines[:5])
                     + ("; ..." if len(lines) > 5 else "")
-                    + ". Nothing was written for this chunk (finished chunks are kept). Try a smaller --cfl, "
-                    "--limiter minmod, --reconstruction characteristic or --float64"
-                    + (", or --on-failure resample to replace failed initial states with fresh draws"
+                    + f". Nothing was written for this chunk (finished chunks are kept). {advice}"
+                    + (", or pass --on-failure resample to replace failed initial states with fresh draws"
                        if job.resample is None and job.spec.get("kind") == "generate" else "")
                 )
             attempt += 1
@@ -179,7 +186,12 @@ def _run(job: _Job, out, *, overwrite: bool = False, progress: bool = True, stop
         n_chunks = math.ceil(n / k)
         bounds = [(c * k, min((c + 1) * k, n)) for c in range(n_chunks)]
         paths = [partial / f"chunk_{c:05d}.nc" for c in range(n_chunks)]
-        done = [p.exists() for p in paths]
+        done = [is_intact(p) for p in paths]
+        damaged = [p for p, d in zip(paths, done) if not d and p.exists()]
+        for path in damaged:
+            print(f"symgrad: {path} is damaged or was never verified (its SHA-256 in {path.name}{DIGEST_SUFFIX} "
+                  "does not match, or is missing); computing it again", file=sys.stderr)
+            path.unlink()
         from tqdm.auto import tqdm
 
         bar = tqdm(
@@ -198,6 +210,7 @@ def _run(job: _Job, out, *, overwrite: bool = False, progress: bool = True, stop
                     path, states, job.times, gamma=job.gamma,
                     attrs={"chunk": c, "first_sample": a, "resampled": resampled},
                 )
+                record_digest(path)
                 written += 1
                 bar.update(b - a)
         _assemble(job, spec, out, bounds, paths)

@@ -2,7 +2,9 @@
 
 Nothing is loaded at open time except metadata; :meth:`TrajectoryDataset.states` reads
 exactly the requested ``(sample, time)`` slices through netCDF4/HDF5 slicing, so a 5 GB
-PDEGym shard is never read whole. Every slice read is checked for NaN/Inf.
+PDEGym shard is never read whole. Every slice read is checked, vectorised, for NaN/Inf and
+for non-physical states (``schema.UNPHYSICAL``: rho <= 0, p <= 0, E inconsistent with p), so
+bad data stops training or a diagnostic with the file, sample, time and cell, before it is used.
 """
 
 from __future__ import annotations
@@ -236,10 +238,13 @@ class _Shard:
         return np.linspace(0.0, 1.0, n_times) if n_times > 1 else np.zeros(n_times), True
 
     # -- reading -------------------------------------------------------------------------
-    def read(self, samples: np.ndarray, times: np.ndarray, global_offset: int) -> np.ndarray:
+    def read(self, samples: np.ndarray, times: np.ndarray, global_offset: int,
+             check_physics: bool = True) -> np.ndarray:
         """Channels ``(len(samples), len(times), 5, nx, ny)`` float32 in canonical order.
 
-        ``samples`` and ``times`` are sorted unique local indices.
+        ``samples`` and ``times`` are sorted unique local indices. Non-finite values are always
+        an error; non-physical ones too unless ``check_physics`` is False (``info --check``,
+        which counts every problem instead of stopping at the first).
         """
         out = np.empty((samples.size, times.size, 5, self.nx, self.ny), dtype=np.float32)
         time_runs = _runs(times)
@@ -272,6 +277,16 @@ class _Shard:
             )
         if self.channel_order is not None:
             out = out[:, :, list(self.channel_order)]
+        problem = schema.first_unphysical(out, self.gamma) if check_physics else None
+        if problem is not None:
+            what, (s, t, i, j), affected = problem
+            local = int(samples[s])
+            raise SymgradError(
+                f"{self.path} holds non-physical values: {what} at sample {local} (dataset sample "
+                f"{global_offset + local}), time index {int(times[t])}, cell ({i}, {j}); {affected} of "
+                f"{samples.size} trajectories read are affected. Regenerate the file or leave these "
+                f"trajectories out ('symgrad info --check {self.path}' lists every problem)"
+            )
         return out
 
 
@@ -383,11 +398,13 @@ class TrajectoryDataset:
         )
 
     # -- reading -------------------------------------------------------------------------
-    def read_channels(self, sample_indices, time_indices=None) -> Float[np.ndarray, "n t 5 nx ny"]:
+    def read_channels(self, sample_indices, time_indices=None, *,
+                      check_physics: bool = True) -> Float[np.ndarray, "n t 5 nx ny"]:
         """File-layout values ``(n, t, 5, nx, ny)`` float32, channels ``(rho, u, v, p, E)``.
 
         Indices follow numpy semantics (int, slice, sequence, negative numbers, repeats);
-        an int gives ``n = 1``. Only the requested slices are read; they are checked for NaN/Inf.
+        an int gives ``n = 1``. Only the requested slices are read; they are checked for NaN/Inf
+        and, unless ``check_physics`` is False, for non-physical states (module docstring).
         """
         samples = _as_index(sample_indices, self.n_samples, "sample")
         times = _as_index(time_indices, self.n_times, "time index")
@@ -401,7 +418,7 @@ class TrajectoryDataset:
             positions = np.flatnonzero(shard_of == k)
             local = samples[positions] - self._offsets[k]
             u_local, s_inverse = np.unique(local, return_inverse=True)
-            block = self._shards[k].read(u_local, u_times, int(self._offsets[k]))
+            block = self._shards[k].read(u_local, u_times, int(self._offsets[k]), check_physics)
             out[positions] = block[s_inverse][:, t_inverse]
         return out
 

@@ -13,9 +13,12 @@ is what a pre-empted or killed run relies on.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
+import shutil
 from pathlib import Path
 
 import jax
@@ -23,12 +26,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from symgrad.errors import SymgradError
+from symgrad.io import write_error
 
 CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
 STATUS_FILE = "status.json"
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = "lock"  # held by the process training in the run directory (symgrad.io.ExclusiveLock)
+# Room a checkpoint takes beyond its arrays (orbax metadata, sharding and manifest files):
+# measured at ~60 kB for the tiny UNet; 1 MiB leaves a margin for larger trees.
+_METADATA_BYTES = 1 << 20
 
 
 def read_json(path: str | os.PathLike, what: str) -> dict:
@@ -87,16 +94,48 @@ class Checkpointer:
         return steps[-1] if steps else None
 
     def save(self, state, extra: dict) -> bool:
-        """Save ``state`` at its step (no-op if that step is already saved)."""
+        """Save ``state`` at its step (no-op if that step is already saved).
+
+        A save that cannot fit, or fails to write, is the one-line ``SymgradError`` of
+        ``symgrad.io.write_error``, and leaves no partial step directory behind.
+        """
         step = int(np.asarray(jax.device_get(
             state.step.addressable_data(0) if hasattr(state.step, "addressable_data") else state.step)))
         if step in self.steps():
             return False
-        saved = self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            extra=ocp.args.JsonSave(extra),
-        ))
-        self.manager.wait_until_finished()
+        target = self.directory / str(step)
+        # Checked first: orbax fails on a full disk from its writer threads, with pages of
+        # tracebacks. The uncompressed size bounds what a step writes, plus its metadata.
+        needed = sum(getattr(x, "nbytes", 8) for x in jax.tree.leaves(state)) + _METADATA_BYTES
+        free = shutil.disk_usage(self.directory).free
+        if free < needed:
+            raise write_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), target,
+                              needed=f"a checkpoint needs about {needed} bytes")
+        # A failure below is reported in one line: silence what orbax's writer threads log
+        # about it (absl errors, and asyncio's "Task exception was never retrieved").
+        loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+        levels = [logger.level for logger in loggers]
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
+        try:
+            saved = self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                extra=ocp.args.JsonSave(extra),
+            ))
+            self.manager.wait_until_finished()
+        except Exception as exc:  # orbax/tensorstore raise ValueError, RuntimeError, OSError
+            # The loggers stay silenced: training stops on this error, and orbax's failed
+            # writer tasks are logged as late as interpreter exit.
+            for tmp in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+            code = re.search(r"os_error_code='(\d+)'", str(exc))
+            err = write_error(OSError(int(code.group(1)), os.strerror(int(code.group(1))))
+                              if code else exc, target)
+            if err is None:
+                raise
+            raise err from None
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
         return saved
 
     def restore(self, abstract_state, step: int | None = None):

@@ -6,6 +6,7 @@ in :mod:`symgrad.train.step`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import signal
@@ -204,6 +205,30 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool | None, fo
     return True, read_json(run_dir / RUN_FILE, "run description")
 
 
+def _record_failure(run_dir: Path, exc: BaseException, last_step: int | None) -> None:
+    """``status.json`` after training stopped on an error: never a stale "running".
+
+    A status that already explains the stop (the non-finite report) is kept. Otherwise, with
+    a checkpoint to resume from, it says "failed" (or "interrupted"), why, and the step a rerun
+    resumes from. Without one, or when even this small file cannot be written (a full disk),
+    it is removed: a rerun then restarts or resumes from the checkpoints, as after a kill."""
+    path = run_dir / STATUS_FILE
+    try:
+        if read_json(path, "run status").get("status") != "running":
+            return
+    except SymgradError:  # missing or unreadable: nothing to keep
+        pass
+    if last_step is not None:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        try:
+            write_json_atomic(path, {"status": status, "reason": str(exc) or type(exc).__name__,
+                                     "resume_step": last_step})
+            return
+        except SymgradError:
+            pass
+    path.unlink(missing_ok=True)
+
+
 # --------------------------------------------------------------------------------------
 # metrics
 
@@ -389,7 +414,14 @@ def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log)
         return idx, np.asarray(x, np.float32), np.asarray(y, np.float32)
 
     def save(status: str, **info):
-        checkpointer.save(state, extra)
+        try:
+            checkpointer.save(state, extra)
+        except SymgradError as exc:  # the disk filled up, or the directory became unwritable
+            last = checkpointer.latest_step()
+            resume = (f"rerun the same command to resume from step {last}" if last is not None
+                      else "rerun the same command to start again")
+            raise SymgradError(f"{exc}; no checkpoint was written at step {_fetch_int(state.step)}: "
+                               f"{resume}") from None
         if primary:
             write_json_atomic(run_dir / STATUS_FILE, {
                 "status": status, "step": _fetch_int(state.step), "epoch": int(state.epoch),
@@ -511,6 +543,11 @@ def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log)
                     f"{checkpointer.directory}; rerun the same command to continue")
             else:
                 save("finished")
+    except BaseException as exc:
+        if primary:
+            with contextlib.suppress(Exception):  # never hide the error that stopped training
+                _record_failure(run_dir, exc, checkpointer.latest_step())
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         checkpointer.close()
