@@ -9,7 +9,7 @@ DATA   ?= $(OUT)/data/ce-rp.nc
 EPOCHS ?= 2
 PRESET ?= tiny
 
-.PHONY: install test test-slow demo data train-unet train-vit train-gcnn equivariance overlap figures sweep clean
+.PHONY: install test test-slow test-slurm demo data train-unet train-vit train-gcnn equivariance overlap figures sweep clean
 
 install: $(STAMP)
 
@@ -24,6 +24,12 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# A real single-node SLURM on this machine (needs root: installs slurm-wlm and munge),
+# then a tiny sweep submitted, killed and resubmitted through it (tests/test_slurm.py).
+test-slurm: $(STAMP)
+	tests/slurm/cluster.sh up
+	SYMGRAD_REQUIRE_SLURM=1 $(BIN)/python -m pytest -q -m slurm tests/test_slurm.py
 
 demo: $(STAMP)
 	$(BIN)/python -m symgrad.demo --out demo_out

@@ -14,7 +14,8 @@ import sys
 from symgrad.errors import SymgradError
 
 # Order is the order --help lists them in.
-SUBCOMMANDS = ("generate", "solve", "info", "train", "equivariance", "overlap", "spectrum", "figures", "sweep")
+SUBCOMMANDS = ("generate", "solve", "info", "train", "equivariance", "overlap", "spectrum", "merge", "figures",
+               "sweep")
 
 
 def _available_commands():

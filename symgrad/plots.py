@@ -123,25 +123,30 @@ def box_plot(ds, name: str, ax=None, *, title: str | None = None):
 
 
 def figures_for_file(path, out_dir, *, formats: Sequence[str] = FORMATS) -> list[Path]:
-    """Write one box-plot figure per per-sample variable of the result file ``path``."""
+    """Write one box-plot figure per per-sample variable of the result file ``path``; a
+    merged file (``symgrad merge``) gets them per run, named ``<stem>_<run>_<variable>``."""
     import xarray as xr
+
+    from symgrad.results import split_runs
 
     plt = _pyplot()
     path = Path(path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    with xr.open_dataset(path) as ds:
-        ds = ds.load()
-    group = ds.attrs.get("group", "")
-    model = ds.attrs.get("model", "")
-    for name in per_sample_variables(ds):
-        ax, _ = box_plot(ds, name, title=" ".join(s for s in (name, model, group, f"({path.stem})") if s))
-        for fmt in formats:
-            target = out_dir / f"{path.stem}_{name}.{fmt}"
-            _save_atomic(ax.figure, target)
-            written.append(target)
-        plt.close(ax.figure)
+    with xr.open_dataset(path) as merged:
+        merged = merged.load()
+    for run, ds in split_runs(merged):
+        group = ds.attrs.get("group", "")
+        model = ds.attrs.get("model", "")
+        stem = f"{path.stem}_{run}" if run else path.stem
+        for name in per_sample_variables(ds):
+            ax, _ = box_plot(ds, name, title=" ".join(s for s in (name, model, group, f"({stem})") if s))
+            for fmt in formats:
+                target = out_dir / f"{stem}_{name}.{fmt}"
+                _save_atomic(ax.figure, target)
+                written.append(target)
+            plt.close(ax.figure)
     return written
 
 

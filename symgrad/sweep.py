@@ -1,9 +1,14 @@
 """Sweeps: expand a study definition (TOML) into jobs, run them locally or on SLURM.
 
 A sweep is a grid of training runs (model x preset x seed) followed, for each run, by
-diagnostics (equivariance / overlap) per group. Jobs are plain ``symgrad`` command lines;
-each one's output path is known in advance, so a re-run skips what is already finished
-(every symgrad output is written atomically, so "exists" means "complete").
+diagnostics (equivariance / overlap) per group, then one merged dataset per diagnostic and
+group (``symgrad merge``), then the figures of those. Jobs are plain ``symgrad`` command
+lines; each one's output path is known in advance, so a re-run skips what is already
+finished (every symgrad output is written atomically, so "exists" means "complete").
+
+Relative paths of a sweep file (``out``, ``data``) are resolved once, against the directory
+``symgrad sweep`` runs in, so that the commands and the SLURM scripts hold absolute paths
+and work from any directory.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ class Job:
     kind: str = "train"
 
     def command(self, executable: str = "symgrad") -> str:
-        return " ".join(shlex.quote(a) for a in (executable, *self.argv))
+        """The shell command line; ``executable`` is shell text (``python -m symgrad``)."""
+        return " ".join([executable, *(shlex.quote(a) for a in self.argv)])
 
 
 @dataclass(frozen=True)
@@ -73,11 +79,11 @@ def load_sweep(path: str | Path) -> Sweep:
     unknown = set(diagnostics) - set(_DIAGNOSTICS)
     if unknown:
         raise SymgradError(f"sweep file {path}: unknown diagnostics {sorted(unknown)}; choose from {list(_DIAGNOSTICS)}")
-    out = Path(table.get("out", f"out/sweeps/{table.get('name', path.stem)}"))
+    out = Path(table.get("out", f"out/sweeps/{table.get('name', path.stem)}")).absolute()
     return Sweep(
         name=str(table.get("name", path.stem)),
         out=out,
-        data=_as_tuple(table, "data", path),
+        data=tuple(str(Path(d).absolute()) for d in _as_tuple(table, "data", path)),
         models=_as_tuple(table, "models", path),
         presets=_as_tuple(table, "presets", path, ("tiny",)),
         seeds=tuple(int(s) for s in _as_tuple(table, "seeds", path, (0,))),
@@ -131,7 +137,28 @@ def expand(sweep: Sweep) -> list[Job]:
                 depends_on=(train.name,),
                 kind=diagnostic,
             ))
+    study = sweep.out / "study"
+    merges = []
+    for diagnostic, group in itertools.product(sweep.diagnostics, sweep.groups):
+        parts = [j for j in jobs if j.kind == diagnostic and j.argv[j.argv.index("--group") + 1] == group]
+        merged = study / f"{diagnostic}-{group}.nc"
+        merges.append(Job(
+            name=f"merge-{diagnostic}-{group}",
+            argv=("merge", *(j.output for j in parts), "--out", str(merged)),
+            output=str(merged), depends_on=tuple(j.name for j in parts), kind="merge",
+        ))
+    jobs += merges
+    figures = sweep.out / "figures"
+    jobs.append(Job(
+        name="figures",
+        argv=("figures", *(j.output for j in merges), "--out", str(figures)),
+        output=str(figures / "DONE"), depends_on=tuple(j.name for j in merges), kind="figures",
+    ))
     return jobs
+
+
+# Jobs whose output is a directory: a DONE file in it marks the job finished.
+_MARKED_DONE = ("train", "figures")
 
 
 def run_local(jobs: list[Job], *, executable: list[str] | None = None, echo=print) -> int:
@@ -144,6 +171,7 @@ def run_local(jobs: list[Job], *, executable: list[str] | None = None, echo=prin
             continue
         if failed.intersection(job.depends_on):
             echo(f"[{i}/{len(jobs)}] {job.name}: skipped, a job it needs failed")
+            failed.add(job.name)  # and so are the jobs that need this one
             continue
         echo(f"[{i}/{len(jobs)}] {job.name}: {job.command()}")
         rc = subprocess.call([*executable, *job.argv])
@@ -153,70 +181,149 @@ def run_local(jobs: list[Job], *, executable: list[str] | None = None, echo=prin
         elif rc != 0:
             echo(f"[{i}/{len(jobs)}] {job.name}: failed with exit status {rc}")
             failed.add(job.name)
-        elif job.kind == "train":
+        elif job.kind in _MARKED_DONE:
             Path(job.output).parent.mkdir(parents=True, exist_ok=True)
             Path(job.output).touch()
     return 1 if failed else 0
 
 
 _SLURM_DEFAULTS = {"partition": "gpu", "nodes": 1, "gpus_per_node": 1, "cpus_per_task": 8,
-                   "time": "24:00:00", "setup": "source .venv/bin/activate"}
+                   "time": "24:00:00", "setup": "", "executable": ""}
 
 
-def slurm_script(job: Job, slurm: dict, log_dir: Path) -> str:
-    """An sbatch script for one job. Training runs one process per GPU over all nodes
-    (``srun``): symgrad's training calls ``jax.distributed.initialize`` from the SLURM
-    environment, so every process feeds its own shard of the global batch."""
+@dataclass(frozen=True)
+class _Unit:
+    """What one ``sbatch`` submits: one job, or a job array of similar jobs (the diagnostics
+    of one training run), each array task running one of them."""
+
+    name: str
+    jobs: tuple[Job, ...]
+    depends_on: tuple[str, ...]  # unit names
+
+    @property
+    def kind(self) -> str:
+        return self.jobs[0].kind
+
+    @property
+    def is_array(self) -> bool:
+        return len(self.jobs) > 1
+
+
+def _units(jobs: list[Job]) -> list[_Unit]:
+    """Diagnostics that need the same training run become one array; the rest stay single."""
+    by_train: dict[tuple[str, ...], list[Job]] = {}
+    for job in jobs:
+        if job.kind in _DIAGNOSTICS:
+            by_train.setdefault(job.depends_on, []).append(job)
+    unit_of: dict[str, str] = {}
+    units: list[_Unit] = []
+    for job in jobs:
+        if job.kind in _DIAGNOSTICS:
+            members = by_train[job.depends_on]
+            if job is not members[0]:
+                continue
+            name = "diagnostics-" + job.depends_on[0].removeprefix("train-") if len(members) > 1 else job.name
+        else:
+            members, name = [job], job.name
+        for member in members:
+            unit_of[member.name] = name
+        deps = tuple(dict.fromkeys(unit_of[d] for m in members for d in m.depends_on))
+        units.append(_Unit(name, tuple(members), deps))
+    return units
+
+
+def slurm_script(unit: _Unit | Job, slurm: dict, log_dir: Path, *, sweep_name: str = "sweep",
+                 workdir: Path | None = None) -> str:
+    """An sbatch script for one job or one job array. Training runs one process per GPU over
+    all nodes (``srun``): symgrad's training calls ``jax.distributed.initialize`` from the
+    SLURM environment, so every process feeds its own shard of the global batch. Paths are
+    absolute and the job runs in ``workdir`` (``--chdir``), wherever it was submitted from."""
+    if isinstance(unit, Job):
+        unit = _Unit(unit.name, (unit,), ())
     s = {**_SLURM_DEFAULTS, **slurm}
-    nodes = int(s["nodes"]) if job.kind == "train" else 1
-    gpus = int(s["gpus_per_node"]) if job.kind == "train" else 1
+    executable = s["executable"] or shlex.join([sys.executable, "-m", "symgrad"])
+    is_train = unit.kind == "train"
+    nodes = int(s["nodes"]) if is_train else 1
+    gpus = int(s["gpus_per_node"]) if is_train else min(1, int(s["gpus_per_node"]))
+    tasks = max(1, gpus) if is_train else 1
     lines = [
         "#!/usr/bin/env bash",
-        f"#SBATCH --job-name={job.name}",
+        f"#SBATCH --job-name={sweep_name}-{unit.name}",
         f"#SBATCH --partition={s['partition']}",
         f"#SBATCH --nodes={nodes}",
-        f"#SBATCH --ntasks-per-node={gpus}",
-        f"#SBATCH --gpus-per-node={gpus}",
+        f"#SBATCH --ntasks-per-node={tasks}",
         f"#SBATCH --cpus-per-task={s['cpus_per_task']}",
         f"#SBATCH --time={s['time']}",
-        f"#SBATCH --output={log_dir / (job.name + '-%j.log')}",
+        f"#SBATCH --chdir={workdir or Path.cwd()}",
+        f"#SBATCH --output={log_dir / (unit.name + ('-%A_%a.log' if unit.is_array else '-%j.log'))}",
+        # A job whose dependency failed is cancelled, not left pending forever: a rerun of
+        # submit.sh then submits it again behind the resubmitted dependency.
+        "#SBATCH --kill-on-invalid-dep=yes",
         # Pre-emption: SLURM sends SIGTERM first; symgrad train checkpoints on it.
         "#SBATCH --signal=TERM@120",
         "#SBATCH --requeue",
     ]
+    if gpus:
+        lines.insert(5, f"#SBATCH --gpus-per-node={gpus}")
     if s.get("account"):
         lines.append(f"#SBATCH --account={s['account']}")
-    lines += ["set -euo pipefail", str(s["setup"])]
-    if job.kind == "train":
-        # A pre-empted run (exit EXIT_PREEMPTED) has saved a checkpoint: requeue the job, which
-        # then resumes it. Only a complete run (exit 0) is marked done.
-        lines += [
-            "rc=0",
-            f"srun {job.command()} || rc=$?",
-            f'if [ "$rc" -eq {EXIT_PREEMPTED} ]; then scontrol requeue "$SLURM_JOB_ID"; exit 0; fi',
-            f'if [ "$rc" -eq 0 ]; then touch {shlex.quote(job.output)}; fi',
-            'exit "$rc"',
-        ]
+    lines.append("set -euo pipefail")
+    if s["setup"]:
+        lines.append(str(s["setup"]))
+    # A pre-empted command (exit EXIT_PREEMPTED: train has checkpointed, overlap kept its
+    # finished chunks) requeues its job or array task, which then continues the work.
+    lines += [
+        "run() {",
+        '  local rc=0; "$@" || rc=$?',
+        f'  if [ "$rc" -eq {EXIT_PREEMPTED} ]; then',
+        '    scontrol requeue "${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}${SLURM_ARRAY_TASK_ID:+_$SLURM_ARRAY_TASK_ID}"',
+        "    exit 0",
+        "  fi",
+        '  return "$rc"',
+        "}",
+    ]
+    launcher = "run srun" if is_train else "run"
+    if unit.is_array:
+        lines.append('case "$SLURM_ARRAY_TASK_ID" in')
+        lines += [f"  {i}) {launcher} {job.command(executable)} ;;" for i, job in enumerate(unit.jobs)]
+        lines += ['  *) echo "no task $SLURM_ARRAY_TASK_ID in this array" >&2; exit 2 ;;', "esac"]
     else:
-        lines.append(job.command())
+        job = unit.jobs[0]
+        lines.append(f"{launcher} {job.command(executable)}")
+        if job.kind in _MARKED_DONE:  # only a complete run (exit 0) is marked done
+            lines.append(f"touch {shlex.quote(job.output)}")
     return "\n".join(lines) + "\n"
 
 
 def write_slurm(jobs: list[Job], sweep: Sweep, directory: str | Path) -> Path:
-    """One sbatch script per job plus ``submit.sh`` that submits them with dependencies."""
-    directory = Path(directory)
-    (directory / "logs").mkdir(parents=True, exist_ok=True)
-    submit = ["#!/usr/bin/env bash", "# Submits the sweep; finished jobs are skipped.", "set -euo pipefail",
-              'cd "$(dirname "$0")"', "declare -A JOB"]
-    for job in jobs:
-        script = directory / f"{job.name}.sbatch"
-        script.write_text(slurm_script(job, sweep.slurm, directory / "logs"))
-        deps = " ".join(f'${{JOB[{d}]:-}}' for d in job.depends_on)
+    """One sbatch script per job or job array, plus ``submit.sh``, which submits what is not
+    finished and not already queued, with ``afterok`` dependencies. Rerunning it is safe."""
+    directory = Path(directory).absolute()
+    log_dir = directory / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    workdir = Path.cwd()
+    submit = ["#!/usr/bin/env bash",
+              f"# Submits the sweep {sweep.name}: skips finished jobs (their output exists) and",
+              "# jobs already queued or running; the rest wait (afterok) for what they need.",
+              "set -euo pipefail", "declare -A JOB"]
+    for unit in _units(jobs):
+        script = directory / f"{unit.name}.sbatch"
+        script.write_text(slurm_script(unit, sweep.slurm, log_dir, sweep_name=sweep.name, workdir=workdir))
+        slurm_name = f"{sweep.name}-{unit.name}"
+        deps = " ".join(f'${{JOB[{d}]:-}}' for d in unit.depends_on)
+        submit.append(f"# {unit.name}")
+        submit.append('todo=""')
+        submit += [f"[ -e {shlex.quote(job.output)} ] || todo=\"$todo,{i}\"" for i, job in enumerate(unit.jobs)]
+        array = ' --array="${todo#,}"' if unit.is_array else ""
         submit += [
-            f"if [ -e {shlex.quote(job.output)} ]; then echo 'done: {job.name}'; else",
+            f'if [ -z "$todo" ]; then echo "done: {unit.name}"',
+            f'elif queued=$(squeue --me -h -n {slurm_name} -o %F | head -n 1) && [ -n "$queued" ]; then',
+            f'  JOB[{unit.name}]=$queued; echo "queued already: {unit.name} ($queued)"',
+            "else",
             f"  dep=$(echo {deps} | tr ' ' ':')",
-            f'  JOB[{job.name}]=$(sbatch --parsable ${{dep:+--dependency=afterok:$dep}} {script.name})',
-            f'  echo "submitted {job.name}: ${{JOB[{job.name}]}}"',
+            f'  JOB[{unit.name}]=$(sbatch --parsable ${{dep:+--dependency=afterok:$dep}}{array} '
+            f'{shlex.quote(str(script))} | cut -d";" -f1)',
+            f'  echo "submitted {unit.name}: ${{JOB[{unit.name}]}}"',
             "fi",
         ]
     path = directory / "submit.sh"

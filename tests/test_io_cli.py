@@ -74,10 +74,10 @@ def test_console_entry_point_runs():
 
 
 def test_every_design_subcommand_is_registered():
-    # DESIGN.md section 7: the command's interface.
+    # DESIGN.md section 7: the command's interface, plus merge (the sweep's step that stacks results).
     names = [n for n, _ in cli._available_commands()]
     assert names == list(cli.SUBCOMMANDS)
-    assert set(names) == {"generate", "solve", "train", "equivariance", "overlap", "spectrum", "figures", "sweep", "info"}
+    assert set(names) == {"generate", "solve", "train", "equivariance", "overlap", "spectrum", "merge", "figures", "sweep", "info"}
 
 
 def test_diagnostic_commands_offer_every_named_group():

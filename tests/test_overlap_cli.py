@@ -93,3 +93,47 @@ def test_an_existing_result_is_kept_unless_overwrite(tiny_run, tmp_path, capsys)
     assert main(args + ["--overwrite"]) == 0
     assert main(args[:-3] + ["--out", str(tmp_path), "--no-progress"]) == 2
     _one_line_error(capsys, "is a directory")
+
+
+def test_sigterm_keeps_the_finished_chunks_and_the_rerun_completes_them(tiny_run, tmp_path, capsys, monkeypatch):
+    """SIGTERM (pre-emption) during a chunked solve: the command stops before the next chunk
+    with exit status 75; the rerun solves only the remaining chunks and ends equal to an
+    uninterrupted run."""
+    import os
+    import signal
+
+    from symgrad.diagnostics import store
+    from symgrad.errors import EXIT_PREEMPTED
+
+    run_dir, data_file = tiny_run
+    common = ["overlap", "--run", str(run_dir), "--group", "translate-x", "--stride", "2", "--data", str(data_file),
+              "--samples", "2", "--rhs-chunk", "2", "--rtol", "1e-4", "--damping", "1e-2", "--probe-vectors", "0",
+              "--no-progress"]  # a chunk per element
+    reference = tmp_path / "reference.nc"
+    assert main([*common, "--out", str(reference)]) == 0
+
+    out = tmp_path / "preempted.nc"
+    save_chunk = store.Partials.save_chunk
+    solved = []
+
+    def save_then_preempt(self, c, *args, **kwargs):
+        save_chunk(self, c, *args, **kwargs)
+        solved.append(c)
+        if c == 1:  # the scheduler's SIGTERM arrives while chunk 2 would be next
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(store.Partials, "save_chunk", save_then_preempt)
+    capsys.readouterr()
+    assert main([*common, "--out", str(out)]) == EXIT_PREEMPTED
+    err = capsys.readouterr().err
+    assert "pre-empted (SIGTERM) after 2 of 4 chunks" in err and "rerun the same command" in err, err
+    assert not out.exists() and sorted(p.name for p in (tmp_path / "preempted.nc.partial").glob("chunk_*.npz")) == [
+        "chunk_0.npz", "chunk_1.npz"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
+
+    solved.clear()
+    assert main([*common, "--out", str(out)]) == 0
+    assert solved == [2, 3]  # nothing solved twice
+    with xr.open_dataset(reference) as a, xr.open_dataset(out) as b:
+        for name in ("overlap_matrix_chi", "overlap_cosine_chi", "overlap_matrix_euclidean"):
+            np.testing.assert_array_equal(a[name].values, b[name].values)

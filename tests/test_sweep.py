@@ -39,7 +39,11 @@ def test_expand_orders_training_before_its_diagnostics(tmp_path):
     sweep = load_sweep(_write(tmp_path, BODY.format(out=tmp_path / "o")))
     jobs = expand(sweep)
     trains = [j for j in jobs if j.kind == "train"]
-    assert len(trains) == 4 and len(jobs) == 4 * (1 + 2 * 2)
+    # 4 runs x (train + 2 diagnostics x 2 groups), one merge per diagnostic and group, figures
+    assert len(trains) == 4 and len(jobs) == 4 * (1 + 2 * 2) + 2 * 2 + 1
+    merges = [j for j in jobs if j.kind == "merge"]
+    assert all(len(m.depends_on) == 4 for m in merges) and jobs[-1].depends_on == tuple(m.name for m in merges)
+    assert all(Path(a).is_absolute() for j in jobs for a in j.argv if a.endswith((".nc", "DONE")))
     seen = set()
     for job in jobs:
         assert set(job.depends_on) <= seen  # every dependency comes earlier
@@ -78,7 +82,7 @@ def test_run_local_skips_finished_and_stops_dependants_of_failures(tmp_path):
         "if 'vit' in a[a.index('--model') + 1 if '--model' in a else 0] and a[0] == 'train': sys.exit(3)\n"
         "out = pathlib.Path(a[a.index('--out') + 1])\n"
         "out.parent.mkdir(parents=True, exist_ok=True)\n"
-        "(out.mkdir() if a[0] == 'train' else out.write_text('x'))\n"
+        "(out.mkdir() if a[0] in ('train', 'figures') else out.write_text('x'))\n"
     )
     messages = []
     rc = run_local(jobs, executable=[sys.executable, str(fake)], echo=messages.append)
@@ -87,6 +91,7 @@ def test_run_local_skips_finished_and_stops_dependants_of_failures(tmp_path):
     assert sum(c.startswith("train") for c in calls) == 4
     assert not any(c.startswith(("equivariance", "overlap")) and "vit" in c for c in calls)
     assert sum(c.startswith(("equivariance", "overlap")) for c in calls) == 8
+    assert not any(c.startswith(("merge", "figures")) for c in calls)  # they need the vit results too
     # Second pass: everything that succeeded is skipped.
     log.unlink()
     run_local(jobs, executable=[sys.executable, str(fake)], echo=messages.append)
@@ -97,9 +102,12 @@ def test_slurm_scripts_have_dependencies(tmp_path):
     sweep = load_sweep(_write(tmp_path, BODY.format(out=tmp_path / "o")))
     submit = write_slurm(expand(sweep), sweep, tmp_path / "slurm")
     text = submit.read_text()
-    assert "--dependency=afterok" in text and text.count("sbatch --parsable") == 20
+    # 4 training jobs, 4 arrays (the 4 diagnostics of each run), 4 merges, the figures
+    assert "--dependency=afterok" in text and text.count("sbatch --parsable") == 13
+    assert text.count('--array="${todo#,}"') == 4 and "squeue --me" in text
     train_script = next((tmp_path / "slurm").glob("train-*.sbatch")).read_text()
-    assert "srun symgrad train" in train_script and "#SBATCH --signal=TERM" in train_script
+    assert f"srun {sys.executable} -m symgrad train" in train_script and "#SBATCH --signal=TERM" in train_script
+    assert f"#SBATCH --chdir={Path.cwd()}" in train_script and "--kill-on-invalid-dep=yes" in train_script
 
 
 def _run_train_script(tmp_path, train_exit: int):
@@ -135,4 +143,5 @@ def test_cli_dry_run_prints_commands(tmp_path, capsys):
     path = _write(tmp_path, BODY.format(out=tmp_path / "o"))
     assert cli.main(["sweep", str(path), "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 20 and lines[0].startswith("symgrad train --model unet")
+    assert len(lines) == 25 and lines[0].startswith("symgrad train --model unet")
+    assert lines[-1].startswith("symgrad figures ")

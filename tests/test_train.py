@@ -251,6 +251,41 @@ def test_one_and_four_devices_agree(tmp_path, cache_dir, data_file, reference_ru
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=0.05 * float(LR))
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_equal_one_process_with_two_devices(tmp_path, cache_dir, data_file, reference_run):
+    """``jax.distributed`` on localhost: two processes of one CPU device each, each loading
+    only its half of every global batch, reach the parameters of one process with two
+    devices bit for bit (the same mesh, so the same reduction order), and those of the
+    one-device run to the tolerance of the test above."""
+    k = 4
+    args = [*COMMON, "--data", data_file, "--epochs", EPOCHS, "--max-steps", k]
+    port = _free_port()
+    procs = [subprocess.Popen(support.cli_command("train", *args, "--out", tmp_path / "two-processes",
+                                                  "--coordinator", f"127.0.0.1:{port}", "--num-processes", 2,
+                                                  "--process-id", i),
+                              env=_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (stdout, stderr) in zip(procs, outputs):
+        assert p.returncode == 0, stderr
+    assert "max_steps: step 4" in outputs[0][0] and "max_steps" not in outputs[1][0]  # the primary reports
+    _cli(cache_dir, *args, "--out", tmp_path / "two-devices", devices=2)
+    two_processes, two_devices = load_run(tmp_path / "two-processes"), load_run(tmp_path / "two-devices")
+    assert json.loads((tmp_path / "two-processes" / "run.json").read_text())["n_devices"] == 2
+    assert two_processes.step == two_devices.step == k
+    _assert_bitwise(two_processes.params, two_devices.params)
+    _assert_bitwise(two_processes.opt_state, two_devices.opt_state)
+    for a, b in zip(_leaves(load_run(reference_run, step=k).params), _leaves(two_processes.params)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=0.05 * float(LR))
+
+
 def test_kill9_then_resume_is_bitwise_identical(tmp_path, cache_dir, data_file, reference_run):
     out = tmp_path / "killed"
     args = _reference_args(data_file, out)

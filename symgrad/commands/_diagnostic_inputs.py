@@ -127,6 +127,31 @@ def load_inputs(run_dir, data, step=None) -> DiagnosticInputs:
     return DiagnosticInputs(run, run_dir, data_paths, dataset)
 
 
+def result_attrs(inputs: DiagnosticInputs, time_index: int, sample_source: str, **extra) -> dict:
+    """The provenance of a diagnostic result: the run it measured (model, preset, seed, family:
+    what ``symgrad merge`` stacks results by), its checkpoint, data and samples."""
+    import numpy as np
+
+    from symgrad.io import provenance
+
+    run_, run_dir, data_paths, dataset = inputs
+    model = getattr(run_, "model", None)
+    return provenance(
+        run_.config,
+        run_dir=str(Path(run_dir).resolve()),
+        checkpoint_step=int(run_.step) if run_.step is not None else -1,
+        data_files=resolved(data_paths),
+        time_index=int(time_index),
+        sample_source=sample_source,
+        model=getattr(model, "name", "unknown"),
+        preset=getattr(model, "preset", "unknown"),
+        seed=int(run_.config.get("seed", 0)),
+        family=dataset.family,
+        sigma=[float(s) for s in np.asarray(run_.sigma)],
+        **extra,
+    )
+
+
 def check_transition(time_index: int, dataset) -> None:
     if not 0 <= time_index <= dataset.n_times - 2:
         raise SymgradError(

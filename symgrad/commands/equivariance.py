@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from symgrad.commands._diagnostic_inputs import (
     add_diagnostic_arguments, check_group, check_transition, first_test_samples, load_inputs, locked_output,
+    result_attrs,
 )
 from symgrad.errors import SymgradError
 
@@ -44,7 +44,7 @@ def _run(args) -> int:
 
     from symgrad.diagnostics.equivariance import equivariance_errors
     from symgrad.groups import DEFAULT_SCALE_FACTORS, named_group
-    from symgrad.io import provenance, write_netcdf_atomic
+    from symgrad.io import write_netcdf_atomic
 
     check_group(args.group)
     if args.samples is not None and args.samples < 1:
@@ -53,7 +53,6 @@ def _run(args) -> int:
         raise SymgradError(f"--chunk-size must be >= 1, got {args.chunk_size}")
     inputs = load_inputs(args.run, args.data, args.step)
     run_, run_dir, data_paths, dataset = inputs
-    model = getattr(run_, "model", None)
 
     if args.time is None:
         time_index = dataset.n_times - 2 if args.group.startswith("translate") else 0
@@ -70,18 +69,8 @@ def _run(args) -> int:
         factors=args.factors if args.factors is not None else DEFAULT_SCALE_FACTORS,
     )
     times = np.asarray(dataset.times)
-    attrs = provenance(
-        run_.config,
-        run_dir=str(run_dir.resolve()),
-        checkpoint_step=int(run_.step) if run_.step is not None else -1,
-        data_files=[str(Path(p).resolve()) for p in data_paths],
-        time_index=int(time_index),
-        transition_times=[float(times[time_index]), float(times[time_index + 1])],
-        sample_source=sample_source,
-        model=getattr(model, "name", "unknown"),
-        preset=getattr(model, "preset", "unknown"),
-        sigma=[float(s) for s in np.asarray(run_.sigma)],
-    )
+    attrs = result_attrs(inputs, time_index, sample_source,
+                         transition_times=[float(times[time_index]), float(times[time_index + 1])])
     ds = equivariance_errors(
         run_.apply_fn, run_.params, jnp.asarray(x), jnp.asarray(y), run_.sigma, group,
         args.chunk_size, samples=samples, attrs=attrs,

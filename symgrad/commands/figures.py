@@ -16,7 +16,8 @@ DESCRIPTION = (
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("results", nargs="+", metavar="RESULT.nc", help="result files of 'symgrad equivariance'/'overlap'%(default).0s")
+    parser.add_argument("results", nargs="+", metavar="RESULT.nc",
+                        help="result files of 'symgrad equivariance'/'overlap', or merged ones of 'symgrad merge'%(default).0s")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory%(default).0s")
     parser.add_argument("--format", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"],
                         help="image formats")
@@ -30,11 +31,13 @@ def run(args) -> int:
     for p in args.results:
         if not Path(p).is_file():
             raise SymgradError(f"result file {p} does not exist; pass files written by 'symgrad equivariance' or 'overlap'")
+    from symgrad.results import split_runs
+
     empty = []
     for p in args.results:
         try:
             with xr.open_dataset(p) as ds:
-                if not plots.per_sample_variables(ds):
+                if not plots.per_sample_variables(split_runs(ds)[0][1]):
                     empty.append(p)
         except (OSError, ValueError) as exc:
             raise SymgradError(f"cannot read {p} as netCDF ({exc}); pass a result file") from None

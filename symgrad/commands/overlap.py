@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from symgrad.commands._diagnostic_inputs import (
-    add_diagnostic_arguments, check_group, locked_output, load_inputs, load_test_transitions, resolved,
+    add_diagnostic_arguments, check_group, locked_output, load_inputs, load_test_transitions, result_attrs,
 )
 from symgrad.errors import SymgradError
 
@@ -70,9 +70,11 @@ def _run(args) -> int:
 
     import numpy as np
 
-    from symgrad.diagnostics.overlap import compute_overlaps, remove_partials
+    from symgrad import preemption
+    from symgrad.diagnostics.overlap import OverlapInterrupted, compute_overlaps, remove_partials
+    from symgrad.errors import EXIT_PREEMPTED
     from symgrad.groups import DEFAULT_SCALE_FACTORS, named_group
-    from symgrad.io import provenance, write_netcdf_atomic
+    from symgrad.io import write_netcdf_atomic
 
     check_group(args.group)
     for name, value in (("--samples", args.samples), ("--max-iterations", args.max_iterations),
@@ -98,29 +100,27 @@ def _run(args) -> int:
         raise SymgradError(f"--curvature-samples must be in 1..{args.samples}, got {n_curv}")
     group = named_group(args.group, dataset.resolution, stride=args.stride,
                         factors=args.factors if args.factors is not None else DEFAULT_SCALE_FACTORS)
-    model = getattr(run_, "model", None)
-    attrs = provenance(
-        run_.config,
-        run_dir=str(run_dir.resolve()),
-        checkpoint_step=int(run_.step) if run_.step is not None else -1,
-        data_files=resolved(data_paths),
-        time_index=int(args.time),
-        sample_source=source,
-        model=getattr(model, "name", "unknown"),
-        preset=getattr(model, "preset", "unknown"),
-        sigma=[float(s) for s in np.asarray(run_.sigma)],
-        damping_source="--damping" if args.damping is not None else "run weight decay",
-    )
+    attrs = result_attrs(inputs, args.time, source, diagnostic="overlap",
+                         damping_source="--damping" if args.damping is not None else "run weight decay")
     out = Path(args.out)
     partial = out.with_name(out.name + ".partial")
-    ds = compute_overlaps(
-        run_.apply_fn, run_.params, x, y, np.asarray(run_.sigma), group,
-        metric=args.metric, damping=damping, rtol=args.rtol, solver=args.solver,
-        max_iterations=args.max_iterations, x_curvature=x[:n_curv], grad_chunk_size=args.grad_chunk,
-        rhs_chunk_size=args.rhs_chunk, vectors_per_product=args.product_chunk, precision=args.precision, spectrum_vectors=args.probe_vectors,
-        basis_memory=None if args.basis_memory is None else int(args.basis_memory * 2**30),
-        sample_ids=samples, partial_dir=partial, progress=not args.no_progress, attrs=attrs,
-    )
+    with preemption.stop_on_sigterm():  # SIGTERM: stop after the current chunk, keep the finished ones
+        try:
+            ds = compute_overlaps(
+                run_.apply_fn, run_.params, x, y, np.asarray(run_.sigma), group,
+                metric=args.metric, damping=damping, rtol=args.rtol, solver=args.solver,
+                max_iterations=args.max_iterations, x_curvature=x[:n_curv], grad_chunk_size=args.grad_chunk,
+                rhs_chunk_size=args.rhs_chunk, vectors_per_product=args.product_chunk, precision=args.precision,
+                spectrum_vectors=args.probe_vectors,
+                basis_memory=None if args.basis_memory is None else int(args.basis_memory * 2**30),
+                sample_ids=samples, partial_dir=partial, progress=not args.no_progress, attrs=attrs,
+            )
+        except OverlapInterrupted as exc:
+            if not preemption.requested():
+                raise
+            print(f"symgrad overlap: {exc}; the finished chunks are kept in {partial}: rerun the same "
+                  "command to continue", file=sys.stderr)
+            return EXIT_PREEMPTED
     write_netcdf_atomic(ds, out)
     remove_partials(partial)
     msg = f"wrote {out}: group {group.name}, {len(group)} elements x {len(samples)} samples"

@@ -31,6 +31,7 @@ import numpy as np
 import xarray as xr
 from jax.flatten_util import ravel_pytree
 
+from symgrad import preemption
 from symgrad.diagnostics import certify, store
 from symgrad.diagnostics.ggn import GaussNewtonBlocks
 from symgrad.diagnostics.gradients import per_example_gradients
@@ -50,7 +51,8 @@ remove_partials = store.remove_partials
 
 
 class OverlapInterrupted(Exception):
-    """Raised by ``compute_overlaps(..., stop_after=k)`` after k newly solved chunks (tests, resume)."""
+    """Raised by ``compute_overlaps(..., stop_after=k)`` after k newly solved chunks (tests,
+    resume), and before the next chunk once SIGTERM arrived (``symgrad.preemption``)."""
 
 
 @contextlib.contextmanager
@@ -277,6 +279,8 @@ def solve_overlaps(operator, v, gradients_of: Callable, reused: Sequence[bool], 
             continue
         if stop_after is not None and computed >= stop_after:
             raise OverlapInterrupted(f"stopped after {computed} new chunks")
+        if preemption.requested():  # SIGTERM: the finished chunks are saved, stop before the next
+            raise OverlapInterrupted(f"pre-empted (SIGTERM) after {c} of {len(plan)} chunks")
         us = {k: (v if reused[k] else gradients_of(k)) for k in elements}
         new = {k: {"overlap_matrix_euclidean": euclidean_gram(us[k], v),
                    "grad_norm_u": np.sqrt(np.diagonal(euclidean_gram(us[k], us[k]))),

@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
-import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from symgrad import preemption
 from symgrad.errors import SymgradError
 from symgrad.io import ExclusiveLock, write_json_atomic
 from symgrad.loss import channel_scales
@@ -105,27 +104,6 @@ def _square_resolution(resolution) -> int:
 
 def _fetch_int(x) -> int:
     return int(distributed.fetch(x))
-
-
-class _Preemption:
-    """SIGTERM sets a flag; the loop checkpoints and exits cleanly at the next step."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-        return False
 
 
 def _padded(indices: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -295,8 +273,9 @@ def train(
     primary process holds ``LOCK_FILE`` while it trains).
     """
     run_dir = Path(run_dir).absolute()
-    if not distributed.is_primary():
-        return _train(config, run_dir, resume=resume, force=force, overwrite=overwrite, log=log)
+    if not distributed.is_primary():  # one voice per run: only the primary process logs
+        return _train(config, run_dir, resume=resume, force=force, overwrite=overwrite,
+                      log=lambda *args, **kwargs: None)
     with ExclusiveLock(run_dir / LOCK_FILE, f"run directory {run_dir}"):
         return _train(config, run_dir, resume=resume, force=force, overwrite=overwrite, log=log)
 
@@ -464,7 +443,7 @@ def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log)
     last_loss = None
     pool = ThreadPoolExecutor(max_workers=1)
     try:
-        with _Preemption() as preemption:
+        with preemption.stop_on_sigterm():
             epoch = int(state.epoch)
             while epoch < config.epochs:
                 position = int(state.position)
@@ -478,7 +457,7 @@ def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log)
                     if config.max_steps and step >= config.max_steps:
                         status = "max_steps"
                         break
-                    if preemption.requested:
+                    if preemption.requested():
                         status = "preempted"
                         break
                     idx, x, y = pending.result()
