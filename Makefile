@@ -29,7 +29,8 @@ test-slow: $(STAMP)
 # then a tiny sweep submitted, killed and resubmitted through it (tests/test_slurm.py).
 test-slurm: $(STAMP)
 	tests/slurm/cluster.sh up
-	SYMGRAD_REQUIRE_SLURM=1 $(BIN)/python -m pytest -q -m slurm tests/test_slurm.py
+	SLURM_CONF=$${SLURM_TEST_DIR:-/tmp/symgrad-slurm}/slurm.conf SYMGRAD_REQUIRE_SLURM=1 \
+	  $(BIN)/python -m pytest -q -m slurm tests/test_slurm.py
 
 demo: $(STAMP)
 	$(BIN)/python -m symgrad.demo --out demo_out

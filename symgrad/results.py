@@ -116,6 +116,8 @@ def split_runs(ds):
     for i in range(ds.sizes[RUN_DIM]):
         one = ds.isel({RUN_DIM: i})
         label = f"{one['model'].item()}-{one['preset'].item()}-seed{one['seed'].item()}"
+        if len(set(ds["family"].values.tolist())) > 1:  # runs on several families: keep them apart
+            label += f"-{one['family'].item()}"
         one = one.drop_vars([RUN_DIM, *RUN_COORDS, "source_file", "source_attrs"], errors="ignore")
         one.attrs.update(json.loads(str(ds["source_attrs"].values[i])))
         out.append((label, one))

@@ -14,6 +14,7 @@ and work from any directory.
 from __future__ import annotations
 
 import itertools
+import re
 import shlex
 import subprocess
 import sys
@@ -79,9 +80,13 @@ def load_sweep(path: str | Path) -> Sweep:
     unknown = set(diagnostics) - set(_DIAGNOSTICS)
     if unknown:
         raise SymgradError(f"sweep file {path}: unknown diagnostics {sorted(unknown)}; choose from {list(_DIAGNOSTICS)}")
-    out = Path(table.get("out", f"out/sweeps/{table.get('name', path.stem)}")).absolute()
+    name = str(table.get("name", path.stem))
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise SymgradError(f"sweep file {path}: name {name!r} may hold only letters, digits, '.', '_' and '-' "
+                           "(it names the SLURM jobs)")
+    out = Path(table.get("out", f"out/sweeps/{name}")).absolute()
     return Sweep(
-        name=str(table.get("name", path.stem)),
+        name=name,
         out=out,
         data=tuple(str(Path(d).absolute()) for d in _as_tuple(table, "data", path)),
         models=_as_tuple(table, "models", path),
@@ -148,6 +153,8 @@ def expand(sweep: Sweep) -> list[Job]:
             output=str(merged), depends_on=tuple(j.name for j in parts), kind="merge",
         ))
     jobs += merges
+    if not merges:  # no diagnostics or no groups: nothing to merge or draw
+        return jobs
     figures = sweep.out / "figures"
     jobs.append(Job(
         name="figures",
@@ -244,7 +251,9 @@ def slurm_script(unit: _Unit | Job, slurm: dict, log_dir: Path, *, sweep_name: s
     executable = s["executable"] or shlex.join([sys.executable, "-m", "symgrad"])
     is_train = unit.kind == "train"
     nodes = int(s["nodes"]) if is_train else 1
-    gpus = int(s["gpus_per_node"]) if is_train else min(1, int(s["gpus_per_node"]))
+    # Training takes every GPU asked for; a diagnostic one; merging and drawing none.
+    gpus = {"train": int(s["gpus_per_node"]), **{d: min(1, int(s["gpus_per_node"])) for d in _DIAGNOSTICS}}.get(
+        unit.kind, 0)
     tasks = max(1, gpus) if is_train else 1
     lines = [
         "#!/usr/bin/env bash",
@@ -282,7 +291,9 @@ def slurm_script(unit: _Unit | Job, slurm: dict, log_dir: Path, *, sweep_name: s
         '  return "$rc"',
         "}",
     ]
-    launcher = "run srun" if is_train else "run"
+    # Every command runs as a job step (srun): `--signal=TERM@120` signals job steps, not the
+    # batch shell, so only a step gets the early SIGTERM that lets it save and exit 75.
+    launcher = "run srun" if is_train else "run srun --ntasks=1"
     if unit.is_array:
         lines.append('case "$SLURM_ARRAY_TASK_ID" in')
         lines += [f"  {i}) {launcher} {job.command(executable)} ;;" for i, job in enumerate(unit.jobs)]
@@ -315,9 +326,11 @@ def write_slurm(jobs: list[Job], sweep: Sweep, directory: str | Path) -> Path:
         submit.append('todo=""')
         submit += [f"[ -e {shlex.quote(job.output)} ] || todo=\"$todo,{i}\"" for i, job in enumerate(unit.jobs)]
         array = ' --array="${todo#,}"' if unit.is_array else ""
+        # A failing squeue stops the script (set -e): guessing "not queued" would submit twice.
+        submit.append(f"queued=$(squeue --me -h -n {slurm_name} -o %F | awk 'NR == 1')")  # awk reads all: no SIGPIPE
         submit += [
             f'if [ -z "$todo" ]; then echo "done: {unit.name}"',
-            f'elif queued=$(squeue --me -h -n {slurm_name} -o %F | head -n 1) && [ -n "$queued" ]; then',
+            'elif [ -n "$queued" ]; then',
             f'  JOB[{unit.name}]=$queued; echo "queued already: {unit.name} ($queued)"',
             "else",
             f"  dep=$(echo {deps} | tr ' ' ':')",

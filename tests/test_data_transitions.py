@@ -80,3 +80,41 @@ def test_transition_source_one_read_per_trajectory(labelled_dataset, monkeypatch
     source = TransitionSource(labelled_dataset, [0, 1, 2, 3, 4])
     source.get([0, 1, 2, 12, 13, 5])  # trajectories 0, 0, 0, 4, 4, 1
     assert sorted(calls) == [0, 1, 4]
+
+
+def test_the_data_cache_returns_the_files_transitions_and_follows_its_sources(tmp_path):
+    """The memory-mapped cache gives bit for bit what the netCDF reads give; a second open
+    reuses it; a changed source file gets a new cache; bad data is refused when converting."""
+    import os
+
+    import netCDF4
+    from conftest import random_euler_states
+
+    from symgrad.data.cache import open_cache
+
+    path = write_dataset(tmp_path / "d.nc", random_euler_states(11, 4, 8, 3), np.linspace(0, 1, 4), gamma=1.4)
+    dataset = open_dataset(path)
+    cache_dir = tmp_path / "cache"
+    states = open_cache(dataset, cache_dir)
+    assert states.shape == (11, 4, 8, 8, 4) and isinstance(states, np.memmap)
+    np.testing.assert_array_equal(np.asarray(states), dataset.states(slice(None)))
+    plain, cached = TransitionSource(dataset, [1, 4, 9]), TransitionSource(dataset, [1, 4, 9], cache=states)
+    idx = np.array([8, 0, 3, 3, 5])
+    for a, b in zip(plain.get(idx), cached.get(idx)):
+        assert type(b) is np.ndarray and b.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
+
+    (npy,) = cache_dir.glob("*.npy")
+    mtime = npy.stat().st_mtime_ns
+    with open_dataset(path) as again:
+        open_cache(again, cache_dir)
+    assert npy.stat().st_mtime_ns == mtime and len(list(cache_dir.iterdir())) == 1  # reused, no temporaries
+
+    dataset.close()  # one handle per file at a time (netCDF-C)
+    del states, cached
+    with netCDF4.Dataset(path, "a") as nc:
+        nc.variables["data"][7, 2, 0, 1, 1] = -1.0  # negative density
+    os.utime(path, ns=(mtime + 10**9, mtime + 10**9))
+    with open_dataset(path) as changed, pytest.raises(SymgradError, match="density <= 0 at sample 7"):
+        open_cache(changed, cache_dir)
+    assert sorted(cache_dir.iterdir()) == [npy]  # the stale cache is not used, nothing half-written

@@ -75,7 +75,7 @@ def _remount(mount: Path, size: str) -> None:
     subprocess.run(["mount", "-o", f"remount,size={size}", str(mount)], check=True)
 
 
-def _fill_during_training(full_disk, data_file, capsys):
+def _fill_during_training(full_disk, data_file, capsys, checked_first: bool):
     """Train into a tmpfs with room for only a few checkpoints; check the failure it ends in."""
     from symgrad.train import Checkpointer
 
@@ -87,6 +87,7 @@ def _fill_during_training(full_disk, data_file, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"symgrad train: error: cannot write {run}"), err
     assert "No space left on device" in err and "rerun the same command to resume from step" in err, err
+    assert ("a checkpoint needs about" in err) == checked_first, err  # which of the two paths stopped it
     saved = Checkpointer(run, read_only=True).latest_step()
     assert saved is not None and 1 <= saved < EPOCHS * STEPS_PER_EPOCH
     status = json.loads((run / "status.json").read_text())
@@ -104,7 +105,7 @@ def test_disk_filling_during_training_is_one_line_and_the_rerun_resumes(full_dis
     from symgrad.train import load_run
 
     _, data_file = tiny_trained_run
-    run = _fill_during_training(full_disk, data_file, capsys)
+    run = _fill_during_training(full_disk, data_file, capsys, checked_first=True)
     _remount(full_disk, "64m")
     assert main(_train_args(data_file, run, checkpoint_every=1000)) == 0  # the cadence is free to change
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
@@ -123,4 +124,4 @@ def test_a_checkpoint_write_that_orbax_cannot_finish_is_one_line(full_disk, tiny
     from symgrad.train import checkpoint
 
     monkeypatch.setattr(checkpoint, "_METADATA_BYTES", -(1 << 40))
-    _fill_during_training(full_disk, tiny_trained_run[1], capsys)
+    _fill_during_training(full_disk, tiny_trained_run[1], capsys, checked_first=False)

@@ -8,6 +8,7 @@ and the killed run must end bitwise equal to the uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -136,16 +137,26 @@ def test_a_sweep_under_slurm_and_a_killed_training_job_resubmitted(cluster, work
     assert "submitted" not in again and again.count("done: ") == 7, again
     clean_seconds = time.time() - t0
 
+    # Seed 0 is killed outright; seed 1 is pre-empted (SIGTERM to its job step): it saves,
+    # exits 75, its job requeues itself and resumes without any resubmission.
     _submit(workdir, "killed")
-    run = _run_dir(workdir, "killed", 0)
+    run, preempted = _run_dir(workdir, "killed", 0), _run_dir(workdir, "killed", 1)
     deadline = time.time() + 600
-    while not any(p.name.isdigit() for p in (run / "checkpoints").glob("*")):
+    while not all(any(p.name.isdigit() for p in (r / "checkpoints").glob("*")) for r in (run, preempted)):
         assert time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.5)
-    job = _jobs("killed")["killed-train-unet-tiny-seed0"]
-    _slurm("scancel", "--signal=KILL", job)
-    _wait_until_idle("killed")  # its dependants are cancelled (--kill-on-invalid-dep)
+    jobs = _jobs("killed")
+    _slurm("scancel", "--signal=KILL", jobs["killed-train-unet-tiny-seed0"])
+    _slurm("scancel", "--signal=TERM", jobs["killed-train-unet-tiny-seed1"])
+    deadline = time.time() + 120
+    while '"preempted"' not in (preempted / "status.json").read_text():
+        assert time.time() < deadline, (preempted / "status.json").read_text()
+        time.sleep(0.2)
+    assert load_run(preempted).step < STEPS
+    _wait_until_idle("killed")  # seed 0's dependants are cancelled (--kill-on-invalid-dep)
     assert not (run / "DONE").exists() and not (workdir / "out-killed" / "figures" / "DONE").exists()
+    assert (preempted / "DONE").exists()  # requeued by its own script, resumed, finished
+    assert json.loads((preempted / "status.json").read_text())["status"] == "finished"
     stopped = load_run(run).step
     assert 0 < stopped < STEPS
 

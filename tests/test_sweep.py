@@ -111,7 +111,8 @@ def test_slurm_scripts_have_dependencies(tmp_path):
 
 
 def _run_train_script(tmp_path, train_exit: int):
-    """The train job's sbatch script run by bash with stand-ins for srun and scontrol."""
+    """The train job's sbatch script run by bash with stand-ins for srun and scontrol (the
+    stand-in srun exits with ``train_exit`` whatever it is asked to run)."""
     sweep = load_sweep(_write(tmp_path, BODY.format(out=tmp_path / "o")))
     jobs = expand(sweep)
     write_slurm(jobs, sweep, tmp_path / "slurm")
@@ -123,8 +124,9 @@ def _run_train_script(tmp_path, train_exit: int):
     (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'scontrol.txt'}\n")
     for tool in ("srun", "scontrol"):
         (bin_dir / tool).chmod(0o755)
-    script = (tmp_path / "slurm" / f"{job.name}.sbatch").read_text().replace("source .venv/bin/activate", "true")
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242"}
+    script = (tmp_path / "slurm" / f"{job.name}.sbatch").read_text()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}  # not this job's, if any
+    env.update(PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="4242")
     rc = subprocess.run(["bash", "-c", script], env=env).returncode
     return rc, Path(job.output).exists(), (tmp_path / "scontrol.txt")
 

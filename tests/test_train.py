@@ -7,6 +7,7 @@ configuration pays for compilation.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -187,6 +188,37 @@ def test_loss_decreases_and_load_run_round_trip(tmp_path, cache_dir, data_file):
     assert float(np.mean(smse(pred, y, run.sigma))) < 0.2 * history[0]["val_smse"]
 
 
+def test_the_data_selection_is_stored_and_honoured(tmp_path, cache_dir, data_file):
+    """The first K trajectories of each file and a subset of the times: the split holds only
+    selected trajectories, the transitions are the consecutive pairs of the selected times,
+    the rollout spans them, and all of it is recorded in the run."""
+    second = support.write_pdegym(tmp_path / "second.nc", support.make_states(n_samples=8, n_times=6, n=16, seed=1))
+    config = TrainConfig(model="unet", preset="tiny", data=(str(data_file), str(second)), epochs=1,
+                         batch_size=BATCH, progress=False, trajectories_per_file=5, time_indices=(0, 1, 2, 4),
+                         rollout_trajectories=1, split_fractions=(0.6, 0.2, 0.2))
+    result = train(config, tmp_path / "run", log=lambda *a: None)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    chosen = sorted(i for part in info["split"].values() for i in part)
+    assert chosen == [0, 1, 2, 3, 4, 8, 9, 10, 11, 12]  # the first 5 of each file, all of them split
+    assert info["time_indices"] == [0, 1, 2, 4] and info["trajectories_per_file"] == 5
+    assert info["n_train_transitions"] == 3 * len(info["split"]["train"])  # (0,1), (1,2), (2,4)
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored["time_indices"] == [0, 1, 2, 4] and stored["trajectories_per_file"] == 5
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(history[0]["val_rollout_smse"]) == 3  # lead times over the selected times
+    assert result.status == "finished"
+
+    from symgrad.data import TransitionSource, open_dataset
+
+    source = TransitionSource(open_dataset([str(data_file), str(second)]), info["split"]["train"],
+                              [(0, 1), (1, 2), (2, 4)])
+    assert len(source) == info["n_train_transitions"]
+    with pytest.raises(SymgradError, match="time_indices go up to 9"):
+        train(dataclasses.replace(config, time_indices=(0, 9)), tmp_path / "bad", log=lambda *a: None)
+    with pytest.raises(SymgradError, match="time_indices must be at least 2 increasing"):
+        TrainConfig(time_indices=(3, 1))
+
+
 def test_batch_order_is_pure_function_of_seed_and_epoch():
     a = batch_order(0, 3, 100)
     np.testing.assert_array_equal(a, batch_order(0, 3, 100))
@@ -284,6 +316,14 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path, cache_dir, d
     _assert_bitwise(two_processes.opt_state, two_devices.opt_state)
     for a, b in zip(_leaves(load_run(reference_run, step=k).params), _leaves(two_processes.params)):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=0.05 * float(LR))
+
+
+def test_training_from_the_data_cache_equals_training_from_the_files(tmp_path, cache_dir, data_file, reference_run):
+    out = tmp_path / "cached"
+    _cli(cache_dir, *_reference_args(data_file, out), "--data-cache", tmp_path / "states")
+    assert len(list((tmp_path / "states").glob("*.npy"))) == 1
+    assert json.loads((out / "config.json").read_text())["data_cache"] == str(tmp_path / "states")
+    _assert_equals_reference(reference_run, out)
 
 
 def test_kill9_then_resume_is_bitwise_identical(tmp_path, cache_dir, data_file, reference_run):

@@ -27,6 +27,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (checkpoints, metrics)")
     m.add_argument("--config", metavar="FILE.toml", help="settings file, e.g. experiments/paper-unet.toml")
     m.add_argument("--seed", type=int, help="seed of init, split and batch order [0]")
+    m.add_argument("--trajectories-per-file", type=int, metavar="K",
+                   help="use the first K trajectories of each data file (the study: 5000) [0 = all]")
+    m.add_argument("--time-indices", type=int, nargs="+", metavar="T",
+                   help="stored time indices to use, increasing (the study: 0 ... 15); transitions are "
+                        "their consecutive pairs [all]")
+    m.add_argument("--data-cache", metavar="DIR",
+                   help="convert the data once into a memory-mapped array in DIR and read batches from it "
+                        "(~20x faster at 128x128; needs the data's uncompressed size on disk) [off]")
     o = parser.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, help="epochs [90]")
     o.add_argument("--batch-size", type=int, help="global batch size, a multiple of the device count [64]")
@@ -55,9 +63,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug-step-delay", type=float, help=argparse.SUPPRESS)
 
 
-_CONFIG_FLAGS = ("model", "preset", "data", "seed", "epochs", "batch_size", "learning_rate",
-                 "weight_decay", "schedule", "warmup_steps", "grad_clip_norm", "max_steps",
-                 "checkpoint_every", "keep", "progress", "debug_nan_step", "debug_step_delay")
+_CONFIG_FLAGS = ("model", "preset", "data", "seed", "data_cache", "trajectories_per_file", "time_indices",
+                 "epochs", "batch_size", "learning_rate", "weight_decay", "schedule", "warmup_steps",
+                 "grad_clip_norm", "max_steps", "checkpoint_every", "keep", "progress", "debug_nan_step", "debug_step_delay")
 
 
 def config_from_args(args):
@@ -67,8 +75,9 @@ def config_from_args(args):
     path = getattr(args, "config", None)
     config = TrainConfig.from_toml(path) if path else TrainConfig()
     overrides = {name: getattr(args, name, None) for name in _CONFIG_FLAGS}
-    if overrides["data"] is not None:
-        overrides["data"] = tuple(overrides["data"])
+    for name in ("data", "time_indices"):
+        if overrides[name] is not None:
+            overrides[name] = tuple(overrides[name])
     return config.with_overrides(**overrides)
 
 

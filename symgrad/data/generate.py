@@ -141,8 +141,12 @@ def _solve_chunk(job: _Job, start: int, stop: int):
                 # Failing at t = 0 means the initial states themselves are not physical:
                 # solver settings cannot help there.
                 at_start = bool(np.all(np.asarray(result.failure.time)[~np.asarray(result.ok)] == 0))
-                advice = ("The initial states are not physical: fix them" if at_start else
-                          "Try a smaller --cfl, --limiter minmod, --reconstruction characteristic or --float64")
+                if not at_start:
+                    advice = "Try a smaller --cfl, --limiter minmod, --reconstruction characteristic or --float64"
+                elif job.spec.get("kind") == "generate":  # sampled states: the sampler is at fault
+                    advice = "The sampled initial states are not physical: please report this with the arguments"
+                else:
+                    advice = "The initial states are not physical: fix them"
                 raise SymgradError(
                     f"the solver failed on {failed.size} trajectories{more}: " + "; ".join(lines[:5])
                     + ("; ..." if len(lines) > 5 else "")

@@ -284,8 +284,8 @@ class _Shard:
             raise SymgradError(
                 f"{self.path} holds non-physical values: {what} at sample {local} (dataset sample "
                 f"{global_offset + local}), time index {int(times[t])}, cell ({i}, {j}); {affected} of "
-                f"{samples.size} trajectories read are affected. Regenerate the file or leave these "
-                f"trajectories out ('symgrad info --check {self.path}' lists every problem)"
+                f"{samples.size} trajectories read are affected. Regenerate or repair the file "
+                f"('symgrad info --check {self.path}' lists every problem)"
             )
         return out
 

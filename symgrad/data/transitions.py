@@ -35,6 +35,15 @@ def split_trajectories(n: int, seed: int, fractions=(0.8, 0.1, 0.1)) -> dict[str
     return {name: np.sort(part).astype(np.int64) for name, part in zip(SPLITS, parts)}
 
 
+def first_per_file(sample_counts, k: int) -> np.ndarray:
+    """Dataset indices of the first ``k`` trajectories of each file (all where ``k`` is 0),
+    for files of ``sample_counts`` trajectories concatenated in order."""
+    counts = np.asarray(sample_counts, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    take = counts if not k else np.minimum(counts, k)
+    return np.concatenate([o + np.arange(t) for o, t in zip(offsets, take)]).astype(np.int64)
+
+
 class TransitionSource:
     """All transitions ``(state at t_a, state at t_b)`` of chosen trajectories of a dataset.
 
@@ -45,8 +54,11 @@ class TransitionSource:
     random mini-batches are cheap; the caller owns the order (shuffling, epochs).
     """
 
-    def __init__(self, dataset, trajectory_indices, time_pairs=None):
+    def __init__(self, dataset, trajectory_indices, time_pairs=None, cache=None):
+        """``cache``: the dataset's states ``(sample, time, nx, ny, 4)`` as an array (the
+        memory map of :func:`symgrad.data.cache.open_cache`); reads then copy from it."""
         self.dataset = dataset
+        self.cache = cache
         traj = np.asarray(trajectory_indices, dtype=np.int64).reshape(-1)
         if traj.size and (traj.min() < 0 or traj.max() >= dataset.n_samples):
             raise SymgradError(
@@ -78,6 +90,8 @@ class TransitionSource:
     def get(self, indices) -> tuple[Float[np.ndarray, "n nx ny 4"], Float[np.ndarray, "n nx ny 4"]]:
         """Inputs and targets ``(len(indices), nx, ny, 4)`` float32, conservative."""
         traj, t_in, t_out = self.locate(indices)
+        if self.cache is not None:
+            return np.asarray(self.cache[traj, t_in]), np.asarray(self.cache[traj, t_out])
         nx, ny = self.dataset.shape
         x = np.empty((traj.size, nx, ny, 4), dtype=np.float32)
         y = np.empty_like(x)
@@ -90,4 +104,4 @@ class TransitionSource:
         return x, y
 
 
-__all__ = ["SPLITS", "TransitionSource", "split_trajectories"]
+__all__ = ["SPLITS", "TransitionSource", "first_per_file", "split_trajectories"]

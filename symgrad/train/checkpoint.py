@@ -108,7 +108,12 @@ class Checkpointer:
         # tracebacks. The uncompressed size bounds what a step writes, plus its metadata.
         needed = sum(getattr(x, "nbytes", 8) for x in jax.tree.leaves(state)) + _METADATA_BYTES
         free = shutil.disk_usage(self.directory).free
-        if free < needed:
+        enough = free >= needed
+        if jax.process_count() > 1:  # every process decides alike, or the others hang in the save
+            from jax.experimental import multihost_utils
+
+            enough = bool(np.all(multihost_utils.process_allgather(np.asarray(enough))))
+        if not enough:
             raise write_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), target,
                               needed=f"a checkpoint needs about {needed} bytes")
         # A failure below is reported in one line: silence what orbax's writer threads log

@@ -31,6 +31,14 @@ class TrainConfig:
     data: tuple[str, ...] = ()
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
+    # "" = read batches from the files; else a directory where the data are converted once
+    # into a memory-mapped array that batches are copied from (symgrad.data.cache)
+    data_cache: str = ""
+    # 0 = all; else the first K trajectories of each data file (the study: 5,000 per family)
+    trajectories_per_file: int = 0
+    # () = all stored times; else the time indices used, increasing (the study: 16 of 21),
+    # whose consecutive pairs are the transitions and whose span is the rollout
+    time_indices: tuple[int, ...] = ()
     # optimisation (the study: AdamW, lr 5e-4, wd 1e-6, batch 64, 90 epochs)
     epochs: int = 90
     batch_size: int = 64
@@ -59,6 +67,7 @@ class TrainConfig:
         # Normalise containers so that TOML/JSON/CLI inputs compare equal.
         object.__setattr__(self, "data", tuple(str(p) for p in self.data))
         object.__setattr__(self, "split_fractions", tuple(float(f) for f in self.split_fractions))
+        object.__setattr__(self, "time_indices", tuple(int(t) for t in self.time_indices))
         object.__setattr__(self, "model_overrides", dict(self.model_overrides))
         self.validate()
 
@@ -73,6 +82,11 @@ class TrainConfig:
             problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.weight_decay < 0 or self.grad_clip_norm < 0 or self.warmup_steps < 0:
             problems.append("weight_decay, grad_clip_norm and warmup_steps must be >= 0")
+        if self.trajectories_per_file < 0:
+            problems.append(f"trajectories_per_file must be >= 0 (0 = all), got {self.trajectories_per_file}")
+        t = self.time_indices
+        if t and (len(t) < 2 or min(t) < 0 or any(b <= a for a, b in zip(t, t[1:]))):
+            problems.append(f"time_indices must be at least 2 increasing indices >= 0, got {list(t)}")
         if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:
             problems.append(f"split_fractions must be 3 numbers summing to 1, got {self.split_fractions}")
         if problems:
@@ -127,10 +141,10 @@ class TrainConfig:
     def material_differences(self, stored: TrainConfig) -> dict[str, tuple[Any, Any]]:
         """Fields whose change would make a resumed run not the continuation of ``stored``.
 
-        Checkpoint cadence, progress display, evaluation sizes and ``max_steps`` can change
-        freely; ``epochs`` only matters when the learning-rate schedule depends on it.
+        Checkpoint cadence, progress display, evaluation sizes, the data cache (the same
+        values either way) and ``max_steps`` can change freely; ``epochs`` only matters when the learning-rate schedule depends on it.
         """
-        free = {"checkpoint_every", "keep", "progress", "max_steps", "eval_batch_size",
+        free = {"checkpoint_every", "keep", "progress", "max_steps", "eval_batch_size", "data_cache",
                 "max_val_transitions", "rollout_trajectories", "debug_nan_step",
                 "debug_step_delay"}
         if self.schedule == "constant" and stored.schedule == "constant":
@@ -161,6 +175,8 @@ _TYPE_CHECKS = {
                         "a list of file paths"),
     "tuple[float, float, float]": (lambda v: isinstance(v, (list, tuple)) and len(v) == 3
                                    and all(_is_number(f) for f in v), "a list of 3 numbers"),
+    "tuple[int, ...]": (lambda v: isinstance(v, (list, tuple)) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in v), "a list of integers"),
 }
 
 

@@ -92,7 +92,8 @@ def _resolve_paths(config: TrainConfig) -> TrainConfig:
         if not path.exists():
             raise SymgradError(f"data file {p} does not exist; create it with 'symgrad generate'")
         paths.append(str(path.resolve()))
-    return dataclasses.replace(config, data=tuple(paths))
+    cache = str(Path(config.data_cache).expanduser().absolute()) if config.data_cache else ""
+    return dataclasses.replace(config, data=tuple(paths), data_cache=cache)
 
 
 def _square_resolution(resolution) -> int:
@@ -104,6 +105,17 @@ def _square_resolution(resolution) -> int:
 
 def _fetch_int(x) -> int:
     return int(distributed.fetch(x))
+
+
+def _all_agree_to_stop(requested: bool) -> bool:
+    """Whether any process got SIGTERM, on every process alike: the signal reaches the
+    processes at different steps, and one that saved while another stepped would hang in
+    their collectives."""
+    if jax.process_count() == 1:
+        return requested
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(requested))))
 
 
 def _padded(indices: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -282,6 +294,9 @@ def train(
 
 def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log) -> TrainResult:
     open_dataset, split_trajectories, TransitionSource, build, surrogate_apply = _imports()
+    from symgrad.data.cache import open_cache
+    from symgrad.data.transitions import first_per_file
+
     config = _resolve_paths(config)
     primary = distributed.is_primary()
     resuming, stored_run = _prepare_run_dir(run_dir, config, resume, force, overwrite)
@@ -295,10 +310,18 @@ def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log)
         split = {k: np.asarray(v, dtype=np.int64) for k, v in stored_run["split"].items()}
         sigma = np.asarray(stored_run["sigma"], dtype=np.float64)
     else:
-        split = {k: np.asarray(v, dtype=np.int64) for k, v in
-                 split_trajectories(dataset.n_samples, config.seed, config.split_fractions).items()}
-    train_src = TransitionSource(dataset, split["train"])
-    val_src = TransitionSource(dataset, split["val"]) if len(split["val"]) else None
+        # The split is drawn over the selected trajectories and stored as dataset indices.
+        selected = first_per_file(dataset.sample_counts, config.trajectories_per_file)
+        split = {k: selected[v] for k, v in
+                 split_trajectories(selected.size, config.seed, config.split_fractions).items()}
+    times = np.asarray(config.time_indices or range(dataset.n_times), dtype=np.int64)
+    if times[-1] >= dataset.n_times:
+        raise SymgradError(f"time_indices go up to {int(times[-1])} but the data hold {dataset.n_times} times "
+                           f"(0..{dataset.n_times - 1}); choose indices in that range")
+    time_pairs = np.stack([times[:-1], times[1:]], axis=1)
+    states = open_cache(dataset, config.data_cache, progress=config.progress and primary) if config.data_cache else None
+    train_src = TransitionSource(dataset, split["train"], time_pairs, cache=states)
+    val_src = TransitionSource(dataset, split["val"], time_pairs, cache=states) if len(split["val"]) else None
     if not resuming:
         sigma = training_sigma(train_src)
 
@@ -343,6 +366,8 @@ def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log)
         "split": {k: v.tolist() for k, v in split.items()},
         "n_samples": int(dataset.n_samples),
         "n_times": int(dataset.n_times),
+        "time_indices": times.tolist(),  # the data selection, with the split above
+        "trajectories_per_file": int(config.trajectories_per_file),
         "resolution": _square_resolution(dataset.resolution),
         "data_paths": list(config.data),
         "model": {"name": config.model, "preset": config.preset, "config": model.config},
@@ -371,6 +396,10 @@ def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log)
                        if h["epoch"] < int(state.epoch)]
         log(f"resuming {run_dir} at step {_fetch_int(state.step)} "
             f"(epoch {int(state.epoch) + 1}, batch {int(state.position)})")
+        if primary:  # not the stale "preempted" or "failed" of the run that stopped
+            write_json_atomic(run_dir / STATUS_FILE, {
+                "status": "running", "step": _fetch_int(state.step), "epoch": int(state.epoch),
+                "position": int(state.position)})
     else:
         state = init_state()
     if primary:
@@ -381,7 +410,7 @@ def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log)
     from symgrad.io import provenance
 
     metric_attrs = provenance(config.to_dict(), run_dir=str(run_dir)) if primary else {}
-    lead_times = np.arange(1, dataset.n_times)
+    lead_times = np.arange(1, times.size)  # rollouts run over the selected times
     rollout_ids = split["val"][:config.rollout_trajectories]
     eval_batch = -(-config.eval_batch_size // n_devices) * n_devices
     local = distributed.local_slice(batch)
@@ -429,7 +458,7 @@ def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log)
             for start in range(0, len(rollout_ids), eval_batch):
                 ids, mask = _padded(rollout_ids[start:start + eval_batch], eval_batch)
                 sl = distributed.local_slice(eval_batch)
-                traj = dataset.states(ids[sl])
+                traj = dataset.states(ids[sl], times)
                 tg, mg = distributed.global_batch(data_sharding, (traj, mask[sl]), eval_batch)
                 s, c = eval_rollout(state.params, tg, mg)
                 sums += distributed.fetch(s)
@@ -457,7 +486,7 @@ def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log)
                     if config.max_steps and step >= config.max_steps:
                         status = "max_steps"
                         break
-                    if preemption.requested():
+                    if _all_agree_to_stop(preemption.requested()):
                         status = "preempted"
                         break
                     idx, x, y = pending.result()
@@ -513,8 +542,10 @@ def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log)
                 extra = {"epoch_loss_sum": 0.0, "epoch_loss_count": 0}
                 if primary:
                     _write_metrics(run_dir, history, metric_attrs, lead_times)
+                    roll = (f", rollout SMSE {rollout[0]:.4g} (1 step) .. {rollout[-1]:.4g} ({len(rollout)} steps)"
+                            if rollout else "")
                     log(f"epoch {epoch}/{config.epochs}: train SMSE {train_smse:.4g}, "
-                        f"val SMSE {val:.4g}, step {history[-1]['step']}")
+                        f"val SMSE {val:.4g}{roll}, step {history[-1]['step']}")
                 save("running" if epoch < config.epochs else "finished")
             if status != "finished":
                 save(status)

@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # A real single-node SLURM on this machine, for `make test-slurm`: munged, slurmctld and
-# slurmd on localhost, CPUs only, state under $SLURM_TEST_DIR (default /tmp/symgrad-slurm).
+# slurmd on localhost, CPUs only, config and state under $SLURM_TEST_DIR (default
+# /tmp/symgrad-slurm). The config is $SLURM_TEST_DIR/slurm.conf, not /etc/slurm: clients
+# find it through SLURM_CONF (the Makefile exports it), and a SLURM already configured on
+# this host is left alone. `down` stops only the daemons this script started (pid files).
 #   tests/slurm/cluster.sh up     install slurm-wlm and munge if missing, start the daemons
 #   tests/slurm/cluster.sh down   stop them
 # Needs root (apt-get, munged). Idempotent: `up` on a running cluster only checks it.
 set -euo pipefail
 DIR=${SLURM_TEST_DIR:-/tmp/symgrad-slurm}
-CONF=/etc/slurm/slurm.conf
+CONF=$DIR/slurm.conf
 HOST=$(hostname -s)
 
+running() { [ -s "$DIR/$1.pid" ] && kill -0 "$(cat "$DIR/$1.pid")" 2>/dev/null; }
+
 down() {
-  pkill -x slurmd || true
-  pkill -x slurmctld || true
-  for _ in $(seq 20); do pgrep -x slurmd >/dev/null || pgrep -x slurmctld >/dev/null || break; sleep 0.5; done
+  for daemon in slurmd slurmctld; do
+    if running "$daemon"; then kill "$(cat "$DIR/$daemon.pid")"; fi
+  done
+  for _ in $(seq 20); do running slurmd || running slurmctld || break; sleep 0.5; done
 }
 
 up() {
@@ -21,7 +27,7 @@ up() {
     apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null
   fi
-  mkdir -p "$DIR"/{state,spool,log} /etc/slurm /run/munge /var/log/munge /var/lib/munge
+  mkdir -p "$DIR"/{state,spool,log} /run/munge /var/log/munge /var/lib/munge
   [ -s /etc/munge/munge.key ] || { dd if=/dev/urandom of=/etc/munge/munge.key bs=1k count=1 2>/dev/null; }
   chown -R munge:munge /etc/munge /run/munge /var/log/munge /var/lib/munge 2>/dev/null || true
   chmod 400 /etc/munge/munge.key
@@ -64,8 +70,9 @@ CONF
     for _ in $(seq 20); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.5; done
     down
   fi
-  pgrep -x slurmctld >/dev/null || slurmctld
-  pgrep -x slurmd >/dev/null || slurmd
+  running slurmctld || slurmctld -f "$CONF"
+  running slurmd || slurmd -f "$CONF"
+  export SLURM_CONF=$CONF
   for _ in $(seq 60); do
     if sinfo -h -o %T 2>/dev/null | grep -qxE '(idle|mixed|allocated)'; then  # no '*': slurmd answers
       echo "slurm is up: $(sinfo -h -o '%P %D %c %T')"

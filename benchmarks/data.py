@@ -1,0 +1,132 @@
+"""How fast the training loader delivers transitions at 128x128: netCDF reads vs the cache.
+
+    python benchmarks/data.py                    # 48 trajectories x 21 times at 128x128 (~330 MB)
+    python benchmarks/data.py --trajectories 96
+
+Writes a PDEGym-layout file of physical random states once (``benchmarks/.cache``), then
+times ``TransitionSource.get`` on random batches of 64 transitions, side by side in one run:
+
+* ``netcdf``: reads through ``TrajectoryDataset`` (netCDF4/HDF5, one read per trajectory
+  touched, every read checked for NaN/Inf and physics) -- today's path;
+* ``cache``: the same transitions copied out of the memory-mapped ``.npy`` of
+  ``symgrad.data.cache.open_cache`` (checked once, when it is converted).
+
+Each with the page cache warm (the file read once before timing) and, where this process
+may drop the page cache (root, ``/proc/sys/vm/drop_caches``), cold. The conversion time is
+recorded too. Excludes: the training step (see ``benchmarks/train.py``) and worker
+processes. Writes ``benchmarks/records/data.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+RECORD = ROOT / "records" / "data.json"
+CACHE = ROOT / ".cache"
+BATCH = 64
+
+
+def _file(n: int, n_times: int, res: int) -> Path:
+    from symgrad import data
+
+    path = CACHE / f"data-{n}x{n_times}-{res}.nc"
+    if path.exists():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rho = rng.uniform(0.5, 1.5, (n, n_times, res, res, 1))
+    m = rng.uniform(-0.3, 0.3, (n, n_times, res, res, 2))
+    p = rng.uniform(0.5, 1.5, (n, n_times, res, res, 1))
+    e = p / 0.4 + 0.5 * np.sum(m**2, axis=-1, keepdims=True) / rho
+    q = np.concatenate([rho, m, e], axis=-1).astype(np.float32)
+    return data.write_dataset(path, q, np.linspace(0.0, 1.0, n_times), gamma=1.4)
+
+
+def _drop_page_cache() -> bool:
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def _rate(source, batches: list[np.ndarray]) -> float:
+    t0 = time.perf_counter()
+    for idx in batches:
+        source.get(idx)
+    return len(batches) * BATCH / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trajectories", type=int, default=48)
+    parser.add_argument("--times", type=int, default=21)
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--batches", type=int, default=20, help="timed batches of 64 per variant")
+    args = parser.parse_args()
+
+    from symgrad.data import TransitionSource, open_dataset
+    from symgrad.data.cache import cache_key, open_cache
+    from symgrad.io import provenance
+
+    path = _file(args.trajectories, args.times, args.resolution)
+    dataset = open_dataset(path)
+    cache_dir = CACHE / "states"
+    for old in cache_dir.glob("*.npy"):
+        old.unlink()
+    t0 = time.perf_counter()
+    states = open_cache(dataset, cache_dir)
+    convert_seconds = time.perf_counter() - t0
+    trajectories = np.arange(dataset.n_samples)
+    cache_path = cache_dir / f"{cache_key(dataset)}.npy"
+    del states
+    # Fresh objects for every measurement: a memory map keeps its pages mapped (dropping the
+    # page cache would not evict them), and a fresh netCDF handle has nothing cached.
+    make = {"netcdf": lambda: TransitionSource(open_dataset(path), trajectories),
+            "cache": lambda: TransitionSource(dataset, trajectories, cache=np.load(cache_path, mmap_mode="r"))}
+    rng = np.random.default_rng(1)
+    n = len(make["netcdf"]())
+    batches = [rng.choice(n, BATCH, replace=False) for _ in range(args.batches)]
+    (x0, y0), (x1, y1) = make["netcdf"]().get(batches[0]), make["cache"]().get(batches[0])
+    assert np.array_equal(x0, x1) and np.array_equal(y0, y1), "the cache must return the same transitions"
+
+    results = {}
+    for name, build in make.items():
+        source = build()
+        _rate(source, batches)  # one pass to bring every page in
+        results[f"{name}_warm_transitions_per_second"] = _rate(source, batches)
+        del source
+        gc.collect()
+        if _drop_page_cache():
+            results[f"{name}_cold_transitions_per_second"] = _rate(build(), batches)
+        print(f"{name:7s} " + ", ".join(f"{k.split('_', 1)[1].split('_transitions')[0]} {v:,.0f}/s"
+                                        for k, v in results.items() if k.startswith(name)))
+    nbytes = int(np.prod((dataset.n_samples, dataset.n_times, *dataset.shape, 4))) * 4
+    warm = results["cache_warm_transitions_per_second"] / results["netcdf_warm_transitions_per_second"]
+    print(f"cache / netcdf (warm): {warm:.1f}x; conversion {convert_seconds:.1f} s "
+          f"({nbytes / 2**20:.0f} MiB)")
+    record = {
+        "benchmark": "data", "trajectories": dataset.n_samples, "times": dataset.n_times,
+        "resolution": args.resolution, "batch": BATCH, "batches": args.batches,
+        "cache_conversion_seconds": convert_seconds, "cache_bytes": nbytes,
+        **results, "cache_over_netcdf_warm": warm, "cpu_count": os.cpu_count(),
+        "note": ("random batches of 64 one-step transitions by TransitionSource.get in one thread; "
+                 "excludes the training step and worker processes; cold = after dropping the page cache"),
+        **provenance(),
+    }
+    RECORD.parent.mkdir(parents=True, exist_ok=True)
+    RECORD.write_text(json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
+    print(f"wrote {RECORD}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""A one-time conversion of trajectory files into one uncompressed, memory-mapped array.
+
+Reading a random transition from netCDF/HDF5 costs a library call per trajectory touched,
+under one process-wide lock (netCDF-C is not thread-safe). From the cache it is a copy out
+of the page cache, and the data stays on disk: nothing is loaded that is not read.
+
+``CACHE_DIR/<key>.npy`` holds the conservative states ``(sample, time, nx, ny, 4)`` float32
+of a :class:`~symgrad.data.reader.TrajectoryDataset`, in its sample order. ``key`` is a hash
+of the source files' resolved paths, sizes and modification times, so a changed source makes
+a new cache instead of reusing a stale one. The states are read through the dataset (checked
+for NaN/Inf and physics on the way) and written to a temporary file that is renamed when
+complete: an existing ``<key>.npy`` is a complete cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from symgrad.errors import SymgradError
+
+_BLOCK_TRAJECTORIES = 8  # converted this many at a time: bounded memory
+
+
+def cache_key(dataset) -> str:
+    sources = [(str(Path(p).resolve()), Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in dataset.paths]
+    text = json.dumps({"sources": sources, "shape": [dataset.n_samples, dataset.n_times, *dataset.shape]})
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def open_cache(dataset, directory, *, progress: bool = False) -> np.ndarray:
+    """The memory-mapped states of ``dataset`` in ``directory``, converted first if needed."""
+    from symgrad.io import atomic_write, write_error
+
+    directory = Path(directory)
+    path = directory / f"{cache_key(dataset)}.npy"
+    shape = (dataset.n_samples, dataset.n_times, *dataset.shape, 4)
+    if not path.exists():
+        from tqdm.auto import tqdm
+
+        nbytes = int(np.prod(shape)) * 4
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            import shutil
+
+            free = shutil.disk_usage(directory).free
+        except OSError as exc:
+            raise write_error(exc, directory) or exc from None
+        if free < nbytes:
+            raise SymgradError(f"the data cache needs {nbytes / 2**30:.1f} GiB in {directory}, which has "
+                               f"{free / 2**30:.1f} GiB free; free some space or choose another --data-cache")
+        with atomic_write(path) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+            for start in tqdm(range(0, shape[0], _BLOCK_TRAJECTORIES), desc="data cache", unit="block",
+                              disable=not progress, leave=False):
+                stop = min(start + _BLOCK_TRAJECTORIES, shape[0])
+                out[start:stop] = dataset.states(slice(start, stop))
+            out.flush()
+            del out
+    states = np.load(path, mmap_mode="r")
+    if states.shape != shape or states.dtype != np.float32:
+        raise SymgradError(f"data cache {path} holds {states.dtype}{states.shape}, expected float32{shape}; delete it")
+    return states
+
+
+__all__ = ["cache_key", "open_cache"]
