@@ -60,7 +60,7 @@ def _with_positions(ds):
     return ds
 
 
-def merge_results(paths) -> "xarray.Dataset":  # noqa: F821
+def merge_results(paths):
     """One dataset from result files of one diagnostic and group (module docstring)."""
     import xarray as xr
 

@@ -475,3 +475,52 @@ def test_resume_refuses_changed_config(tmp_path, data_file, reference_run, capsy
     rc, err = _train_cli_inprocess(capsys, *changed, "--data", data_file, "--out", run_dir,
                                    "--epochs", EPOCHS)
     assert rc == 2 and "learning_rate" in err and "--force" in err
+
+
+_SHARD_SCRIPT = """
+import sys
+import numpy as np
+port, pid, data_file, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+from symgrad.train import distributed
+distributed.initialize(f"127.0.0.1:{port}", 2, pid)
+import jax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from symgrad.data import TransitionSource, open_dataset
+from symgrad.train.state import batch_indices
+source = TransitionSource(open_dataset(data_file), np.arange(6))
+idx = batch_indices(0, 1, 2, len(source), 8)
+x, y = source.get(idx[distributed.local_slice(8)])  # this host's share only
+sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec("data"))
+xg, yg = distributed.global_batch(sharding, (x, y), 8)
+full = [np.asarray(multihost_utils.process_allgather(a, tiled=True)) for a in (xg, yg)]
+np.savez(f"{out}/host{pid}.npz", x=x, y=y, global_x=full[0], global_y=full[1], idx=idx)
+"""
+
+
+def test_two_hosts_shards_of_a_global_batch_equal_one_hosts_batch(tmp_path, cache_dir, data_file):
+    """Each of two processes (``jax.distributed`` on localhost) reads only its half of a
+    global batch; together, and as the assembled global array, they are one host's batch."""
+    from symgrad.data import TransitionSource, open_dataset
+    from symgrad.train.state import batch_indices
+
+    script = tmp_path / "shards.py"
+    script.write_text(_SHARD_SCRIPT)
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, str(script), str(port), str(i), str(data_file), str(tmp_path)],
+                              env=_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    for p in procs:
+        _, stderr = p.communicate(timeout=180)
+        assert p.returncode == 0, stderr
+    hosts = [np.load(tmp_path / f"host{i}.npz") for i in range(2)]
+    source = TransitionSource(open_dataset(data_file), np.arange(6))
+    idx = batch_indices(0, 1, 2, len(source), 8)
+    x, y = source.get(idx)
+    np.testing.assert_array_equal(hosts[0]["idx"], idx)
+    assert hosts[0]["x"].shape[0] == hosts[1]["x"].shape[0] == 4
+    np.testing.assert_array_equal(np.concatenate([h["x"] for h in hosts]), x)
+    np.testing.assert_array_equal(np.concatenate([h["y"] for h in hosts]), y)
+    for h in hosts:
+        np.testing.assert_array_equal(h["global_x"], x)
+        np.testing.assert_array_equal(h["global_y"], y)
