@@ -145,7 +145,7 @@ def reference_run(tmp_path_factory, cache_dir, data_file):
 def test_loss_decreases_and_load_run_round_trip(tmp_path, cache_dir, data_file):
     config = TrainConfig(model="unet", preset="tiny", data=(str(data_file),), epochs=20,
                          batch_size=BATCH, learning_rate=3e-3, progress=False,
-                         checkpoint_every=1000, rollout_trajectories=1)
+                         checkpoint_every=1000, rollout_trajectories=1, log_every=4)
     result = train(config, tmp_path / "run", log=lambda *a: None)
     assert result.status == "finished" and result.step == 20 * STEPS_PER_EPOCH
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -159,6 +159,22 @@ def test_loss_decreases_and_load_run_round_trip(tmp_path, cache_dir, data_file):
         assert ds["val_rollout_smse"].dims == ("epoch", "lead_time")
         assert ds["val_rollout_smse"].shape == (20, 5)
         assert np.all(np.isfinite(ds["train_smse"].values))
+
+    # TensorBoard events, read back with TensorBoard's own reader
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    scalars = {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+    assert [e.step for e in scalars["train/loss"]] == list(range(4, 20 * STEPS_PER_EPOCH + 1, 4))
+    for tag in ("train/learning_rate", "train/grad_norm", "train/samples_per_second", "train/data_wait_fraction"):
+        assert len(scalars[tag]) == len(scalars["train/loss"]), tag
+    assert all(e.value == pytest.approx(3e-3) for e in scalars["train/learning_rate"])
+    assert all(0.0 <= e.value <= 1.0 for e in scalars["train/data_wait_fraction"])
+    np.testing.assert_allclose([e.value for e in scalars["val/smse"]], [h["val_smse"] for h in history], rtol=1e-6)
+    np.testing.assert_allclose([e.value for e in scalars["val/rollout_smse/lead_5"]],
+                               [h["val_rollout_smse"][4] for h in history], rtol=1e-6)
+    assert [e.step for e in scalars["val/smse"]] == [h["step"] for h in history]
 
     run = load_run(tmp_path / "run")
     _assert_bitwise(run.params, result.state.params)

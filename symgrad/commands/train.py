@@ -55,6 +55,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                    help="resume even if the stored config differs materially (the new settings apply)")
     c.add_argument("--no-progress", action="store_false", dest="progress",
                    help="no progress bar")
+    c.add_argument("--log-every", type=int, metavar="N",
+                   help="steps between TensorBoard points (RUN_DIR/tensorboard) of loss, learning rate, "
+                        "gradient norm, samples/s and data-wait fraction [50]")
     d = parser.add_argument_group("multi-process (also detected under SLURM)")
     d.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
     d.add_argument("--num-processes", type=int)
@@ -65,7 +68,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 _CONFIG_FLAGS = ("model", "preset", "data", "seed", "data_cache", "trajectories_per_file", "time_indices",
                  "epochs", "batch_size", "learning_rate", "weight_decay", "schedule", "warmup_steps",
-                 "grad_clip_norm", "max_steps", "checkpoint_every", "keep", "progress", "debug_nan_step", "debug_step_delay")
+                 "grad_clip_norm", "max_steps", "checkpoint_every", "keep", "progress", "log_every",
+                 "debug_nan_step", "debug_step_delay")
 
 
 def config_from_args(args):

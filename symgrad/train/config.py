@@ -57,6 +57,7 @@ class TrainConfig:
     rollout_trajectories: int = 8  # validation trajectories rolled out per epoch (0 = none)
     # interface
     progress: bool = True
+    log_every: int = 50  # steps between TensorBoard points of the training scalars
     # debugging: poison the input batch of this global step with NaN (-1 = off)
     debug_nan_step: int = -1
     # debugging: sleep this many seconds after each step (to interrupt tests mid-run)
@@ -75,7 +76,7 @@ class TrainConfig:
         problems = []
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        for name in ("epochs", "batch_size", "keep", "checkpoint_every", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "keep", "checkpoint_every", "eval_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
@@ -144,7 +145,7 @@ class TrainConfig:
         Checkpoint cadence, progress display, evaluation sizes, the data cache (the same
         values either way) and ``max_steps`` can change freely; ``epochs`` only matters when the learning-rate schedule depends on it.
         """
-        free = {"checkpoint_every", "keep", "progress", "max_steps", "eval_batch_size", "data_cache",
+        free = {"checkpoint_every", "keep", "progress", "log_every", "max_steps", "eval_batch_size", "data_cache",
                 "max_val_transitions", "rollout_trajectories", "debug_nan_step",
                 "debug_step_delay"}
         if self.schedule == "constant" and stored.schedule == "constant":

@@ -27,10 +27,12 @@ from symgrad.train.checkpoint import (
 from symgrad.train.config import TrainConfig
 from symgrad.train.state import TrainState, batch_indices
 from symgrad.train.step import (
-    batch_sharding, make_eval_fns, make_mesh, make_optimizer, make_train_step, replicated_sharding,
+    batch_sharding, learning_rate_schedule, make_eval_fns, make_mesh, make_optimizer, make_train_step,
+    replicated_sharding,
 )
 
 RUN_FORMAT_VERSION = 1
+TENSORBOARD_DIR = "tensorboard"  # RUN_DIR/tensorboard: event files, written by the primary process
 METRICS_JSON = "metrics.json"
 _SIGMA_DIRECT_LIMIT = 1 << 26  # target values loaded at once for sigma; above: chunked
 
@@ -141,6 +143,7 @@ def _discard_run(run_dir: Path) -> None:
         for name in (CONFIG_FILE, RUN_FILE, STATUS_FILE, METRICS_JSON, "metrics.nc", "metrics.csv"):
             (run_dir / name).unlink(missing_ok=True)
         shutil.rmtree(checkpoint_dir(run_dir), ignore_errors=True)
+        shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
 
 
 def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool | None, force: bool,
@@ -468,6 +471,26 @@ def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log)
 
     from tqdm.auto import tqdm
 
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    writer = None
+    if primary:
+        from tensorboardX import SummaryWriter
+
+        writer = SummaryWriter(logdir=str(run_dir / TENSORBOARD_DIR))
+    window = {"start": time.perf_counter(), "wait": 0.0, "samples": 0}  # since the last TensorBoard point
+
+    def log_scalars(step: int, loss: float, metrics) -> None:
+        """Every ``log_every`` steps: the training scalars of the window since the last point."""
+        now = time.perf_counter()
+        wall = max(now - window["start"], 1e-9)
+        lr = float(schedule(step - 1)) if callable(schedule) else float(schedule)
+        for tag, value in (("train/loss", loss), ("train/learning_rate", lr),
+                           ("train/grad_norm", float(distributed.fetch(metrics["grad_norm"]))),
+                           ("train/samples_per_second", window["samples"] / wall),
+                           ("train/data_wait_fraction", window["wait"] / wall)):
+            writer.add_scalar(tag, value, step)
+        window.update(start=now, wait=0.0, samples=0)
+
     status = "finished"
     last_loss = None
     pool = ThreadPoolExecutor(max_workers=1)
@@ -489,7 +512,9 @@ def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log)
                     if _all_agree_to_stop(preemption.requested()):
                         status = "preempted"
                         break
+                    t_wait = time.perf_counter()
                     idx, x, y = pending.result()
+                    window["wait"] += time.perf_counter() - t_wait
                     if position + 1 < steps_per_epoch:
                         pending = pool.submit(load_batch, epoch, position + 1)
                     if step == config.debug_nan_step:
@@ -519,6 +544,9 @@ def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log)
                              "epoch_loss_count": extra["epoch_loss_count"] + 1}
                     state = new_state._replace(epoch=np.asarray(epoch, np.int32), position=np.asarray(position, np.int32))
                     samples += batch
+                    window["samples"] += batch
+                    if writer is not None and (step + 1) % config.log_every == 0:
+                        log_scalars(step + 1, loss, metrics)
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4g}",
                                     samples_s=f"{samples / (time.perf_counter() - t_epoch):.1f}")
@@ -542,6 +570,12 @@ def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log)
                 extra = {"epoch_loss_sum": 0.0, "epoch_loss_count": 0}
                 if primary:
                     _write_metrics(run_dir, history, metric_attrs, lead_times)
+                    at = history[-1]["step"]
+                    writer.add_scalar("train/epoch_smse", train_smse, at)
+                    writer.add_scalar("val/smse", val, at)
+                    for lead, value in zip(lead_times, rollout):
+                        writer.add_scalar(f"val/rollout_smse/lead_{int(lead)}", value, at)
+                    writer.flush()
                     roll = (f", rollout SMSE {rollout[0]:.4g} (1 step) .. {rollout[-1]:.4g} ({len(rollout)} steps)"
                             if rollout else "")
                     log(f"epoch {epoch}/{config.epochs}: train SMSE {train_smse:.4g}, "
@@ -561,4 +595,6 @@ def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         checkpointer.close()
+        if writer is not None:
+            writer.close()
     return TrainResult(status, _fetch_int(state.step), int(state.epoch), run_dir, last_loss, state)

@@ -35,8 +35,8 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-    """AdamW with the config's learning-rate schedule and optional global-norm clipping."""
+def learning_rate_schedule(config, steps_per_epoch: int):
+    """The config's learning rate: a float (constant, no warm-up) or an optax schedule of the step."""
     lr = config.learning_rate
     total = max(1, config.epochs * steps_per_epoch)
     if config.schedule == "cosine":
@@ -51,6 +51,12 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
         )
     else:
         schedule = lr
+    return schedule
+
+
+def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """AdamW with the config's learning-rate schedule and optional global-norm clipping."""
+    schedule = learning_rate_schedule(config, steps_per_epoch)
     parts = []
     if config.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
