@@ -235,6 +235,15 @@ def test_the_data_selection_is_stored_and_honoured(tmp_path, cache_dir, data_fil
         TrainConfig(time_indices=(3, 1))
 
 
+def test_one_progress_bar_for_the_whole_run(tmp_path, cache_dir, data_file, capsys):
+    config = TrainConfig(model="unet", preset="tiny", data=(str(data_file),), epochs=3, batch_size=BATCH,
+                         max_steps=5, rollout_trajectories=0)
+    train(config, tmp_path / "run", log=lambda *a: None)
+    bars = capsys.readouterr().err.replace("\r", "\n")
+    assert "train: 100%" in bars and "5/5" in bars  # across epochs: 3 + 2 steps, one total
+    assert "epoch=2/3" in bars and bars.count("train:   0%") <= 1
+
+
 def test_batch_order_is_pure_function_of_seed_and_epoch():
     a = batch_order(0, 3, 100)
     np.testing.assert_array_equal(a, batch_order(0, 3, 100))

@@ -494,6 +494,12 @@ def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log)
     status = "finished"
     last_loss = None
     pool = ThreadPoolExecutor(max_workers=1)
+    # One bar for the whole run (its ETA is the run's), from where a resumed run stands.
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+    bar = tqdm(total=total_steps, initial=min(_fetch_int(state.step), total_steps), desc="train", unit="step",
+               disable=not (config.progress and primary), dynamic_ncols=True)
     try:
         with preemption.stop_on_sigterm():
             epoch = int(state.epoch)
@@ -501,8 +507,6 @@ def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log)
                 position = int(state.position)
                 t_epoch = time.perf_counter()
                 samples = 0
-                bar = tqdm(total=steps_per_epoch, initial=position, desc=f"epoch {epoch + 1}/{config.epochs}",
-                           disable=not (config.progress and primary), leave=False, dynamic_ncols=True)
                 pending = pool.submit(load_batch, epoch, position) if position < steps_per_epoch else None
                 while position < steps_per_epoch:
                     step = _fetch_int(state.step)
@@ -548,13 +552,12 @@ def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log)
                     if writer is not None and (step + 1) % config.log_every == 0:
                         log_scalars(step + 1, loss, metrics)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4g}",
+                    bar.set_postfix(epoch=f"{epoch + 1}/{config.epochs}", loss=f"{loss:.4g}",
                                     samples_s=f"{samples / (time.perf_counter() - t_epoch):.1f}")
                     if (step + 1) % config.checkpoint_every == 0 and position < steps_per_epoch:
                         save("running")
                     if config.debug_step_delay:
                         time.sleep(config.debug_step_delay)
-                bar.close()
                 if status != "finished":
                     break
                 seconds = time.perf_counter() - t_epoch
@@ -593,6 +596,7 @@ def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log)
                 _record_failure(run_dir, exc, checkpointer.latest_step())
         raise
     finally:
+        bar.close()
         pool.shutdown(wait=True, cancel_futures=True)
         checkpointer.close()
         if writer is not None:
