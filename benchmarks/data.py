@@ -13,8 +13,10 @@ times ``TransitionSource.get`` on random batches of 64 transitions, side by side
 
 Each with the page cache warm (the file read once before timing) and, where this process
 may drop the page cache (root, ``/proc/sys/vm/drop_caches``), cold. The conversion time is
-recorded too. Excludes: the training step (see ``benchmarks/train.py``) and worker
-processes. Writes ``benchmarks/records/data.json``.
+recorded too. Then, end to end, the tiny UNet trained from each loader (``--train-steps``):
+samples/s and the data-wait fraction from the run's TensorBoard points. Excludes: worker
+processes; the paper models' step rates (``benchmarks/train.py``, on a GPU). Writes
+``benchmarks/records/data.json``.
 """
 
 from __future__ import annotations
@@ -66,12 +68,38 @@ def _rate(source, batches: list[np.ndarray]) -> float:
     return len(batches) * BATCH / (time.perf_counter() - t0)
 
 
+def _end_to_end(path: Path, cache_dir: Path, steps: int) -> dict:
+    """Training samples/s and data-wait fraction of the tiny UNet, from the files and from the
+    cache, out of the run's own TensorBoard points (the first window, compilation, dropped)."""
+    import tempfile
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from symgrad.train import TrainConfig, train
+
+    out = {}
+    for name, cache in (("netcdf", ""), ("cache", str(cache_dir))):
+        with tempfile.TemporaryDirectory() as tmp:
+            config = TrainConfig(model="unet", preset="tiny", data=(str(path),), epochs=3, batch_size=BATCH,
+                                 max_steps=2 * steps, log_every=steps, data_cache=cache, progress=False,
+                                 rollout_trajectories=0, max_val_transitions=BATCH, checkpoint_every=10**6)
+            train(config, Path(tmp) / "run", log=lambda *a: None)
+            events = EventAccumulator(str(Path(tmp) / "run" / "tensorboard"))
+            events.Reload()
+            rate, wait = (events.Scalars(f"train/{t}")[-1].value for t in ("samples_per_second", "data_wait_fraction"))
+        out[name] = {"samples_per_second": rate, "data_wait_fraction": wait}
+        print(f"train {name:7s} {rate:,.1f} samples/s, data-wait fraction {wait:.3f} (tiny UNet, CPU, {steps} steps)")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trajectories", type=int, default=48)
     parser.add_argument("--times", type=int, default=21)
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--batches", type=int, default=20, help="timed batches of 64 per variant")
+    parser.add_argument("--train-steps", type=int, default=10,
+                        help="timed training steps end to end per loader (0: skip)")
     args = parser.parse_args()
 
     from symgrad.data import TransitionSource, open_dataset
@@ -123,6 +151,8 @@ def main() -> None:
                  "excludes the training step and worker processes; cold = after dropping the page cache"),
         **provenance(),
     }
+    if args.train_steps:
+        record["end_to_end"] = _end_to_end(path, cache_dir, args.train_steps)
     RECORD.parent.mkdir(parents=True, exist_ok=True)
     RECORD.write_text(json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
     print(f"wrote {RECORD}")

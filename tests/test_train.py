@@ -220,6 +220,7 @@ def test_the_data_selection_is_stored_and_honoured(tmp_path, cache_dir, data_fil
     assert info["n_train_transitions"] == 3 * len(info["split"]["train"])  # (0,1), (1,2), (2,4)
     stored = json.loads((tmp_path / "run" / "config.json").read_text())
     assert stored["time_indices"] == [0, 1, 2, 4] and stored["trajectories_per_file"] == 5
+    assert not {"debug_nan_step", "debug_step_delay"} & set(stored)  # test hooks are not saved
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert len(history[0]["val_rollout_smse"]) == 3  # lead times over the selected times
     assert result.status == "finished"

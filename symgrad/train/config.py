@@ -19,6 +19,11 @@ from symgrad.errors import SymgradError
 SCHEDULES = ("constant", "cosine")
 
 
+# Fields that only tests set (hidden CLI flags): they steer a run, never define it, so they
+# are neither saved with it nor compared on resume.
+TEST_HOOKS = ("debug_nan_step", "debug_step_delay")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run (paper study defaults)."""
@@ -95,9 +100,13 @@ class TrainConfig:
 
     # -- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The settings as saved in ``config.json`` and in provenance: test hooks left out."""
         d = dataclasses.asdict(self)
+        for name in TEST_HOOKS:
+            del d[name]
         d["data"] = list(self.data)
         d["split_fractions"] = list(self.split_fractions)
+        d["time_indices"] = list(self.time_indices)
         return d
 
     @classmethod
@@ -142,12 +151,12 @@ class TrainConfig:
     def material_differences(self, stored: TrainConfig) -> dict[str, tuple[Any, Any]]:
         """Fields whose change would make a resumed run not the continuation of ``stored``.
 
-        Checkpoint cadence, progress display, evaluation sizes, the data cache (the same
-        values either way) and ``max_steps`` can change freely; ``epochs`` only matters when the learning-rate schedule depends on it.
+        Checkpoint cadence, progress display and logging, evaluation sizes, the data cache
+        (the same values either way), test hooks and ``max_steps`` can change freely;
+        ``epochs`` only matters when the learning-rate schedule depends on it.
         """
         free = {"checkpoint_every", "keep", "progress", "log_every", "max_steps", "eval_batch_size", "data_cache",
-                "max_val_transitions", "rollout_trajectories", "debug_nan_step",
-                "debug_step_delay"}
+                "max_val_transitions", "rollout_trajectories", *TEST_HOOKS}
         if self.schedule == "constant" and stored.schedule == "constant":
             free.add("epochs")
         out = {}
