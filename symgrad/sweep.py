@@ -239,14 +239,11 @@ def _units(jobs: list[Job]) -> list[_Unit]:
     return units
 
 
-def slurm_script(unit: _Unit | Job, slurm: dict, log_dir: Path, *, sweep_name: str = "sweep",
-                 workdir: Path | None = None) -> str:
+def slurm_script(unit: _Unit, slurm: dict, log_dir: Path, *, sweep_name: str, workdir: Path) -> str:
     """An sbatch script for one job or one job array. Training runs one process per GPU over
     all nodes (``srun``): symgrad's training calls ``jax.distributed.initialize`` from the
     SLURM environment, so every process feeds its own shard of the global batch. Paths are
     absolute and the job runs in ``workdir`` (``--chdir``), wherever it was submitted from."""
-    if isinstance(unit, Job):
-        unit = _Unit(unit.name, (unit,), ())
     s = {**_SLURM_DEFAULTS, **slurm}
     executable = s["executable"] or shlex.join([sys.executable, "-m", "symgrad"])
     is_train = unit.kind == "train"
@@ -263,7 +260,7 @@ def slurm_script(unit: _Unit | Job, slurm: dict, log_dir: Path, *, sweep_name: s
         f"#SBATCH --ntasks-per-node={tasks}",
         f"#SBATCH --cpus-per-task={s['cpus_per_task']}",
         f"#SBATCH --time={s['time']}",
-        f"#SBATCH --chdir={workdir or Path.cwd()}",
+        f"#SBATCH --chdir={workdir}",
         f"#SBATCH --output={log_dir / (unit.name + ('-%A_%a.log' if unit.is_array else '-%j.log'))}",
         # A job whose dependency failed is cancelled, not left pending forever: a rerun of
         # submit.sh then submits it again behind the resubmitted dependency.

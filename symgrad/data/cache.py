@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,6 @@ def open_cache(dataset, directory, *, progress: bool = False) -> np.ndarray:
         nbytes = int(np.prod(shape)) * 4
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            import shutil
-
             free = shutil.disk_usage(directory).free
         except OSError as exc:
             raise write_error(exc, directory) or exc from None
