@@ -14,8 +14,9 @@ times ``TransitionSource.get`` on random batches of 64 transitions, side by side
 Each with the page cache warm (the file read once before timing) and, where this process
 may drop the page cache (root, ``/proc/sys/vm/drop_caches``), cold. The conversion time is
 recorded too. Then, end to end, the tiny UNet trained from each loader (``--train-steps``):
-samples/s and the data-wait fraction from the run's TensorBoard points. Excludes: worker
-processes; the paper models' step rates (``benchmarks/train.py``, on a GPU). Writes
+samples/s and the data-wait fraction from the run's TensorBoard points. Then, warm, with more workers: N threads
+reading shares of each batch, and grain's ``DataLoader`` with N worker processes (if grain is
+installed; it is not a dependency of symgrad). Excludes: the paper models' step rates (``benchmarks/train.py``, on a GPU). Writes
 ``benchmarks/records/data.json``.
 """
 
@@ -66,6 +67,59 @@ def _rate(source, batches: list[np.ndarray]) -> float:
     for idx in batches:
         source.get(idx)
     return len(batches) * BATCH / (time.perf_counter() - t0)
+
+
+def _threaded_rate(source, batches: list[np.ndarray], workers: int) -> float:
+    """``workers`` threads, each reading its share of every batch (what the loop's prefetch
+    thread would do with a pool): netCDF reads serialise on netCDF-C's lock, copies may not."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        t0 = time.perf_counter()
+        for idx in batches:
+            list(pool.map(source.get, np.array_split(idx, workers)))
+        return len(batches) * BATCH / (time.perf_counter() - t0)
+
+
+class _GrainSource:
+    """Transition ``k`` of a file, for grain's worker processes: each opens its own handle."""
+
+    def __init__(self, path: Path, cache_path: Path | None, n: int):
+        self.path, self.cache_path, self.n, self._source = path, cache_path, n, None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, k):
+        if self._source is None:
+            from symgrad.data import TransitionSource, open_dataset
+
+            dataset = open_dataset(self.path)
+            cache = np.load(self.cache_path, mmap_mode="r") if self.cache_path else None
+            self._source = TransitionSource(dataset, np.arange(dataset.n_samples), cache=cache)
+        x, y = self._source.get([int(k)])
+        return x[0], y[0]
+
+
+def _grain_rate(path: Path, cache_path: Path | None, n: int, n_batches: int, workers: int) -> float | None:
+    """grain's DataLoader with ``workers`` processes (0: in this process), shuffled, batched
+    by grain; the first batch (worker start-up) is not timed."""
+    try:
+        import grain.python as pygrain
+    except ImportError:
+        return None
+    sampler = pygrain.IndexSampler(num_records=n, shard_options=pygrain.NoSharding(), shuffle=True,
+                                   num_epochs=1, seed=0)
+    loader = pygrain.DataLoader(data_source=_GrainSource(path, cache_path, n), sampler=sampler,
+                                operations=[pygrain.Batch(BATCH, drop_remainder=True)], worker_count=workers)
+    it = iter(loader)
+    next(it)
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        next(it)
+    rate = n_batches * BATCH / (time.perf_counter() - t0)
+    del it
+    return rate
 
 
 def _end_to_end(path: Path, cache_dir: Path, steps: int) -> dict:
@@ -138,6 +192,20 @@ def main() -> None:
             results[f"{name}_cold_transitions_per_second"] = _rate(build(), batches)
         print(f"{name:7s} " + ", ".join(f"{k.split('_', 1)[1].split('_transitions')[0]} {v:,.0f}/s"
                                         for k, v in results.items() if k.startswith(name)))
+    # More workers (page cache warm): threads over the batch, and grain's worker processes.
+    workers = sorted({1, os.cpu_count() or 1})
+    parallel = {}
+    for name, build in make.items():
+        source = build()
+        _rate(source, batches)
+        for w in workers:
+            parallel[f"{name}_threads_{w}"] = _threaded_rate(source, batches, w)
+            rate = _grain_rate(path, cache_path if name == "cache" else None, n, args.batches, w)
+            if rate is not None:
+                parallel[f"{name}_grain_workers_{w}"] = rate
+        print(f"{name:7s} " + ", ".join(f"{k.split('_', 1)[1]} {v:,.0f}/s"
+                                        for k, v in parallel.items() if k.startswith(name)))
+    results["parallel_warm_transitions_per_second"] = parallel
     nbytes = int(np.prod((dataset.n_samples, dataset.n_times, *dataset.shape, 4))) * 4
     warm = results["cache_warm_transitions_per_second"] / results["netcdf_warm_transitions_per_second"]
     print(f"cache / netcdf (warm): {warm:.1f}x; conversion {convert_seconds:.1f} s "
@@ -148,7 +216,8 @@ def main() -> None:
         "cache_conversion_seconds": convert_seconds, "cache_bytes": nbytes,
         **results, "cache_over_netcdf_warm": warm, "cpu_count": os.cpu_count(),
         "note": ("random batches of 64 one-step transitions by TransitionSource.get in one thread; "
-                 "excludes the training step and worker processes; cold = after dropping the page cache"),
+                 "excludes the training step; cold = after dropping the page cache; parallel: N threads "
+                 "reading shares of each batch, or grain's DataLoader with N worker processes, warm"),
         **provenance(),
     }
     if args.train_steps:

@@ -89,7 +89,7 @@ def bench_model(name: str, preset: str, resolution: int, batch: int, steps: int,
     params = jax.jit(model.init, out_shardings=repl)(jax.random.key(0))
     opt_state = jax.jit(optimizer.init, out_shardings=repl)(params)
     state = TrainState(params, opt_state, jax.device_put(np.int32(0), repl),
-                       jax.device_put(np.zeros(2, np.uint32), repl), np.int32(0), np.int32(0))
+                       jax.device_put(np.zeros(2, np.uint32), repl))
     _block(state.params)
     init_s = time.perf_counter() - t0
 

@@ -16,60 +16,59 @@ DESCRIPTION = (
 )
 
 
+_TYPES = {"int": int, "float": float, "str": str, "tuple[str, ...]": str, "tuple[int, ...]": int}
+
+
+def _config_flags():
+    """``(field, option string, argparse keywords)`` of every TrainConfig field that is a flag."""
+    from dataclasses import MISSING, fields
+
+    from symgrad.train.config import TrainConfig
+
+    for f in fields(TrainConfig):
+        if "help" not in f.metadata:
+            continue
+        meta = dict(f.metadata)
+        group, flag, hidden = meta.pop("group"), meta.pop("flag"), meta.pop("hidden", False)
+        option = flag or "--" + f.name.replace("_", "-")
+        if f.type == "bool":  # only switches that turn a default-on setting off
+            kwargs = dict(action="store_false", dest=f.name)
+        else:
+            kwargs = dict(type=_TYPES[f.type], dest=f.name, **{k: v for k, v in meta.items() if k != "help"})
+        default = f.default if f.default is not MISSING else None
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        if hidden:
+            kwargs["help"] = argparse.SUPPRESS
+        elif f.type == "bool":
+            kwargs["help"] = meta["help"]
+        else:
+            kwargs["help"] = f"{meta['help']} (default: {shown if shown not in ('', ()) else 'none'})"
+        yield f.name, group, option, kwargs
+
+
 def register(parser: argparse.ArgumentParser) -> None:
     # Unset flags stay absent (SUPPRESS) so that a --config file is only overridden by the
-    # flags actually given; the effective defaults are shown in brackets.
+    # flags actually given; the help shows TrainConfig's defaults, which apply without one.
     parser.argument_default = argparse.SUPPRESS
-    m = parser.add_argument_group("model and data")
-    m.add_argument("--model", choices=("unet", "vit", "gcnn"), help="architecture [unet]")
-    m.add_argument("--preset", choices=("tiny", "small", "paper"), help="model size [tiny]")
-    m.add_argument("--data", nargs="+", metavar="FILE.nc", help="dataset file(s), concatenated by trajectory")
-    m.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (checkpoints, metrics)")
-    m.add_argument("--config", metavar="FILE.toml", help="settings file, e.g. experiments/paper-unet.toml")
-    m.add_argument("--seed", type=int, help="seed of init, split and batch order [0]")
-    m.add_argument("--trajectories-per-file", type=int, metavar="K",
-                   help="use the first K trajectories of each data file (the study: 5000) [0 = all]")
-    m.add_argument("--time-indices", type=int, nargs="+", metavar="T",
-                   help="stored time indices to use, increasing (the study: 0 ... 15); transitions are "
-                        "their consecutive pairs [all]")
-    m.add_argument("--data-cache", metavar="DIR",
-                   help="convert the data once into a memory-mapped array in DIR and read batches from it "
-                        "(~20x faster at 128x128; needs the data's uncompressed size on disk) [off]")
-    o = parser.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, help="epochs [90]")
-    o.add_argument("--batch-size", type=int, help="global batch size, a multiple of the device count [64]")
-    o.add_argument("--lr", type=float, dest="learning_rate", help="peak learning rate [5e-4]")
-    o.add_argument("--weight-decay", type=float, help="AdamW weight decay [1e-6]")
-    o.add_argument("--schedule", choices=("constant", "cosine"), help="learning-rate schedule [constant]")
-    o.add_argument("--warmup-steps", type=int, help="linear warm-up steps [0]")
-    o.add_argument("--grad-clip", type=float, dest="grad_clip_norm", help="clip gradients to this global norm (0: off) [0]")
-    o.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after this many steps (0: no limit)")
-    c = parser.add_argument_group("checkpoints and runs")
-    c.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (also at each epoch end) [500]")
-    c.add_argument("--keep", type=int, help="checkpoints to keep [3]")
+    groups = {}
+    for title in ("model and data", "optimisation", "checkpoints and runs"):
+        groups[title] = parser.add_argument_group(title)
+    g = groups["model and data"]
+    g.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (checkpoints, metrics)")
+    g.add_argument("--config", metavar="FILE.toml", help="settings file, e.g. experiments/paper-unet.toml")
+    for _, group, option, kwargs in _config_flags():
+        groups[group].add_argument(option, **kwargs)
+    c = groups["checkpoints and runs"]
     mode = c.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true",
                       help="require a checkpoint in RUN_DIR to continue from (default: continue if there is one)")
     mode.add_argument("--overwrite", action="store_true", help="discard the run in RUN_DIR and start again")
     c.add_argument("--force", action="store_true",
                    help="resume even if the stored config differs materially (the new settings apply)")
-    c.add_argument("--no-progress", action="store_false", dest="progress",
-                   help="no progress bar")
-    c.add_argument("--log-every", type=int, metavar="N",
-                   help="steps between TensorBoard points (RUN_DIR/tensorboard) of loss, learning rate, "
-                        "gradient norm, samples/s and data-wait fraction [50]")
     d = parser.add_argument_group("multi-process (also detected under SLURM)")
     d.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
-    d.add_argument("--num-processes", type=int)
-    d.add_argument("--process-id", type=int)
-    parser.add_argument("--debug-nan-step", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--debug-step-delay", type=float, help=argparse.SUPPRESS)
-
-
-_CONFIG_FLAGS = ("model", "preset", "data", "seed", "data_cache", "trajectories_per_file", "time_indices",
-                 "epochs", "batch_size", "learning_rate", "weight_decay", "schedule", "warmup_steps",
-                 "grad_clip_norm", "max_steps", "checkpoint_every", "keep", "progress", "log_every",
-                 "debug_nan_step", "debug_step_delay")
+    d.add_argument("--num-processes", type=int, help="number of processes")
+    d.add_argument("--process-id", type=int, help="this process's index, 0 ... N-1")
 
 
 def config_from_args(args):
@@ -78,10 +77,10 @@ def config_from_args(args):
 
     path = getattr(args, "config", None)
     config = TrainConfig.from_toml(path) if path else TrainConfig()
-    overrides = {name: getattr(args, name, None) for name in _CONFIG_FLAGS}
-    for name in ("data", "time_indices"):
-        if overrides[name] is not None:
-            overrides[name] = tuple(overrides[name])
+    overrides = {name: getattr(args, name, None) for name, *_ in _config_flags()}
+    for name, value in overrides.items():
+        if isinstance(value, list):
+            overrides[name] = tuple(value)
     return config.with_overrides(**overrides)
 
 
@@ -92,7 +91,7 @@ def run(args) -> int:
     # Must precede every other jax call.
     distributed.initialize(getattr(args, "coordinator", None), getattr(args, "num_processes", None),
                            getattr(args, "process_id", None))
-    from symgrad.train.loop import train
+    from symgrad.train import train
 
     config = config_from_args(args)
     result = train(config, args.out, resume=getattr(args, "resume", None),

@@ -13,12 +13,11 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from symgrad.errors import SymgradError
+from symgrad.names import MODELS, PRESETS
 from symgrad.models.gcnn import gcnn
 from symgrad.models.unet import unet
 from symgrad.models.vit import POSITION_EMBEDDINGS, ViT
 
-MODELS: tuple[str, ...] = ("unet", "vit", "gcnn")
-PRESETS: tuple[str, ...] = ("tiny", "small", "paper")
 
 # Exact configurations; docs/models.md derives the parameter counts of each.
 _CONV_PRESETS = {

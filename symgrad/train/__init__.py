@@ -4,19 +4,43 @@
 the diagnostics. See ``docs/training.md``.
 """
 
-from symgrad.train.checkpoint import Checkpointer
-from symgrad.train.config import TrainConfig
-from symgrad.train.distributed import initialize as initialize_distributed
-from symgrad.train.loop import TrainResult, train, training_sigma
-from symgrad.train.run import Run, load_run
-from symgrad.train.state import TrainState, batch_indices, batch_order
-from symgrad.train.step import (
-    batch_loss, make_eval_fns, make_mesh, make_optimizer, make_train_step, train_step,
-)
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "Checkpointer", "Run", "TrainConfig", "TrainResult", "TrainState", "batch_indices",
-    "batch_loss", "batch_order", "initialize_distributed", "load_run", "make_eval_fns",
-    "make_mesh", "make_optimizer", "make_train_step", "train",
-    "train_step", "training_sigma",
-]
+from symgrad.train.config import TrainConfig as TrainConfig
+
+# The rest imports jax and orbax, so it loads on first use: the command line builds its
+# flags from TrainConfig without them, and `symgrad --help` answers at once.
+_LAZY = {
+    "train": "loop", "TrainResult": "loop", "training_sigma": "loop",
+    "Run": "run", "RunInfo": "run", "load_run": "run",
+    "Checkpointer": "checkpoint",
+    "TrainState": "state", "batch_indices": "state", "batch_order": "state",
+}
+
+if TYPE_CHECKING:
+    from symgrad.train.checkpoint import Checkpointer as Checkpointer
+    from symgrad.train.loop import TrainResult as TrainResult
+    from symgrad.train.loop import train as train
+    from symgrad.train.loop import training_sigma as training_sigma
+    from symgrad.train.run import Run as Run
+    from symgrad.train.run import RunInfo as RunInfo
+    from symgrad.train.run import load_run as load_run
+    from symgrad.train.state import TrainState as TrainState
+    from symgrad.train.state import batch_indices as batch_indices
+    from symgrad.train.state import batch_order as batch_order
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"symgrad.train.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'symgrad.train' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = ["Checkpointer", "Run", "RunInfo", "TrainConfig", "TrainResult", "TrainState", "batch_indices",
+           "batch_order", "load_run", "train", "training_sigma"]

@@ -1,11 +1,5 @@
-"""Orbax checkpoints of a run, plus the JSON files kept beside them.
-
-Layout of a run directory::
-
-    RUN_DIR/config.json        TrainConfig (what was asked for)
-    RUN_DIR/run.json           sigma, split, model config, data paths, resolution (what it means)
-    RUN_DIR/checkpoints/<step>/{state,extra}   orbax, written atomically (tmp dir + rename)
-    RUN_DIR/metrics.{nc,csv}, RUN_DIR/status.json
+"""Orbax checkpoints of a run: ``RUN_DIR/checkpoints/<step>/{state,extra}``, written
+atomically (tmp dir + rename). The rest of the run directory is :mod:`symgrad.train.run`'s.
 
 Checkpoints are written synchronously: a step directory that exists is complete, which
 is what a pre-empted or killed run relies on.
@@ -14,7 +8,6 @@ is what a pre-empted or killed run relies on.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import re
@@ -28,28 +21,10 @@ import orbax.checkpoint as ocp
 from symgrad.errors import SymgradError
 from symgrad.io import write_error
 
-CONFIG_FILE = "config.json"
-RUN_FILE = "run.json"
-STATUS_FILE = "status.json"
 CHECKPOINT_DIR = "checkpoints"
-LOCK_FILE = "lock"  # held by the process training in the run directory (symgrad.io.ExclusiveLock)
 # Room a checkpoint takes beyond its arrays (orbax metadata, sharding and manifest files):
 # measured at ~60 kB for the tiny UNet; 1 MiB leaves a margin for larger trees.
 _METADATA_BYTES = 1 << 20
-
-
-def read_json(path: str | os.PathLike, what: str) -> dict:
-    path = Path(path)
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise SymgradError(
-            f"{path} is missing, so {path.parent} is not a complete symgrad run directory; "
-            f"point to the directory given to 'symgrad train --out' ({what})"
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise SymgradError(f"{path} is corrupt ({exc}); restore it or retrain into a new --out") from None
 
 
 def checkpoint_dir(run_dir) -> Path:

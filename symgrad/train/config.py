@@ -8,65 +8,84 @@ compared on resume (:meth:`TrainConfig.material_differences`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from symgrad.errors import SymgradError
-
-SCHEDULES = ("constant", "cosine")
-
+from symgrad.names import MODELS, PRESETS, SCHEDULES
 
 # Fields that only tests set (hidden CLI flags): they steer a run, never define it, so they
 # are neither saved with it nor compared on resume.
 TEST_HOOKS = ("debug_nan_step", "debug_step_delay")
 
 
+def _flag(default, help: str, *, group: str, flag: str | None = None, **argparse_kwargs):
+    """A field that ``symgrad train`` offers as a flag: ``--field-name`` (or ``flag``), with
+    this help and group; its default is shown from the field itself (symgrad.commands.train)."""
+    return field(default=default, metadata={"help": help, "group": group, "flag": flag, **argparse_kwargs})
+
+
+_DATA, _OPT, _RUNS = "model and data", "optimisation", "checkpoints and runs"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a training run (paper study defaults)."""
+    """Everything that determines a training run (paper study defaults).
+
+    Fields made with ``_flag`` are also ``symgrad train`` flags; the others are set in a
+    ``--config`` TOML file.
+    """
 
     # model
-    model: str = "unet"
-    preset: str = "tiny"
+    model: str = _flag("unet", "architecture", group=_DATA, choices=MODELS)
+    preset: str = _flag("tiny", "model size", group=_DATA, choices=PRESETS)
     model_overrides: dict[str, Any] = field(default_factory=dict)
     # data
-    data: tuple[str, ...] = ()
+    data: tuple[str, ...] = _flag((), "dataset file(s), concatenated by trajectory", group=_DATA,
+                                  nargs="+", metavar="FILE.nc")
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    seed: int = 0
+    seed: int = _flag(0, "seed of init, split and batch order", group=_DATA)
     # "" = read batches from the files; else a directory where the data are converted once
     # into a memory-mapped array that batches are copied from (symgrad.data.cache)
-    data_cache: str = ""
-    # 0 = all; else the first K trajectories of each data file (the study: 5,000 per family)
-    trajectories_per_file: int = 0
+    data_cache: str = _flag("", "convert the data once into a memory-mapped array in DIR and read batches from "
+                            "it (~20x faster at 128x128; needs the data's uncompressed size on disk)",
+                            group=_DATA, metavar="DIR")
+    trajectories_per_file: int = _flag(0, "use the first K trajectories of each data file (the study: 5000; "
+                                       "0 = all)", group=_DATA, metavar="K")
     # () = all stored times; else the time indices used, increasing (the study: 16 of 21),
     # whose consecutive pairs are the transitions and whose span is the rollout
-    time_indices: tuple[int, ...] = ()
+    time_indices: tuple[int, ...] = _flag((), "stored time indices to use, increasing (the study: 0 ... 15); "
+                                          "transitions are their consecutive pairs (none given = all)",
+                                          group=_DATA, nargs="+", metavar="T")
     # optimisation (the study: AdamW, lr 5e-4, wd 1e-6, batch 64, 90 epochs)
-    epochs: int = 90
-    batch_size: int = 64
-    learning_rate: float = 5e-4
-    weight_decay: float = 1e-6
-    schedule: str = "constant"  # "constant" | "cosine" (cosine decay to 0 over all steps)
-    warmup_steps: int = 0  # linear warm-up from 0, for either schedule
-    grad_clip_norm: float = 0.0  # 0 = no clipping
-    max_steps: int = 0  # 0 = no limit; stop (with a checkpoint) after this global step
+    epochs: int = _flag(90, "epochs", group=_OPT)
+    batch_size: int = _flag(64, "global batch size, a multiple of the device count", group=_OPT)
+    learning_rate: float = _flag(5e-4, "peak learning rate", group=_OPT, flag="--lr")
+    weight_decay: float = _flag(1e-6, "AdamW weight decay", group=_OPT)
+    schedule: str = _flag("constant", "learning-rate schedule (cosine: decay to 0 over all steps)",
+                          group=_OPT, choices=SCHEDULES)
+    warmup_steps: int = _flag(0, "linear warm-up steps from 0, for either schedule", group=_OPT)
+    grad_clip_norm: float = _flag(0.0, "clip gradients to this global norm (0 = off)", group=_OPT,
+                                  flag="--grad-clip")
+    max_steps: int = _flag(0, "stop (with a checkpoint) after this global optimiser step (0 = no limit)",
+                           group=_OPT)
     # checkpoints
-    checkpoint_every: int = 500  # steps; a checkpoint is also written at every epoch end
-    keep: int = 3
+    checkpoint_every: int = _flag(500, "steps between checkpoints (also one at each epoch end)", group=_RUNS)
+    keep: int = _flag(3, "checkpoints to keep", group=_RUNS)
     # evaluation
     eval_batch_size: int = 64
     max_val_transitions: int = 0  # 0 = all validation transitions
     rollout_trajectories: int = 8  # validation trajectories rolled out per epoch (0 = none)
     # interface
-    progress: bool = True
-    log_every: int = 50  # steps between TensorBoard points of the training scalars
+    progress: bool = _flag(True, "no progress bar", group=_RUNS, flag="--no-progress")
+    log_every: int = _flag(50, "steps between TensorBoard points (RUN_DIR/tensorboard) of loss, learning rate, "
+                           "gradient norm, samples/s and data-wait fraction", group=_RUNS, metavar="N")
     # debugging: poison the input batch of this global step with NaN (-1 = off)
-    debug_nan_step: int = -1
+    debug_nan_step: int = _flag(-1, "", group=_RUNS, hidden=True)
     # debugging: sleep this many seconds after each step (to interrupt tests mid-run)
-    debug_step_delay: float = 0.0
+    debug_step_delay: float = _flag(0.0, "", group=_RUNS, hidden=True)
 
     def __post_init__(self):
         _check_types(self)
@@ -79,6 +98,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         problems = []
+        if self.model not in MODELS or self.preset not in PRESETS:
+            problems.append(f"model must be one of {MODELS} and preset one of {PRESETS}, "
+                            f"got {self.model!r} and {self.preset!r}")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         for name in ("epochs", "batch_size", "keep", "checkpoint_every", "eval_batch_size", "log_every"):
@@ -139,13 +161,6 @@ class TrainConfig:
         """A copy with the given fields replaced; ``None`` values are ignored."""
         given = {k: v for k, v in overrides.items() if v is not None}
         return cls_replace(self, given)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> TrainConfig:
-        return cls.from_dict(json.loads(text))
 
     # -- resume checks -----------------------------------------------------------------
     def material_differences(self, stored: TrainConfig) -> dict[str, tuple[Any, Any]]:

@@ -1,19 +1,262 @@
-"""Reading a trained run back: what every diagnostic takes (``--run RUN_DIR``)."""
+"""The run directory: its layout, what ``train`` writes there and ``load_run`` reads back.
+
+Layout of a run directory (this module is the one place that names its files)::
+
+    RUN_DIR/config.json        TrainConfig (what was asked for)
+    RUN_DIR/run.json           RunInfo: sigma, split, data selection, model config (what it means)
+    RUN_DIR/checkpoints/<step>/{state,extra}   orbax (symgrad.train.checkpoint)
+    RUN_DIR/status.json        running | finished | max_steps | preempted | failed | non-finite
+    RUN_DIR/metrics.{nc,csv,json}  one row per epoch, the archival record
+    RUN_DIR/tensorboard/       event files, written by the primary process
+    RUN_DIR/lock               held by the process training in the directory
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-import jax
 import numpy as np
 
 from symgrad.errors import SymgradError
-from symgrad.train.checkpoint import CONFIG_FILE, RUN_FILE, Checkpointer, read_json
+from symgrad.io import atomic_write, write_json_atomic
+from symgrad.train.checkpoint import Checkpointer, checkpoint_dir
 from symgrad.train.config import TrainConfig
-from symgrad.train.state import TrainState
-from symgrad.train.step import make_optimizer
+
+CONFIG_FILE = "config.json"
+RUN_FILE = "run.json"
+STATUS_FILE = "status.json"
+METRICS_JSON = "metrics.json"
+METRICS_NC = "metrics.nc"
+METRICS_CSV = "metrics.csv"
+TENSORBOARD_DIR = "tensorboard"
+LOCK_FILE = "lock"  # symgrad.io.ExclusiveLock: one writer per run
+RUN_FORMAT_VERSION = 2  # 2: TrainState without epoch/position (they follow from the step)
+
+
+def read_json(path: str | Path, what: str):
+    path = Path(path)
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise SymgradError(
+            f"{path} is missing, so {path.parent} is not a complete symgrad run directory; "
+            f"point to the directory given to 'symgrad train --out' ({what})"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise SymgradError(f"{path} is corrupt ({exc}); restore it or retrain into a new --out") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What a run means beyond its config, fixed when it starts: ``train`` writes it to
+    ``run.json`` and every later reader (a resume, :func:`load_run`) takes it from there, so
+    ``sigma`` and the split are never recomputed."""
+
+    sigma: tuple[float, ...]  # SMSE scales of the training targets (symgrad.loss.channel_scales)
+    split: dict[str, np.ndarray]  # "train"/"val"/"test": trajectory indices into the data files
+    n_samples: int  # trajectories in the data files (all of them, selected or not)
+    n_times: int  # stored times per trajectory
+    time_indices: tuple[int, ...]  # the selected times; transitions are consecutive pairs
+    trajectories_per_file: int  # 0 = all
+    resolution: int
+    data_paths: tuple[str, ...]
+    model: dict[str, Any]  # {"name", "preset", "config"}: symgrad.models.build_from_config
+    n_train_transitions: int
+    steps_per_epoch: int
+    weight_decay: float
+    n_devices: int
+    n_processes: int
+    format_version: int = RUN_FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["split"] = {k: np.asarray(v).tolist() for k, v in self.split.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunInfo:
+        version = d.get("format_version")
+        if version != RUN_FORMAT_VERSION:
+            raise SymgradError(
+                f"run.json has format version {version}, this symgrad reads version {RUN_FORMAT_VERSION}; "
+                "retrain the run with this version (symgrad train --overwrite)")
+        names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in names}
+        return cls(**{**d, "sigma": tuple(float(s) for s in d["sigma"]),
+                      "split": {k: np.asarray(v, dtype=np.int64) for k, v in d["split"].items()},
+                      "time_indices": tuple(int(t) for t in d["time_indices"]),
+                      "data_paths": tuple(d["data_paths"])})
+
+    def write(self, run_dir: Path) -> None:
+        write_json_atomic(run_dir / RUN_FILE, self.to_dict())
+
+    @classmethod
+    def read(cls, run_dir: Path) -> RunInfo:
+        return cls.from_dict(read_json(run_dir / RUN_FILE, "run description"))
+
+
+def read_config(run_dir: Path) -> TrainConfig:
+    return TrainConfig.from_dict(read_json(run_dir / CONFIG_FILE, "training config"))
+
+
+def write_config(run_dir: Path, config: TrainConfig) -> None:
+    write_json_atomic(run_dir / CONFIG_FILE, config.to_dict())
+
+
+def write_status(run_dir: Path, status: str, **info) -> None:
+    write_json_atomic(run_dir / STATUS_FILE, {"status": status, **info})
+
+
+# --------------------------------------------------------------------------------------
+# starting or continuing a run
+
+
+def discard(run_dir: Path) -> None:
+    """Remove a run's files (not the lock): ``--overwrite``, or a run with nothing trained."""
+    for name in (CONFIG_FILE, RUN_FILE, STATUS_FILE, METRICS_JSON, METRICS_NC, METRICS_CSV):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(checkpoint_dir(run_dir), ignore_errors=True)
+    shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
+
+
+def _differences(config: TrainConfig, stored: TrainConfig) -> str:
+    return ", ".join(f"{k}: stored {old!r} != given {new!r}"
+                     for k, (old, new) in config.material_differences(stored).items())
+
+
+def prepare(run_dir: Path, config: TrainConfig, resume: bool | None, force: bool, overwrite: bool,
+            primary: bool) -> RunInfo | None:
+    """Decide between a fresh start and a resume: the stored :class:`RunInfo` to resume
+    with, or ``None`` for a fresh start (after discarding what ``overwrite`` or a run killed
+    before its first checkpoint left). Refusals say what to do."""
+    ckpt = Checkpointer(run_dir, keep=config.keep, read_only=True)
+    has_ckpt = bool(ckpt.steps())
+    ckpt.close()
+    started = (run_dir / CONFIG_FILE).exists() or (run_dir / RUN_FILE).exists()
+    if overwrite:
+        if resume:
+            raise SymgradError("--resume and --overwrite contradict each other; choose one")
+        if primary:
+            discard(run_dir)
+        return None
+    if resume is False:
+        if has_ckpt or started:
+            raise SymgradError(
+                f"{run_dir} already holds a run; resume it (default), or pass --overwrite to "
+                "discard it, or choose a new --out")
+        return None
+    if not has_ckpt:
+        if resume:
+            raise SymgradError(f"--resume given but {checkpoint_dir(run_dir)} has no checkpoint; "
+                               "drop --resume to start a new run")
+        # status.json and metrics.json are written only with or after a checkpoint: without
+        # them the run was killed before its first save and nothing was trained.
+        trained = (run_dir / STATUS_FILE).exists() or (run_dir / METRICS_JSON).exists()
+        if started and trained:
+            raise SymgradError(
+                f"{run_dir} holds a trained run but no checkpoint (they were deleted); pass "
+                "--overwrite to start it again from scratch, or choose a new --out")
+        if started:
+            # Killed before its first checkpoint: the same command starts it again (a
+            # requeued cluster job must not fail here). Other settings would silently
+            # replace the recorded run: refuse those.
+            diffs = _differences(config, read_config(run_dir)) if (run_dir / CONFIG_FILE).exists() else ""
+            if diffs:
+                raise SymgradError(
+                    f"{run_dir} holds a run that stopped before its first checkpoint, with a different "
+                    f"config ({diffs}); use the same settings, --overwrite to start anew, or a new --out")
+            if primary:
+                discard(run_dir)
+        return None
+    diffs = _differences(config, read_config(run_dir))
+    if diffs and not force:
+        raise SymgradError(
+            f"{run_dir} holds a run with a different config ({diffs}); use the same settings "
+            "to resume, --force to resume with the new ones, --overwrite to restart, or a new --out")
+    return RunInfo.read(run_dir)
+
+
+def record_failure(run_dir: Path, exc: BaseException, last_step: int | None) -> None:
+    """``status.json`` after training stopped on an error: never a stale "running".
+
+    A status that already explains the stop (the non-finite report) is kept. Otherwise, with
+    a checkpoint to resume from, it says "failed" (or "interrupted"), why, and the step a rerun
+    resumes from. Without one, or when even this small file cannot be written (a full disk),
+    it is removed: a rerun then restarts or resumes from the checkpoints, as after a kill."""
+    path = run_dir / STATUS_FILE
+    try:
+        if read_json(path, "run status").get("status") != "running":
+            return
+    except SymgradError:  # missing or unreadable: nothing to keep
+        pass
+    if last_step is not None:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        try:
+            write_status(run_dir, status, reason=str(exc) or type(exc).__name__, resume_step=last_step)
+            return
+        except SymgradError:
+            pass
+    path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------
+# metrics: one record per epoch
+
+
+def read_history(run_dir: Path, before_epoch: int) -> list[dict]:
+    """The epoch records of a resumed run, up to the epoch it resumes in."""
+    if not (run_dir / METRICS_JSON).exists():
+        return []
+    return [h for h in read_json(run_dir / METRICS_JSON, "metrics") if h["epoch"] < before_epoch]
+
+
+def write_metrics(run_dir: Path, history: list[dict], attrs: dict, lead_times) -> None:
+    """``metrics.json`` (what a resume reads back), ``metrics.nc`` (the archival record, with
+    provenance) and ``metrics.csv`` (for a quick look), each written atomically."""
+    import xarray as xr
+
+    from symgrad.io import write_netcdf_atomic
+
+    write_json_atomic(run_dir / METRICS_JSON, history)
+    if not history:
+        return
+    epochs = np.array([h["epoch"] for h in history])
+    scalar = ("step", "train_smse", "val_smse", "epoch_seconds", "samples_per_second")
+    n_lead = len(lead_times)
+    rollout = np.full((len(history), n_lead), np.nan)
+    for i, h in enumerate(history):
+        r = h.get("val_rollout_smse") or []
+        rollout[i, :len(r)] = r
+    ds = xr.Dataset(
+        {name: ("epoch", np.array([h[name] for h in history], dtype=float)) for name in scalar},
+        coords={"epoch": epochs, "lead_time": np.asarray(lead_times, dtype=int)},
+    )
+    ds["val_rollout_smse"] = (("epoch", "lead_time"), rollout)
+    ds["train_smse"].attrs = {"long_name": "mean training SMSE over the epoch's steps", "units": "1"}
+    ds["val_smse"].attrs = {"long_name": "one-step validation SMSE (end of epoch)", "units": "1"}
+    ds["val_rollout_smse"].attrs = {
+        "long_name": "autoregressive validation rollout SMSE against the true trajectory",
+        "units": "1"}
+    ds["lead_time"].attrs = {"long_name": "number of model steps from the initial state"}
+    ds.attrs.update(attrs)
+    write_netcdf_atomic(ds, run_dir / METRICS_NC)
+    lines = ["epoch,step,train_smse,val_smse,val_rollout_smse_last,epoch_seconds,samples_per_second"]
+    for i, h in enumerate(history):
+        last = rollout[i, -1] if n_lead else float("nan")
+        lines.append(",".join(str(v) for v in (
+            h["epoch"], h["step"], h["train_smse"], h["val_smse"], last,
+            h["epoch_seconds"], h["samples_per_second"])))
+    with atomic_write(run_dir / METRICS_CSV) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------------------
+# reading a trained run back: what every diagnostic takes (--run RUN_DIR)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +274,8 @@ class Run:
     weight_decay: float
     data_paths: tuple[str, ...]
     split: dict[str, np.ndarray]
-    epoch: int
+    epoch: int  # epochs completed
+    info: RunInfo
     opt_state: Any = None
 
     @property
@@ -45,44 +289,39 @@ def load_run(run_dir: str | Path, step: int | None = None) -> Run:
     Raises :class:`SymgradError` (saying what to do) when the directory, its JSON files or
     the checkpoint are missing or unreadable.
     """
+    import jax
+
     from symgrad.models import build_from_config, surrogate_apply
+    from symgrad.train.state import abstract_state
+    from symgrad.train.step import make_optimizer
 
     run_dir = Path(run_dir).absolute()
     if not run_dir.is_dir():
         raise SymgradError(f"run directory {run_dir} does not exist; train one with 'symgrad train --out'")
-    config = TrainConfig.from_dict(read_json(run_dir / CONFIG_FILE, "training config"))
-    info = read_json(run_dir / RUN_FILE, "run description")
-    sigma = np.asarray(info["sigma"], dtype=np.float64)
-    model = build_from_config(info["model"]["config"])
-    optimizer = make_optimizer(config, int(info["steps_per_epoch"]))
+    config = read_config(run_dir)
+    info = RunInfo.read(run_dir)
+    sigma = np.asarray(info.sigma, dtype=np.float64)
+    model = build_from_config(info.model["config"])
+    optimizer = make_optimizer(config, info.steps_per_epoch)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-
-    def abstract_state():
-        params = jax.eval_shape(model.init, jax.random.key(0))
-        opt_state = jax.eval_shape(optimizer.init, params)
-        sds = lambda t: jax.tree.map(  # noqa: E731
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), t)
-        return TrainState(sds(params), sds(opt_state),
-                          jax.ShapeDtypeStruct((), np.int32, sharding=device),
-                          jax.ShapeDtypeStruct((2,), np.uint32, sharding=device),
-                          np.asarray(0, np.int32), np.asarray(0, np.int32))
-
     checkpointer = Checkpointer(run_dir, read_only=True)
     try:
-        state, _ = checkpointer.restore(abstract_state(), step)
+        state, _ = checkpointer.restore(abstract_state(model, optimizer, device), step)
     finally:
         checkpointer.close()
+    at = int(np.asarray(state.step))
     return Run(
         run_dir=run_dir,
         apply_fn=surrogate_apply(model.apply, sigma),
         params=state.params,
         sigma=sigma,
         config=config.to_dict(),
-        step=int(np.asarray(state.step)),
+        step=at,
         model=model,
         weight_decay=float(config.weight_decay),
-        data_paths=tuple(info["data_paths"]),
-        split={k: np.asarray(v, dtype=np.int64) for k, v in info["split"].items()},
-        epoch=int(state.epoch),
+        data_paths=info.data_paths,
+        split=info.split,
+        epoch=at // info.steps_per_epoch,
+        info=info,
         opt_state=state.opt_state,
     )

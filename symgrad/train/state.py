@@ -8,19 +8,29 @@ import numpy as np
 
 
 class TrainState(NamedTuple):
-    """Params and optimiser state (replicated device arrays), step, PRNG key data, data order.
+    """Params and optimiser state (replicated device arrays), the step and the PRNG key data.
 
-    ``epoch`` and ``position`` (batches of that epoch already consumed) are host-side numpy
-    scalars: together with the seed they fix the next batch, because the batch order of
-    an epoch is a pure function of ``(seed, epoch)`` (see :func:`batch_order`).
+    The step fixes where the data stand: epoch and batch position are
+    ``divmod(step, steps_per_epoch)``, and the batch order of an epoch is a pure function of
+    ``(seed, epoch)`` (see :func:`batch_order`).
     """
 
     params: Any
     opt_state: Any
     step: Any  # int32 scalar, global optimiser steps taken
     rng: Any  # uint32 (2,) raw key data (threefry), advanced once per step
-    epoch: np.ndarray  # int32 scalar
-    position: np.ndarray  # int32 scalar
+
+
+def abstract_state(model, optimizer, sharding) -> TrainState:
+    """The shapes, dtypes and ``sharding`` of a run's state, for orbax to restore into."""
+    import jax
+
+    params = jax.eval_shape(model.init, jax.random.key(0))
+    opt_state = jax.eval_shape(optimizer.init, params)
+    sds = lambda t: jax.tree.map(  # noqa: E731
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), t)
+    return TrainState(sds(params), sds(opt_state), jax.ShapeDtypeStruct((), np.int32, sharding=sharding),
+                      jax.ShapeDtypeStruct((2,), np.uint32, sharding=sharding))
 
 
 def batch_order(seed: int, epoch: int, n_items: int) -> np.ndarray:

@@ -104,7 +104,7 @@ def make_train_step(apply_fn: Callable, optimizer, sigma, mesh: Mesh) -> Callabl
     sigma = np.asarray(sigma, dtype=np.float32)
 
     def device_step(params, opt_state, step, rng, x, y):
-        state = TrainState(params, opt_state, step, rng, None, None)
+        state = TrainState(params, opt_state, step, rng)
         new, metrics = train_step(state, x, y, apply_fn=apply_fn, optimizer=optimizer, sigma=sigma)
         return (new.params, new.opt_state, new.step, new.rng), metrics
 
