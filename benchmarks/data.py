@@ -106,10 +106,13 @@ def _grain_rate(path: Path, cache_path: Path | None, n: int, n_batches: int, wor
     by grain; the first batch (worker start-up) is not timed."""
     try:
         import grain.python as pygrain
+        from absl import flags
     except ImportError:
         return None
+    if not flags.FLAGS.is_parsed():  # grain reads absl flags, which only an absl app parses
+        flags.FLAGS.mark_as_parsed()
     sampler = pygrain.IndexSampler(num_records=n, shard_options=pygrain.NoSharding(), shuffle=True,
-                                   num_epochs=1, seed=0)
+                                   num_epochs=-(-(n_batches + 1) * BATCH // n) + 1, seed=0)
     loader = pygrain.DataLoader(data_source=_GrainSource(path, cache_path, n), sampler=sampler,
                                 operations=[pygrain.Batch(BATCH, drop_remainder=True)], worker_count=workers)
     it = iter(loader)

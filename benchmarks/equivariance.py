@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--group", default="d4")
     parser.add_argument("--stride", type=int, default=1)
-    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--eval-chunk", type=int, default=64, help="model evaluations per compiled call")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
 
     def once():
         t0 = time.perf_counter()
-        ds = equivariance_errors(f, params, x, y, sigma, group, args.chunk_size)
+        ds = equivariance_errors(f, params, x, y, sigma, group, args.eval_chunk)
         float(ds["equivariance_error"].sum())  # results are host numpy: the work is done
         return time.perf_counter() - t0, ds
 
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         "elements": len(group),
         "samples": args.samples,
         "resolution": args.resolution,
-        "chunk_size": args.chunk_size,
+        "chunk_size": args.eval_chunk,
         "model_evaluations": n_evals,
         "seconds_including_jit": first,
         "seconds_excluding_jit": steady,

@@ -1,4 +1,4 @@
-"""Symmetry groups as pure functions on states (DESIGN.md section 3).
+"""Symmetry groups as pure functions on states (docs/design.md section 3).
 
 States are arrays ``(..., nx, ny, 4)`` with channels ``(rho, m_x, m_y, E)``. Group elements
 act *actively*: scalar fields move with the grid and the momentum vector moves **and
@@ -29,6 +29,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from symgrad.errors import SymgradError
+from symgrad.names import DEFAULT_SCALE_FACTORS, GROUPS
 
 D4_ELEMENTS: tuple[str, ...] = ("e", "r", "r2", "r3", "s", "rs", "r2s", "r3s")
 _NAME_TO_KS = {name: (i % 4, i // 4) for i, name in enumerate(D4_ELEMENTS)}
@@ -224,8 +225,7 @@ def _same_element(a, b) -> bool:
     return a == b
 
 
-GROUP_NAMES = ("d4", "translate-x", "translate-y", "scale")
-DEFAULT_SCALE_FACTORS = (0.5, 0.8, 1.0, 1.25, 2.0)
+GROUP_NAMES = GROUPS
 
 
 def d4_group() -> Group:

@@ -1,4 +1,6 @@
-"""Atomic netCDF writing and provenance attributes (DESIGN.md section 6)."""
+"""Files: atomic writes (netCDF, JSON, npz, text), attribute encoding, partial-directory
+naming, provenance and locks (docs/design.md section 6). Every writer in symgrad goes through
+here, so a file that exists is complete."""
 
 from __future__ import annotations
 
@@ -48,20 +50,64 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def provenance(config: dict | None = None, **extra) -> dict[str, str]:
-    """netCDF-safe (string-valued) provenance attributes for a result or data file."""
+_COMMAND: list[str] = []  # the subcommand being run (symgrad.cli.main sets it)
+
+
+@contextlib.contextmanager
+def running_command(argv):
+    """Within this block, provenance names ``symgrad ARGV...`` as the command, not the process
+    (the demo and the tests run subcommands in one process)."""
+    _COMMAND.append(" ".join(["symgrad", *map(str, argv)]))
+    try:
+        yield
+    finally:
+        _COMMAND.pop()
+
+
+def encode_attr(value):
+    """A netCDF-safe attribute value: str, int and float kept, bool as 0/1, anything else
+    (lists, dicts, None) as JSON text. :func:`decode_attr` reverses it."""
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (str, int, float, np.integer, np.floating)):
+        return value
+    return json.dumps(value, sort_keys=True, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+
+
+def decode_attr(value, default=None):
+    """An attribute written by :func:`encode_attr`: JSON text decoded, other values as they
+    are, ``default`` when missing."""
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def partial_dir(out: str | os.PathLike) -> Path:
+    """Where an unfinished run writing ``out`` keeps its finished parts: ``OUT.partial/``."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def provenance(config: dict | None = None, **extra) -> dict:
+    """Provenance attributes for a result or data file (netCDF-safe, :func:`encode_attr`)."""
     attrs = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         "python": platform.python_version(),
-        "command": " ".join(sys.argv),
+        "command": _COMMAND[-1] if _COMMAND else " ".join(sys.argv),
         "git_commit": git_commit(),
         "package_versions": json.dumps(package_versions(), sort_keys=True),
     }
     if config is not None:
         attrs["config"] = json.dumps(config, sort_keys=True, default=str)
-    for key, value in extra.items():
-        attrs[key] = value if isinstance(value, str) else json.dumps(value, default=str)
+    attrs.update({key: encode_attr(value) for key, value in extra.items()})
     return attrs
 
 

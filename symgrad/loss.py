@@ -1,4 +1,4 @@
-"""SMSE, the scaled mean-squared error of DESIGN.md section 4.
+"""SMSE, the scaled mean-squared error of docs/design.md section 4.
 
 ``L = (1/C) sum_c mean_ij (yhat_c - y_c)^2 / sigma_c^2`` with one shared sigma for both
 momentum components, so that L is invariant under D4 and translations.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
+
+from symgrad.errors import SymgradError
 
 N_CHANNELS = 4  # (rho, m_x, m_y, E)
 
@@ -31,13 +33,21 @@ def channel_scales(targets) -> np.ndarray:
     return np.where(sigma > 0, sigma, 1.0)
 
 
-def check_scales(sigma) -> None:
-    """Raise if sigma breaks the invariance of SMSE (momentum scales must be equal)."""
-    s = np.asarray(sigma)
+def check_scales(sigma, *, shared_momentum: bool = True) -> np.ndarray:
+    """``sigma`` as float64, after checking it: 4 positive, finite channel scales, with one
+    scale for both momentum components unless ``shared_momentum`` is False (a rotation mixes
+    m_x and m_y, so only a shared scale keeps SMSE invariant: docs/design.md section 4).
+    Every part of symgrad that takes a sigma checks it here."""
+    s = np.asarray(sigma, dtype=np.float64)
     if s.shape != (N_CHANNELS,):
-        raise ValueError(f"sigma must have shape (4,), got {s.shape}")
-    if s[1] != s[2]:
-        raise ValueError("sigma must share one scale for m_x and m_y (DESIGN.md section 4)")
+        raise SymgradError(f"sigma must be {N_CHANNELS} channel scales, got shape {s.shape}")
+    if not np.all(np.isfinite(s)) or np.any(s <= 0):
+        raise SymgradError(f"sigma must be positive and finite, got {s.tolist()}")
+    if shared_momentum and not np.isclose(s[1], s[2], rtol=1e-6, atol=0.0):
+        raise SymgradError(
+            f"sigma must share one scale for both momentum components (got {s[1]} and {s[2]}), or SMSE "
+            "depends on the orientation; use symgrad.loss.channel_scales")
+    return s
 
 
 def smse(

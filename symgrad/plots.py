@@ -4,7 +4,7 @@ Every per-sample variable of a result file -- a float variable with a ``sample``
 dimension and at most an ``element`` dimension besides -- becomes one figure with one
 box per group element: median, quartiles, whiskers at the most extreme values within
 1.5 IQR of the box, and the remaining values as outliers (the statistics of
-``symgrad.diagnostics.equivariance.tukey_statistics``). Errors (variables whose name
+``symgrad.results.tukey_statistics``). Errors (variables whose name
 contains ``error``, ``residual``, ``bound`` or ``norm``, or with attribute
 ``plot_scale = "log"``) are drawn on a log axis; a symlog axis is used where an error is
 exactly zero (e.g. at the identity element), so that no value disappears.
@@ -17,9 +17,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from symgrad.diagnostics.equivariance import TUKEY_STATS, tukey_statistics
+from symgrad.results import TUKEY_STATS, identity, tukey_statistics
+from symgrad.names import DEFAULT_FIGURE_FORMATS
 
-FORMATS = ("png", "pdf")
+FORMATS = DEFAULT_FIGURE_FORMATS
 
 
 def _pyplot():
@@ -137,8 +138,7 @@ def figures_for_file(path, out_dir, *, formats: Sequence[str] = FORMATS) -> list
     with xr.open_dataset(path) as merged:
         merged = merged.load()
     for run, ds in split_runs(merged):
-        group = ds.attrs.get("group", "")
-        model = ds.attrs.get("model", "")
+        group, model = identity(ds, "group"), identity(ds, "model")
         stem = f"{path.stem}_{run}" if run else path.stem
         for name in per_sample_variables(ds):
             ax, _ = box_plot(ds, name, title=" ".join(s for s in (name, model, group, f"({stem})") if s))
@@ -151,15 +151,10 @@ def figures_for_file(path, out_dir, *, formats: Sequence[str] = FORMATS) -> list
 
 
 def _save_atomic(fig, target: Path) -> None:
-    from symgrad.io import atomic_path, commit_file
+    from symgrad.io import atomic_write
 
-    tmp = atomic_path(target)
-    try:
+    with atomic_write(target) as tmp:
         fig.savefig(tmp, format=target.suffix[1:], dpi=150)
-        commit_file(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def figures(paths: Iterable, out_dir, *, formats: Sequence[str] = FORMATS) -> list[Path]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from symgrad.errors import EXIT_PREEMPTED, SymgradError
+from symgrad.io import atomic_write
 
 _DIAGNOSTICS = ("equivariance", "overlap")
 
@@ -316,7 +317,8 @@ def write_slurm(jobs: list[Job], sweep: Sweep, directory: str | Path) -> Path:
               "set -euo pipefail", "declare -A JOB"]
     for unit in _units(jobs):
         script = directory / f"{unit.name}.sbatch"
-        script.write_text(slurm_script(unit, sweep.slurm, log_dir, sweep_name=sweep.name, workdir=workdir))
+        with atomic_write(script) as tmp:  # a rerun after a crash never submits half a script
+            tmp.write_text(slurm_script(unit, sweep.slurm, log_dir, sweep_name=sweep.name, workdir=workdir))
         slurm_name = f"{sweep.name}-{unit.name}"
         deps = " ".join(f'${{JOB[{d}]:-}}' for d in unit.depends_on)
         submit.append(f"# {unit.name}")
@@ -337,6 +339,7 @@ def write_slurm(jobs: list[Job], sweep: Sweep, directory: str | Path) -> Path:
             "fi",
         ]
     path = directory / "submit.sh"
-    path.write_text("\n".join(submit) + "\n")
-    path.chmod(0o755)
+    with atomic_write(path) as tmp:
+        tmp.write_text("\n".join(submit) + "\n")
+        tmp.chmod(0o755)
     return path

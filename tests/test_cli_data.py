@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from symgrad import cli
-from symgrad.data import open_dataset, partial_dir, schema, write_dataset
+from symgrad.data import open_dataset, schema, write_dataset
+from symgrad.io import partial_dir
 from symgrad.errors import SymgradError
 
 ROOT = Path(__file__).resolve().parent.parent

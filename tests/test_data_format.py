@@ -5,15 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from symgrad.data import (
-    CHANNELS,
-    TrajectoryDataset,
-    conservative_to_file_channels,
-    file_channels_to_conservative,
-    open_dataset,
-    write_dataset,
-)
-from symgrad.data import schema
+from symgrad.data import TrajectoryDataset, open_dataset, schema, write_dataset
+from symgrad.data.schema import CHANNELS, conservative_to_file_channels, file_channels_to_conservative
 from symgrad.errors import SymgradError
 
 import netCDF4

@@ -9,7 +9,8 @@ import pytest
 
 from symgrad import euler  # noqa: F401
 
-from symgrad.data import generate_dataset, open_dataset, partial_dir, solve_dataset, write_dataset  # noqa: E402
+from symgrad.data import generate_dataset, open_dataset, solve_dataset, write_dataset  # noqa: E402
+from symgrad.io import partial_dir  # noqa: E402
 from symgrad.data import generate as gen  # noqa: E402
 from symgrad.data import schema  # noqa: E402
 from symgrad.errors import SymgradError  # noqa: E402

@@ -63,7 +63,7 @@ def test_end_to_end_d4(tiny_run, tmp_path, capsys):
 
     out = tmp_path / "d4.nc"
     assert main(["equivariance", "--run", str(run_dir), "--group", "d4", "--data", str(data_file),
-                 "--chunk-size", "5", "--out", str(out)]) == 0
+                 "--eval-chunk", "5", "--out", str(out)]) == 0
     assert "wrote" in capsys.readouterr().out
     with xr.open_dataset(out) as ds:
         assert list(ds["element"].values) == ["e", "r", "r2", "r3", "s", "rs", "r2s", "r3s"]

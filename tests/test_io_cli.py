@@ -43,11 +43,11 @@ def test_help_lists_every_available_subcommand(capsys):
         cli.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for name, _ in cli._available_commands():
+    for name, _ in cli._commands():
         assert name in out
 
 
-@pytest.mark.parametrize("name", [n for n, _ in cli._available_commands()])
+@pytest.mark.parametrize("name", [n for n, _ in cli._commands()])
 def test_each_subcommand_has_help(name, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main([name, "--help"])
@@ -62,7 +62,7 @@ def test_symgrad_error_becomes_one_line(monkeypatch, capsys):
         raise SymgradError(f"the file {args.path} is missing; run 'symgrad generate' first")
 
     fake = types.SimpleNamespace(HELP="fake", register=lambda p: p.add_argument("path"), run=boom)
-    monkeypatch.setattr(cli, "_available_commands", lambda: iter([("fake", fake)]))
+    monkeypatch.setattr(cli, "_commands", lambda: iter([("fake", fake)]))
     assert cli.main(["fake", "x.nc"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["symgrad fake: error: the file x.nc is missing; run 'symgrad generate' first"]
@@ -74,8 +74,8 @@ def test_console_entry_point_runs():
 
 
 def test_every_design_subcommand_is_registered():
-    # DESIGN.md section 7: the command's interface, plus merge (the sweep's step that stacks results).
-    names = [n for n, _ in cli._available_commands()]
+    # docs/design.md section 7: the command's interface, plus merge (the sweep's step that stacks results).
+    names = [n for n, _ in cli._commands()]
     assert names == list(cli.SUBCOMMANDS)
     assert set(names) == {"generate", "solve", "train", "equivariance", "overlap", "spectrum", "merge", "figures", "sweep", "info"}
 

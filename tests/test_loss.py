@@ -1,9 +1,10 @@
-"""SMSE against a direct numpy evaluation of DESIGN.md section 4."""
+"""SMSE against a direct numpy evaluation of docs/design.md section 4."""
 
 import numpy as np
 import pytest
 
 from symgrad import loss
+from symgrad.errors import SymgradError
 
 
 def _reference_smse(pred, target, sigma):
@@ -34,7 +35,7 @@ def test_zero_channel_falls_back_to_unit_scale():
 
 
 def test_check_scales_rejects_unshared_momentum():
-    with pytest.raises(ValueError, match="share"):
+    with pytest.raises(SymgradError, match="share"):
         loss.check_scales(np.array([1.0, 1.0, 2.0, 1.0]))
 
 

@@ -26,7 +26,7 @@ def results(tiny_trained_run, tmp_path_factory):
         out[name, group, 0] = path
         with xr.open_dataset(path) as ds:
             other = ds.load()
-        other.attrs["seed"] = 1
+        other = other.assign_coords(seed=1)
         for dim in ("sample", "sample_i", "sample_j"):
             if dim in other.dims:
                 other = other.assign_coords({dim: other[dim].values + 100})
@@ -45,7 +45,7 @@ def test_merge_stacks_runs_with_their_coordinates_and_keeps_every_value(results,
     assert "2 runs (models unet)" in capsys.readouterr().out
     with xr.open_dataset(merged_path) as merged:
         merged = merged.load()
-    assert merged.attrs["diagnostic"] == "equivariance" and merged.attrs["group"] == "d4"
+    assert merged["diagnostic"].item() == "equivariance" and merged["group"].item() == "d4"
     assert merged["seed"].values.tolist() == [0, 1] and merged["model"].values.tolist() == ["unet", "unet"]
     assert merged["preset"].values.tolist() == ["tiny", "tiny"] and merged["family"].dims == ("run",)
     assert merged["equivariance_error"].dims == ("run", "element", "sample")
@@ -54,7 +54,8 @@ def test_merge_stacks_runs_with_their_coordinates_and_keeps_every_value(results,
             np.testing.assert_array_equal(merged["equivariance_error"].isel(run=i).values,
                                           ds["equivariance_error"].values)
             np.testing.assert_array_equal(merged["sample_id"].isel(run=i).values, ds["sample"].values)
-            assert int(json.loads(str(merged["source_attrs"].values[i]))["seed"]) == int(ds.attrs["seed"]) == i
+            assert int(merged["seed"].values[i]) == int(ds["seed"]) == i
+            assert json.loads(str(merged["source_attrs"].values[i]))["created"] == ds.attrs["created"]
     # the per-run view is the source file again
     (label0, first), (label1, _) = split_runs(merged)
     assert (label0, label1) == ("unet-tiny-seed0", "unet-tiny-seed1")
@@ -75,7 +76,7 @@ def test_merge_stacks_runs_with_their_coordinates_and_keeps_every_value(results,
 
 def test_merge_of_overlap_results(results, tmp_path):
     ds = merge_results([results["overlap", "d4", 0], results["overlap", "d4", 1]])
-    assert ds.attrs["diagnostic"] == "overlap"
+    assert ds["diagnostic"].item() == "overlap"
     assert ds["overlap_matrix_euclidean"].dims == ("run", "element", "sample_i", "sample_j")
     with xr.open_dataset(results["overlap", "d4", 1]) as one:
         np.testing.assert_array_equal(ds["overlap_cosine_euclidean"].isel(run=1).values,

@@ -34,6 +34,14 @@ def _move(g, f):
     return jnp.rot90(f, k, axes=(-3, -2))
 
 
+def act_regular(g, f):
+    """Act with g on a regular field ``(..., nx, ny, C * 8)``: move the grid, then permute
+    each group axis by ``_d4.REGULAR_GATHER`` (the layout the G-CNN's layers assume)."""
+    moved = _move(g, f)
+    grouped = moved.reshape(*moved.shape[:-1], -1, _d4.ORDER)
+    return grouped[..., _d4.REGULAR_GATHER[g]].reshape(moved.shape)
+
+
 def test_tables_match_symgrad_groups():
     for a in G:
         assert D4_ELEMENTS[_d4.INVERSE[a]] == d4_inverse(D4_ELEMENTS[a])
@@ -50,7 +58,7 @@ def test_state_rep_and_spatial_reproduce_act_d4(x64):
 
 def test_spatial_on_3x3_filters_explicit_indices():
     k = np.arange(9.0).reshape(3, 3)
-    # r: s'[i, j] = s[j, n-1-i]; s: s'[i, j] = s[n-1-i, j]  (DESIGN.md section 3)
+    # r: s'[i, j] = s[j, n-1-i]; s: s'[i, j] = s[n-1-i, j]  (docs/design.md section 3)
     r = np.array([[k[j, 2 - i] for j in range(3)] for i in range(3)])
     s = np.array([[k[2 - i, j] for j in range(3)] for i in range(3)])
     assert_allclose(_d4.spatial(jnp.asarray(k), 1), r)
@@ -64,11 +72,11 @@ def test_regular_action_is_a_group_action(x64):
     f = _rand(1, (1, 4, 4, 3 * 8))
     for a in G:
         for b in G:
-            lhs = _d4.act_regular(a, _d4.act_regular(b, f))
-            assert_allclose(lhs, _d4.act_regular(int(_d4.COMPOSE[a, b]), f), atol=0)
+            lhs = act_regular(a, act_regular(b, f))
+            assert_allclose(lhs, act_regular(int(_d4.COMPOSE[a, b]), f), atol=0)
     # the regular representation permutes the group axis: e acts trivially, r does not
-    assert_allclose(_d4.act_regular(0, f), f)
-    assert not np.allclose(_d4.act_regular(1, f), _move(1, f))
+    assert_allclose(act_regular(0, f), f)
+    assert not np.allclose(act_regular(1, f), _move(1, f))
 
 
 def test_regular_gather_explicit():
@@ -95,7 +103,7 @@ def test_group_filter_against_direct_construction(x64, kernel):
     def both(f, psi):
         out = circular_conv(f, _d4.group_filter(psi)).reshape(2, 6, 6, 2, 8)
         flat = psi.reshape(kernel, kernel, 3 * 8, 2)
-        refs = [_move(h, circular_conv(_d4.act_regular(int(_d4.INVERSE[h]), f), flat)) for h in G]
+        refs = [_move(h, circular_conv(act_regular(int(_d4.INVERSE[h]), f), flat)) for h in G]
         return out, jnp.stack(refs, axis=-1)
 
     out, ref = both(_rand(4, (2, 6, 6, 3 * 8)), _rand(5, (kernel, kernel, 3, 8, 2)))
@@ -108,7 +116,7 @@ def test_project_filter_against_direct_construction(x64):
         out = circular_conv(f, _d4.project_filter(psi))
         ref = 0.0
         for h in G:
-            at_identity = _d4.act_regular(int(_d4.INVERSE[h]), f).reshape(2, 6, 6, 3, 8)[..., 0]
+            at_identity = act_regular(int(_d4.INVERSE[h]), f).reshape(2, 6, 6, 3, 8)[..., 0]
             ref = ref + jnp.einsum("pc,bxyc->bxyp", _d4.state_rep(h), _move(h, circular_conv(at_identity, psi)))
         return out, ref
 
@@ -122,9 +130,9 @@ def test_strided_and_transposed_group_convs_are_equivariant(x64):
         down, up = _d4.group_filter(down), _d4.group_filter(up)
         out = []
         for g in G:
-            gf = _d4.act_regular(g, f)
-            out.append((circular_conv(gf, down, 2), _d4.act_regular(g, circular_conv(f, down, 2))))
-            out.append((upsample_2x2(gf, up), _d4.act_regular(g, upsample_2x2(f, up))))
+            gf = act_regular(g, f)
+            out.append((circular_conv(gf, down, 2), act_regular(g, circular_conv(f, down, 2))))
+            out.append((upsample_2x2(gf, up), act_regular(g, upsample_2x2(f, up))))
         return out
 
     for lhs, rhs in pairs(_rand(8, (1, 8, 8, 2 * 8)), _rand(9, (2, 2, 2, 8, 3)), _rand(10, (2, 2, 2, 8, 3))):
@@ -136,6 +144,6 @@ def test_untransformed_filter_breaks_equivariance(x64):
     f = _rand(11, (1, 6, 6, 2 * 8))
     plain = _rand(12, (3, 3, 2 * 8, 2 * 8))
     g = 1
-    lhs = circular_conv(_d4.act_regular(g, f), plain)
-    rhs = _d4.act_regular(g, circular_conv(f, plain))
+    lhs = circular_conv(act_regular(g, f), plain)
+    rhs = act_regular(g, circular_conv(f, plain))
     assert not np.allclose(lhs, rhs, atol=1e-6)

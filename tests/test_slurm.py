@@ -116,7 +116,7 @@ def _assert_complete(workdir: Path, name: str) -> None:
     for group in GROUPS:
         with xr.open_dataset(out / "study" / f"equivariance-{group}.nc") as ds:
             assert ds.sizes["run"] == len(SEEDS) and sorted(ds["seed"].values.tolist()) == list(SEEDS)
-            assert ds.attrs["group"] == group and ds["model"].values.tolist() == ["unet", "unet"]
+            assert ds["group"].item() == group and ds["model"].values.tolist() == ["unet", "unet"]
     assert list((out / "figures").glob("equivariance-d4_unet-tiny-seed1_equivariance_error.png"))
 
 

@@ -67,7 +67,7 @@ def test_spectrum_command(tiny_trained_run, tmp_path, capsys):
     run_dir, data_file = tiny_trained_run
     out = tmp_path / "spectrum.nc"
     assert main(["spectrum", "--run", str(run_dir), "--data", str(data_file), "--samples", "2",
-                 "--vectors", "2", "--steps", "3", "--damping", "1e-3", "--out", str(out)]) == 0
+                 "--probe-vectors", "2", "--lanczos-steps", "3", "--damping", "1e-3", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "top eigenvalues" in text and "Gauss-Newton products" in text and "wrote" in text
     with xr.open_dataset(out) as ds:

@@ -10,29 +10,38 @@ from typing import NamedTuple
 from symgrad.errors import SymgradError
 
 
-# symgrad.groups.GROUP_NAMES, spelled out here so that --help does not import jax.
-GROUPS = ("d4", "translate-x", "translate-y", "scale")
+from symgrad import names
+
+GROUPS = names.GROUPS
+
+
+def add_run_arguments(parser) -> None:
+    """What every command that reads a trained run takes: the run, its checkpoint, the data,
+    the test samples and the transition."""
+    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory written by 'symgrad train'")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    parser.add_argument("--data", nargs="+", metavar="FILE.nc", default=None,
+                        help="dataset file(s) (default: the run's data, whose test split is used)")
+    parser.add_argument("--time", type=int, default=None, metavar="T",
+                        help="use the transition T -> T+1 of each test trajectory " + names.DEFAULT_TIME_HELP)
+
+
+def add_samples_argument(parser, default: int | None, use: str = "") -> None:
+    parser.add_argument("--samples", type=int, default=default, metavar="N",
+                        help=f"use the first N test trajectories{use}" + ("" if default else " (default: all)"))
 
 
 def add_diagnostic_arguments(parser) -> None:
-    """The arguments every diagnostic takes: the run, the group, the data, the output."""
-    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory written by 'symgrad train'%(default).0s")
-    parser.add_argument("--group", required=True, metavar="GROUP", help=f"symmetry group: {', '.join(GROUPS)}%(default).0s")
-    parser.add_argument("--data", nargs="+", metavar="FILE.nc", default=None,
-                        help="dataset file(s) (default: the run's data, whose test split is used)%(default).0s")
+    """The arguments every diagnostic over a group takes: the run, the group, the output."""
+    add_run_arguments(parser)
+    parser.add_argument("--group", required=True, choices=GROUPS, help="symmetry group")
     parser.add_argument("--out", required=True, metavar="RESULT.nc",
-                        help="output netCDF file; an existing one is kept unless --overwrite%(default).0s")
+                        help="output netCDF file; an existing one is kept unless --overwrite")
     parser.add_argument("--overwrite", action="store_true", help="replace RESULT.nc if it exists")
     parser.add_argument("--stride", type=int, default=1, metavar="K",
                         help="translations: shifts 0, K, 2K, ... < resolution")
-    parser.add_argument("--factors", type=float, nargs="+", default=None, metavar="A",
-                        help="scaling factors (default: 0.5 0.8 1 1.25 2)%(default).0s")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)%(default).0s")
-
-
-def check_group(name: str) -> None:
-    if name not in GROUPS:
-        raise SymgradError(f"unknown group {name!r}; choose one of: {', '.join(GROUPS)}")
+    parser.add_argument("--factors", type=float, nargs="+", default=names.DEFAULT_SCALE_FACTORS, metavar="A",
+                        help="scaling factors")
 
 
 def _refuse_existing(out: Path, overwrite: bool) -> None:
@@ -150,6 +159,13 @@ def result_attrs(inputs: DiagnosticInputs, time_index: int, sample_source: str, 
         sigma=[float(s) for s in np.asarray(run_.sigma)],
         **extra,
     )
+
+
+def chosen_transition(args, dataset) -> int:
+    """``--time``, or the default transition of the command's group (``names.default_transition``)."""
+    if args.time is not None:
+        return int(args.time)
+    return names.default_transition(getattr(args, "group", None), dataset.n_times)
 
 
 def check_transition(time_index: int, dataset) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from symgrad import names
 from symgrad.commands._diagnostic_inputs import (
-    add_diagnostic_arguments, check_group, check_transition, first_test_samples, load_inputs, locked_output,
+    add_diagnostic_arguments, add_samples_argument, check_transition, chosen_transition, first_test_samples, load_inputs, locked_output,
     result_attrs,
 )
 from symgrad.errors import SymgradError
@@ -15,19 +16,14 @@ DESCRIPTION = (
     "For every element g of the group and every test transition (x, y), compute "
     "SMSE(f(g x), g f(x)) (equivariance error), SMSE(f(g x), g y) (orbit error) and "
     "SMSE(f(x), y) (test error), and write them with Tukey statistics and provenance "
-    "to a netCDF file. Samples are the run's test trajectories. Defaults: D4 and scaling "
-    "at the first transition (t = 0 -> 1), translations at the last transition of the data "
-    "(t = n_times-2 -> n_times-1)."
+    "to a netCDF file. Samples are the run's test trajectories, at the transition --time."
 )
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     add_diagnostic_arguments(parser)
-    parser.add_argument("--time", type=int, default=None, metavar="T",
-                        help="use the transition T -> T+1 (default: see above)%(default).0s")
-    parser.add_argument("--samples", type=int, default=None, metavar="N",
-                        help="use the first N test trajectories (default: all)%(default).0s")
-    parser.add_argument("--chunk-size", type=int, default=64, metavar="C",
+    add_samples_argument(parser, None)
+    parser.add_argument("--eval-chunk", type=int, default=names.EVAL_CHUNK, metavar="C",
                         help="model evaluations per compiled call (bounds memory)")
 
 
@@ -43,21 +39,17 @@ def _run(args) -> int:
     import numpy as np
 
     from symgrad.diagnostics.equivariance import equivariance_errors
-    from symgrad.groups import DEFAULT_SCALE_FACTORS, named_group
+    from symgrad.groups import named_group
     from symgrad.io import write_netcdf_atomic
 
-    check_group(args.group)
     if args.samples is not None and args.samples < 1:
         raise SymgradError(f"--samples must be >= 1, got {args.samples}")
-    if args.chunk_size < 1:
-        raise SymgradError(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    if args.eval_chunk < 1:
+        raise SymgradError(f"--eval-chunk must be >= 1, got {args.eval_chunk}")
     inputs = load_inputs(args.run, args.data, args.step)
     run_, run_dir, data_paths, dataset = inputs
 
-    if args.time is None:
-        time_index = dataset.n_times - 2 if args.group.startswith("translate") else 0
-    else:
-        time_index = args.time
+    time_index = chosen_transition(args, dataset)
     check_transition(time_index, dataset)
 
     samples, sample_source = first_test_samples(inputs, args.samples)
@@ -66,14 +58,13 @@ def _run(args) -> int:
 
     group = named_group(
         args.group, dataset.resolution, stride=args.stride,
-        factors=args.factors if args.factors is not None else DEFAULT_SCALE_FACTORS,
-    )
+        factors=args.factors)
     times = np.asarray(dataset.times)
     attrs = result_attrs(inputs, time_index, sample_source,
                          transition_times=[float(times[time_index]), float(times[time_index + 1])])
     ds = equivariance_errors(
         run_.apply_fn, run_.params, jnp.asarray(x), jnp.asarray(y), run_.sigma, group,
-        args.chunk_size, samples=samples, attrs=attrs,
+        args.eval_chunk, samples=samples, attrs=attrs,
     )
     n_bad = int((~np.isfinite(ds["equivariance_error"].values)).sum() + (~np.isfinite(ds["test_error"].values)).sum())
     if n_bad:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from symgrad import names
 from symgrad.errors import SymgradError
 
 HELP = "draw Tukey box plots (PNG and PDF) of equivariance and overlap result files"
@@ -17,9 +18,9 @@ DESCRIPTION = (
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", nargs="+", metavar="RESULT.nc",
-                        help="result files of 'symgrad equivariance'/'overlap', or merged ones of 'symgrad merge'%(default).0s")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory%(default).0s")
-    parser.add_argument("--format", nargs="+", default=["png", "pdf"], choices=["png", "pdf", "svg"],
+                        help="result files of 'symgrad equivariance'/'overlap', or merged ones of 'symgrad merge'")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory of the figures")
+    parser.add_argument("--format", nargs="+", default=list(names.DEFAULT_FIGURE_FORMATS), choices=names.FIGURE_FORMATS,
                         help="image formats")
 
 

@@ -11,23 +11,23 @@ DESCRIPTION = (
 import contextlib
 import sys
 
-FAMILIES = ("CE-RP", "CE-CRP", "CE-RPUI")  # checked again against symgrad.euler.FAMILIES in run()
+from symgrad import names
 
 
 def add_solver_arguments(parser) -> None:
     """Solver flags shared by ``generate`` and ``solve``."""
     g = parser.add_argument_group("solver")
-    g.add_argument("--limiter", choices=("mc", "minmod"), default="mc", help="TVD slope limiter")
-    g.add_argument("--reconstruction", choices=("primitive", "characteristic"), default="primitive",
+    g.add_argument("--limiter", choices=names.LIMITERS, default="mc", help="TVD slope limiter")
+    g.add_argument("--reconstruction", choices=names.RECONSTRUCTIONS, default="primitive",
                    help="variables the MUSCL reconstruction limits")
-    g.add_argument("--rk", type=int, choices=(2, 3), default=2, help="SSP Runge-Kutta stages")
+    g.add_argument("--rk", type=int, choices=names.RK_STAGES, default=2, help="SSP Runge-Kutta stages")
     g.add_argument("--cfl", type=float, default=0.4, help="Courant number")
     g.add_argument("--float64", action="store_true", help="solve in float64 (the file stores float32)")
 
 
-def add_run_arguments(parser) -> None:
+def add_output_arguments(parser) -> None:
     g = parser.add_argument_group("run")
-    g.add_argument("--chunk-size", type=int, default=32, metavar="K",
+    g.add_argument("--chunk-size", type=int, default=names.GENERATE_CHUNK_SIZE, metavar="K",
                    help="trajectories per chunk (the unit of work that a resumed run skips)")
     g.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -39,7 +39,7 @@ def resume_hint(out):
     try:
         yield
     except KeyboardInterrupt:
-        from symgrad.data import partial_dir
+        from symgrad.io import partial_dir
 
         if partial_dir(out).exists():
             print(f"finished chunks are kept in {partial_dir(out)}; run the same command again to resume",
@@ -47,36 +47,37 @@ def resume_hint(out):
         raise
 
 
-def solver_settings(args) -> dict:
-    return {"limiter": args.limiter, "reconstruction": args.reconstruction, "rk_stages": args.rk, "cfl": args.cfl}
+def run_settings(args) -> dict:
+    """The keywords of ``generate_dataset`` and ``solve_dataset`` that their shared flags set."""
+    return {"chunk_size": args.chunk_size, "float64": args.float64, "overwrite": args.overwrite,
+            "progress": not args.no_progress,
+            "solver_config": {"limiter": args.limiter, "reconstruction": args.reconstruction,
+                              "rk_stages": args.rk, "cfl": args.cfl}}
 
 
 def register(parser) -> None:
-    parser.add_argument("--family", required=True, choices=FAMILIES, help="initial-condition family")
+    parser.add_argument("--family", required=True, choices=names.FAMILIES, help="initial-condition family")
     parser.add_argument("--trajectories", type=int, required=True, metavar="N", help="number of trajectories")
     parser.add_argument("--resolution", type=int, default=128, help="grid cells per direction")
     parser.add_argument("--times", type=int, default=21, help="stored times, t=0 included, equispaced")
     parser.add_argument("--t-final", type=float, default=1.0, help="last stored time")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the initial states")
     parser.add_argument("--gamma", type=float, default=1.4, help="ratio of specific heats")
-    parser.add_argument("--on-failure", choices=("error", "resample"), default="error",
+    parser.add_argument("--on-failure", choices=names.ON_FAILURE, default="error",
                         help="a trajectory the solver cannot continue: stop with an error naming it, or "
                              "replace its initial state by a fresh draw (listed in the file)")
-    parser.add_argument("--out", required=True, help="output netCDF file")
+    parser.add_argument("--out", required=True, metavar="OUT.nc", help="output netCDF file")
     add_solver_arguments(parser)
-    add_run_arguments(parser)
+    add_output_arguments(parser)
 
 
 def run(args) -> int:
     from symgrad.data import generate_dataset
 
     with resume_hint(args.out):
-        out = generate_dataset(
-            args.out, args.family, args.trajectories, args.resolution,
-            n_times=args.times, t_final=args.t_final, seed=args.seed, chunk_size=args.chunk_size,
-            solver_config=solver_settings(args), gamma=args.gamma, float64=args.float64,
-            on_failure=args.on_failure, overwrite=args.overwrite, progress=not args.no_progress,
-        )
+        out = generate_dataset(args.out, args.family, args.trajectories, args.resolution, n_times=args.times,
+                               t_final=args.t_final, seed=args.seed, gamma=args.gamma, on_failure=args.on_failure,
+                               **run_settings(args))
     print(f"wrote {out}: {args.trajectories} {args.family} trajectories, {args.times} times, "
           f"{args.resolution}x{args.resolution}")
     return 0

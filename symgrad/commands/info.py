@@ -8,14 +8,19 @@ DESCRIPTION = (
     "the parameter count and configuration of a surrogate."
 )
 
+from symgrad import names
+
+
 def register(parser) -> None:
     parser.add_argument("paths", nargs="*", metavar="FILE", help="data file(s), a directory or a glob")
     parser.add_argument("--check", action="store_true",
                         help="read all trajectories: finite values, rho > 0, p > 0, E consistent with p")
-    parser.add_argument("--samples", type=int, default=8, help="trajectories used for the channel ranges")
-    parser.add_argument("--model", metavar="NAME", help="describe a model (unet, vit, gcnn) instead of a file")
-    parser.add_argument("--preset", default="tiny", help="model preset (tiny, small, paper)")
-    parser.add_argument("--resolution", type=int, default=128, help="grid of the model")
+    parser.add_argument("--range-trajectories", type=int, default=8, metavar="K",
+                        help="trajectories read (spread evenly) for the channel ranges")
+    parser.add_argument("--model", choices=names.MODELS, default=None,
+                        help="architecture to describe instead of a file (default: describe the file)")
+    parser.add_argument("--preset", choices=names.PRESETS, default="tiny", help="model size")
+    parser.add_argument("--resolution", type=int, default=128, help="grid cells per direction of the model")
 
 
 def _describe_model(args) -> int:
@@ -23,12 +28,8 @@ def _describe_model(args) -> int:
 
     import jax
 
-    from symgrad.errors import SymgradError
+    from symgrad.models import build, parameter_count
 
-    try:
-        from symgrad.models import build, parameter_count
-    except ImportError as exc:
-        raise SymgradError(f"the models package is not available ({exc})") from None
     model = build(args.model, args.preset, args.resolution)
     shapes = jax.eval_shape(model.init, jax.random.key(0))  # no parameters are materialised
     print(f"model:      {model.name} (preset {model.preset}) at {args.resolution}x{args.resolution}")
@@ -54,7 +55,7 @@ def _describe_file(args) -> int:
     import numpy as np
 
     from symgrad.data import open_dataset, schema
-    from symgrad.data.reader import decode_json_attr
+    from symgrad.io import decode_attr
     from symgrad.errors import SymgradError
 
     dataset = open_dataset(args.paths)
@@ -79,14 +80,14 @@ def _describe_file(args) -> int:
             if key in attrs:
                 print(f"{key + ':':<12} {attrs[key]}")
         if "solver" in attrs:
-            print(f"solver:      {json.dumps(decode_json_attr(attrs['solver']), sort_keys=True)}")
+            print(f"solver:      {json.dumps(decode_attr(attrs['solver']), sort_keys=True)}")
         if "initial_config" in attrs:
-            print(f"initial:     {json.dumps(decode_json_attr(attrs['initial_config']), sort_keys=True)}")
-        resampled = decode_json_attr(attrs.get("resampled_trajectories"), [])
+            print(f"initial:     {json.dumps(decode_attr(attrs['initial_config']), sort_keys=True)}")
+        resampled = decode_attr(attrs.get("resampled_trajectories"), [])
         if resampled:
             print(f"resampled:   {len(resampled)} trajectories had their initial state redrawn: {resampled[:10]}")
 
-        n_range = max(1, min(args.samples, dataset.n_samples))
+        n_range = max(1, min(args.range_trajectories, dataset.n_samples))
         picks = np.unique(np.linspace(0, dataset.n_samples - 1, n_range).round().astype(int))
         block = dataset.read_channels(picks, check_physics=False)  # ranges of bad data too
         print(f"ranges on {picks.size} trajectories (samples {', '.join(map(str, picks[:8]))}"
@@ -106,7 +107,7 @@ def _describe_file(args) -> int:
             if key in attrs:
                 print(f"{key + ':':<12} {attrs[key]}")
         if "package_versions" in attrs:
-            versions = decode_json_attr(attrs["package_versions"], {})
+            versions = decode_attr(attrs["package_versions"], {})
             if isinstance(versions, dict):
                 print("versions:    " + ", ".join(f"{k} {v}" for k, v in versions.items() if v != "not installed"))
 

@@ -14,9 +14,9 @@ DESCRIPTION = (
 
 def register(parser) -> None:
     parser.add_argument("results", nargs="+", metavar="RESULT.nc",
-                        help="result files of one diagnostic and group%(default).0s")
+                        help="result files of one diagnostic and group")
     parser.add_argument("--out", required=True, metavar="STUDY.nc",
-                        help="merged netCDF file; an existing one is kept unless --overwrite%(default).0s")
+                        help="output netCDF file of the merged results; an existing one is kept unless --overwrite")
     parser.add_argument("--overwrite", action="store_true", help="replace STUDY.nc if it exists")
 
 
@@ -29,6 +29,6 @@ def run(args) -> int:
         ds = merge_results(args.results)
         out = write_netcdf_atomic(ds, args.out)
     models = sorted(set(ds["model"].values.tolist()))
-    print(f"wrote {out}: {ds.attrs['diagnostic']} {ds.attrs['group']}, {ds.sizes['run']} runs "
+    print(f"wrote {out}: {ds['diagnostic'].item()} {ds['group'].item()}, {ds.sizes['run']} runs "
           f"(models {', '.join(models)})")
     return 0

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from symgrad import names
 from symgrad.commands._diagnostic_inputs import (
-    add_diagnostic_arguments, check_group, locked_output, load_inputs, load_test_transitions, result_attrs,
+    add_diagnostic_arguments, add_samples_argument, chosen_transition, load_inputs, load_test_transitions, locked_output, result_attrs,
 )
 from symgrad.errors import SymgradError
 
@@ -31,33 +32,33 @@ SOLVER_HELP = ("block: one block Lanczos space for every right-hand side, Gauss-
 
 def register(parser: argparse.ArgumentParser) -> None:
     add_diagnostic_arguments(parser)
-    parser.add_argument("--metric", choices=("chi", "euclidean", "both"), default="both",
+    parser.add_argument("--metric", choices=names.METRICS, default="both",
                         help="which overlaps to compute (chi also yields the Euclidean ones)")
-    parser.add_argument("--samples", type=int, default=64, metavar="N", help="number of test transitions N")
-    parser.add_argument("--rtol", type=float, default=1e-6, help="requested relative accuracy of every chi value")
+    add_samples_argument(parser, names.DEFAULT_OVERLAP_SAMPLES, " (the N of the N x N overlap matrices)")
+    parser.add_argument("--rtol", type=float, default=names.DEFAULT_RTOL,
+                        help="requested relative accuracy of every chi value")
     parser.add_argument("--damping", type=float, default=None, metavar="L",
-                        help="lambda of chi (default: the run's weight decay)%(default).0s")
-    parser.add_argument("--time", type=int, default=0, metavar="T", help="use the transition T -> T+1")
+                        help="lambda of chi = (lambda I + G)^-1 (default: the run's weight decay)")
     parser.add_argument("--curvature-samples", type=int, default=None, metavar="B",
-                        help="curvature batch: the first B of the N samples (default: all N)%(default).0s")
-    parser.add_argument("--solver", choices=("block", "cg", "dense"), default="block", help=SOLVER_HELP)
-    parser.add_argument("--max-iterations", type=int, default=10_000, metavar="K",
+                        help="curvature batch: the first B of the N samples (default: all N)")
+    parser.add_argument("--solver", choices=names.SOLVERS, default=names.DEFAULT_SOLVER, help=SOLVER_HELP)
+    parser.add_argument("--max-iterations", type=int, default=names.DEFAULT_MAX_ITERATIONS, metavar="K",
                         help="solver iterations at most (block steps, or CG steps per right-hand side)")
     parser.add_argument("--rhs-chunk", type=int, default=None, metavar="K",
-                        help="right-hand sides solved together (bounds memory; default: all)%(default).0s")
+                        help="right-hand sides solved together, bounding memory (default: all)")
     parser.add_argument("--basis-memory", type=float, default=None, metavar="GB",
                         help="GB of Lanczos vectors kept for reorthogonalisation "
-                             "(default: a quarter of the device memory)%(default).0s")
+                             "(default: a quarter of the device memory)")
     parser.add_argument("--product-chunk", type=int, default=None, metavar="V",
-                        help="vectors per vmapped Gauss-Newton product (bounds activation memory on big models; "
-                             "default: the whole block)%(default).0s")
-    parser.add_argument("--probe-vectors", type=int, default=8, metavar="K",
+                        help="vectors per vmapped Gauss-Newton product, bounding activation memory on big models "
+                             "(default: the whole block)")
+    parser.add_argument("--probe-vectors", type=int, default=names.DEFAULT_PROBE_VECTORS, metavar="K",
                         help="random vectors of the spectrum probe stored with the result (0: no probe)")
-    parser.add_argument("--grad-chunk", type=int, default=8, metavar="C",
+    parser.add_argument("--grad-chunk", type=int, default=names.DEFAULT_GRAD_CHUNK, metavar="C",
                         help="per-example gradients computed C at a time (bounds memory)")
-    parser.add_argument("--precision", choices=("float64", "float32"), default="float64",
+    parser.add_argument("--precision", choices=names.PRECISIONS, default="float64",
                         help="arithmetic of gradients and solves (float64 reaches rtol 1e-6 at small lambda)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
@@ -73,10 +74,9 @@ def _run(args) -> int:
     from symgrad import preemption
     from symgrad.diagnostics.overlap import OverlapInterrupted, compute_overlaps, remove_partials
     from symgrad.errors import EXIT_PREEMPTED
-    from symgrad.groups import DEFAULT_SCALE_FACTORS, named_group
-    from symgrad.io import write_netcdf_atomic
+    from symgrad.groups import named_group
+    from symgrad.io import partial_dir, write_netcdf_atomic
 
-    check_group(args.group)
     for name, value in (("--samples", args.samples), ("--max-iterations", args.max_iterations),
                         ("--grad-chunk", args.grad_chunk),
                         ("--product-chunk", 1 if args.product_chunk is None else args.product_chunk),
@@ -94,16 +94,16 @@ def _run(args) -> int:
         source = f"--damping {args.damping:g}" if args.damping is not None else f"the run's weight decay {damping:g}"
         raise SymgradError(f"the chi metric needs damping lambda > 0, got {source}; pass --damping L with L > 0 "
                            "(or --metric euclidean)")
-    samples, source, x, y = load_test_transitions(inputs, args.samples, args.time)
+    time_index = chosen_transition(args, dataset)
+    samples, source, x, y = load_test_transitions(inputs, args.samples, time_index)
     n_curv = args.curvature_samples or args.samples
     if not 1 <= n_curv <= args.samples:
         raise SymgradError(f"--curvature-samples must be in 1..{args.samples}, got {n_curv}")
-    group = named_group(args.group, dataset.resolution, stride=args.stride,
-                        factors=args.factors if args.factors is not None else DEFAULT_SCALE_FACTORS)
-    attrs = result_attrs(inputs, args.time, source, diagnostic="overlap",
+    group = named_group(args.group, dataset.resolution, stride=args.stride, factors=args.factors)
+    attrs = result_attrs(inputs, time_index, source, diagnostic="overlap",
                          damping_source="--damping" if args.damping is not None else "run weight decay")
     out = Path(args.out)
-    partial = out.with_name(out.name + ".partial")
+    partial = partial_dir(out)
     with preemption.stop_on_sigterm():  # SIGTERM: stop after the current chunk, keep the finished ones
         try:
             ds = compute_overlaps(

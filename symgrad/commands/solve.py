@@ -1,6 +1,6 @@
 """``symgrad solve``: evolve user-given initial states (time index 0 of a data file)."""
 
-from symgrad.commands.generate import add_run_arguments, add_solver_arguments, resume_hint, solver_settings
+from symgrad.commands.generate import add_output_arguments, add_solver_arguments, resume_hint, run_settings
 
 HELP = "evolve the initial states (time index 0) of a data file and write their trajectories"
 DESCRIPTION = (
@@ -15,19 +15,15 @@ def register(parser) -> None:
     parser.add_argument("init", metavar="INIT", help="data file (or directory/glob of shards) with the initial states")
     parser.add_argument("--t-final", type=float, required=True, metavar="T", help="last stored time")
     parser.add_argument("--times", type=int, required=True, metavar="K", help="stored times, t=0 included")
-    parser.add_argument("--out", required=True, help="output netCDF file")
+    parser.add_argument("--out", required=True, metavar="OUT.nc", help="output netCDF file")
     add_solver_arguments(parser)
-    add_run_arguments(parser)
+    add_output_arguments(parser)
 
 
 def run(args) -> int:
     from symgrad.data import solve_dataset
 
     with resume_hint(args.out):
-        out = solve_dataset(
-            args.init, args.out, t_final=args.t_final, n_times=args.times, chunk_size=args.chunk_size,
-            solver_config=solver_settings(args), float64=args.float64, overwrite=args.overwrite,
-            progress=not args.no_progress,
-        )
+        out = solve_dataset(args.init, args.out, t_final=args.t_final, n_times=args.times, **run_settings(args))
     print(f"wrote {out}: {args.times} times on [0, {args.t_final}]")
     return 0

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from symgrad.commands._diagnostic_inputs import load_inputs, load_test_transitions, resolved
+import contextlib
+
+from symgrad import names
+from symgrad.commands._diagnostic_inputs import (
+    add_run_arguments, add_samples_argument, chosen_transition, load_inputs, load_test_transitions, locked_output, result_attrs,
+)
 from symgrad.errors import SymgradError
 
 HELP = "probe the Gauss-Newton matrix G: top eigenvalues, trace, effective dimension d_eff(lambda)"
@@ -19,21 +24,26 @@ DESCRIPTION = (
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory written by 'symgrad train'%(default).0s")
-    parser.add_argument("--data", nargs="+", metavar="FILE.nc", default=None,
-                        help="dataset file(s) (default: the run's data, whose test split is used)%(default).0s")
-    parser.add_argument("--samples", type=int, default=64, metavar="B", help="test transitions in the curvature batch")
-    parser.add_argument("--time", type=int, default=0, metavar="T", help="use the transition T -> T+1")
-    parser.add_argument("--vectors", type=int, default=8, metavar="K", help="random probe vectors (block size)")
-    parser.add_argument("--steps", type=int, default=24, metavar="S", help="block Lanczos steps (K x S products)")
+    add_run_arguments(parser)
+    add_samples_argument(parser, names.DEFAULT_OVERLAP_SAMPLES, " as the curvature batch")
+    parser.add_argument("--probe-vectors", type=int, default=names.DEFAULT_PROBE_VECTORS, metavar="K",
+                        help="random vectors of the spectrum probe (the block size)")
+    parser.add_argument("--lanczos-steps", type=int, default=24, metavar="S", help="block Lanczos steps (K x S products)")
+    parser.add_argument("--probe-seed", type=int, default=0, help="seed of the probe vectors")
     parser.add_argument("--damping", type=float, default=None, metavar="L",
-                        help="lambda whose solve cost is predicted (default: the run's weight decay)%(default).0s")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the probe vectors")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)%(default).0s")
-    parser.add_argument("--out", default=None, metavar="SPECTRUM.nc", help="also write the summary here%(default).0s")
+                        help="lambda of chi = (lambda I + G)^-1 whose solve cost is predicted "
+                             "(default: the run's weight decay)")
+    parser.add_argument("--out", default=None, metavar="SPECTRUM.nc",
+                        help="output netCDF file of the summary (default: printed only)")
+    parser.add_argument("--overwrite", action="store_true", help="replace SPECTRUM.nc if it exists")
 
 
 def run(args) -> int:
+    with locked_output(args.out, args.overwrite) if args.out else contextlib.nullcontext():
+        return _run(args)
+
+
+def _run(args) -> int:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -42,20 +52,24 @@ def run(args) -> int:
     from symgrad.diagnostics.ggn import GaussNewtonBlocks
     from symgrad.diagnostics.spectrum import DEFAULT_DAMPINGS, predicted_products, probe_spectrum
     from symgrad.diagnostics.store import spectrum_attrs, spectrum_coords, spectrum_variables
-    from symgrad.io import provenance, write_netcdf_atomic
+    from symgrad.io import write_netcdf_atomic
+    from symgrad.results import finish_result
 
-    for name, value in (("--samples", args.samples), ("--vectors", args.vectors), ("--steps", args.steps)):
+    for name, value in (("--samples", args.samples), ("--probe-vectors", args.probe_vectors),
+                        ("--lanczos-steps", args.lanczos_steps)):
         if value < 1:
             raise SymgradError(f"{name} must be >= 1, got {value}")
     inputs = load_inputs(args.run, args.data, args.step)
     run_ = inputs.run
     damping = args.damping if args.damping is not None else float(getattr(run_, "weight_decay", 0.0) or 0.0)
-    samples, source, x, _ = load_test_transitions(inputs, args.samples, args.time)
+    time_index = chosen_transition(args, inputs.dataset)
+    samples, source, x, _ = load_test_transitions(inputs, args.samples, time_index)
     dampings = sorted(set(DEFAULT_DAMPINGS) | ({damping} if damping > 0 else set()))
     with jax.enable_x64(True):
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), run_.params)
         op = GaussNewtonBlocks(run_.apply_fn, params, jnp.asarray(x, jnp.float64), np.asarray(run_.sigma))
-        summary = probe_spectrum(op, n_vectors=args.vectors, steps=args.steps, dampings=dampings, seed=args.seed,
+        summary = probe_spectrum(op, n_vectors=args.probe_vectors, steps=args.lanczos_steps, dampings=dampings,
+                                 seed=args.probe_seed,
                                  rank_bound=min(op.n_params, int(np.prod(x.shape))))
     print(f"Gauss-Newton matrix of {summary['n_params']} parameters over {len(samples)} transitions "
           f"(rank <= {summary['rank_bound']}); probe: {summary['probe_vectors']} vectors x "
@@ -71,16 +85,12 @@ def run(args) -> int:
         lo, hi = predicted_products(summary, damping)
         print(f"a chi solve at lambda {damping:g} (block solver) needs about {lo:.0f} to {hi:.0f} "
               "Gauss-Newton products; a wide interval means the probe did not resolve d_eff there "
-              "(raise --steps)")
+              "(raise --lanczos-steps)")
     if args.out:
-        model = getattr(run_, "model", None)
         ds = xr.Dataset(spectrum_variables(summary), coords=spectrum_coords(summary))
-        ds.attrs.update(spectrum_attrs(summary))
-        ds.attrs.update(provenance(run_.config, run_dir=str(inputs.run_dir.resolve()),
-                                   data_files=resolved(inputs.data_paths), time_index=int(args.time),
-                                   sample_source=source, samples=[int(s) for s in samples],
-                                   model=getattr(model, "name", "unknown"), preset=getattr(model, "preset", "unknown")))
-        ds.attrs["title"] = "symgrad Gauss-Newton spectrum probe"
+        attrs = result_attrs(inputs, time_index, source, samples=[int(s) for s in samples], **spectrum_attrs(summary))
+        ds = finish_result(ds, diagnostic="spectrum", group="none", title="symgrad Gauss-Newton spectrum probe",
+                           attrs=attrs)
         write_netcdf_atomic(ds, args.out)
         print(f"wrote {args.out}")
     return 0

@@ -12,7 +12,9 @@ def register(parser) -> None:
     parser.add_argument("sweep_file", help="sweep definition (TOML)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="print the jobs and exit")
-    mode.add_argument("--slurm", metavar="DIR", help="write sbatch scripts and DIR/submit.sh instead of running")
+    mode.add_argument("--slurm", metavar="DIR",
+                      help="write sbatch scripts and DIR/submit.sh instead of running (default: run here, one "
+                           "job after another)")
     parser.add_argument("--submit", action="store_true", help="with --slurm: also run DIR/submit.sh (needs sbatch)")
 
 

@@ -54,21 +54,23 @@ def register(parser: argparse.ArgumentParser) -> None:
     for title in ("model and data", "optimisation", "checkpoints and runs"):
         groups[title] = parser.add_argument_group(title)
     g = groups["model and data"]
-    g.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (checkpoints, metrics)")
-    g.add_argument("--config", metavar="FILE.toml", help="settings file, e.g. experiments/paper-unet.toml")
+    g.add_argument("--out", required=True, metavar="RUN_DIR",
+                   help="output run directory (checkpoints, metrics, TensorBoard events)")
+    g.add_argument("--config", metavar="FILE.toml",
+                   help="settings file, e.g. experiments/paper-unet.toml (default: none, the defaults shown here)")
     for _, group, option, kwargs in _config_flags():
         groups[group].add_argument(option, **kwargs)
     c = groups["checkpoints and runs"]
     mode = c.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true",
-                      help="require a checkpoint in RUN_DIR to continue from (default: continue if there is one)")
-    mode.add_argument("--overwrite", action="store_true", help="discard the run in RUN_DIR and start again")
+                      help="require a checkpoint in RUN_DIR to continue from (without it: continue if there is one)")
+    mode.add_argument("--overwrite", action="store_true", help="replace the run in RUN_DIR: discard it and start again")
     c.add_argument("--force", action="store_true",
                    help="resume even if the stored config differs materially (the new settings apply)")
     d = parser.add_argument_group("multi-process (also detected under SLURM)")
-    d.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
-    d.add_argument("--num-processes", type=int, help="number of processes")
-    d.add_argument("--process-id", type=int, help="this process's index, 0 ... N-1")
+    d.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 (default: from SLURM, or one process)")
+    d.add_argument("--num-processes", type=int, help="number of processes (default: from SLURM, or 1)")
+    d.add_argument("--process-id", type=int, help="this process's index, 0 ... N-1 (default: from SLURM, or 0)")
 
 
 def config_from_args(args):

@@ -35,21 +35,14 @@ import numpy as np
 from symgrad.data import schema
 from symgrad.data.writer import DatasetWriter, write_dataset
 from symgrad.errors import SymgradError
-from symgrad.io import DIGEST_SUFFIX, ExclusiveLock, is_intact, record_digest, write_json_atomic
+from symgrad.io import DIGEST_SUFFIX, ExclusiveLock, is_intact, partial_dir, record_digest, write_json_atomic
+from symgrad.names import FAMILIES, GENERATE_CHUNK_SIZE, ON_FAILURE
 
-ON_FAILURE = ("error", "resample")
 MAX_RESAMPLE_ATTEMPTS = 5
-_REASONS = {1: "non-physical state (density or pressure <= 0, or not finite)", 2: "step limit reached"}
 
 
 def _jsonable(value):
     return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
-def partial_dir(out) -> Path:
-    """The directory of finished chunks of an unfinished run writing ``out``."""
-    out = Path(out)
-    return out.with_name(out.name + ".partial")
 
 
 @dataclass(frozen=True)
@@ -101,23 +94,12 @@ def _existing_output_matches(out: Path, spec: dict) -> bool:
         return False
 
 
-def _failure_lines(result, ok, global_index) -> list[str]:
-    time = np.asarray(result.failure.time)
-    cell = np.asarray(result.failure.cell)
-    reason = np.asarray(result.failure.reason)
-    return [
-        f"trajectory {int(global_index[b])}: {_REASONS.get(int(reason[b]), 'failed')} at t={float(time[b]):.6g} "
-        f"in cell (i={int(cell[b, 0])}, j={int(cell[b, 1])})"
-        for b in np.flatnonzero(~ok)
-    ]
-
-
 def _solve_chunk(job: _Job, start: int, stop: int):
     """States ``(stop-start, t, nx, ny, 4)`` and the list of ``[trajectory, attempts]`` resampled."""
     import jax
     import jax.numpy as jnp
 
-    from symgrad.euler import solve
+    from symgrad.euler import describe_failures, solve
 
     n = stop - start
     with jax.enable_x64(job.float64):
@@ -131,7 +113,7 @@ def _solve_chunk(job: _Job, start: int, stop: int):
         result = solve(q0, times, job.solver_config)
         states = np.array(result.states[:n])
         ok = np.array(result.ok[:n])
-        lines = _failure_lines(result, ok, np.arange(start, stop))
+        lines = describe_failures(result, np.arange(start, stop))
         resampled: dict[int, int] = {}
         attempt = 0
         while not ok.all():
@@ -163,7 +145,7 @@ def _solve_chunk(job: _Job, start: int, stop: int):
             for t in trajectories:
                 resampled[int(t)] = attempt
             ok[failed] = new_ok
-            lines = _failure_lines(result, new_ok, trajectories)
+            lines = describe_failures(result, trajectories)
     return states, sorted([k, v] for k, v in resampled.items())
 
 
@@ -278,7 +260,7 @@ def generate_dataset(
     n_times: int = 21,
     t_final: float = 1.0,
     seed: int = 0,
-    chunk_size: int = 32,
+    chunk_size: int = GENERATE_CHUNK_SIZE,
     solver_config=None,
     initial_config=None,
     gamma: float = schema.DEFAULT_GAMMA,
@@ -303,7 +285,7 @@ def generate_dataset(
     """
     import jax
 
-    from symgrad.euler import FAMILIES, initial
+    from symgrad.euler import initial
 
     if family not in FAMILIES:
         raise SymgradError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
@@ -377,7 +359,7 @@ def solve_dataset(
     *,
     t_final: float,
     n_times: int,
-    chunk_size: int = 32,
+    chunk_size: int = GENERATE_CHUNK_SIZE,
     solver_config=None,
     float64: bool = False,
     overwrite: bool = False,
@@ -443,4 +425,4 @@ def solve_dataset(
         dataset.close()
 
 
-__all__ = ["ON_FAILURE", "generate_dataset", "partial_dir", "solve_dataset"]
+__all__ = ["generate_dataset", "solve_dataset"]

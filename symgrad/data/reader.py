@@ -9,7 +9,6 @@ bad data stops training or a diagnostic with the file, sample, time and cell, be
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
@@ -451,14 +450,4 @@ def open_dataset(paths) -> TrajectoryDataset:
     return TrajectoryDataset([_Shard(p) for p in schema.expand_paths(paths)])
 
 
-def decode_json_attr(value, default=None):
-    """A JSON-encoded attribute (as written by :func:`write_dataset`) decoded, else ``default``."""
-    if not isinstance(value, str):
-        return default if value is None else value
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
-
-
-__all__ = ["TrajectoryDataset", "open_dataset", "decode_json_attr"]
+__all__ = ["TrajectoryDataset", "open_dataset"]

@@ -1,4 +1,4 @@
-"""The data-file layout (DESIGN.md section 6) and the conversion to the state layout (section 2).
+"""The data-file layout (docs/design.md section 6) and the conversion to the state layout (section 2).
 
 A data file is netCDF4 with one variable ``data`` of dims ``(sample, time, channel, x, y)``,
 float32, channels ``(rho, u, v, p, E)``: density, velocity, pressure and total energy

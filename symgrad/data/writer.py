@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,16 +9,7 @@ from jaxtyping import Float
 
 from symgrad.data import schema
 from symgrad.errors import SymgradError
-from symgrad.io import atomic_path, commit_file, write_error
-
-
-def _attr_value(value):
-    """netCDF-safe attribute: str, int, float kept; bool -> int; anything else -> JSON text."""
-    if isinstance(value, (bool, np.bool_)):
-        return int(value)
-    if isinstance(value, (str, int, float, np.integer, np.floating)):
-        return value
-    return json.dumps(value, sort_keys=True, default=str)
+from symgrad.io import atomic_path, commit_file, encode_attr, write_error
 
 
 class DatasetWriter:
@@ -88,7 +78,7 @@ class DatasetWriter:
             "resolution": self.nx if self.nx == self.ny else f"{self.nx}x{self.ny}",
             **self.attrs,
         }
-        nc.setncatts({k: _attr_value(v) for k, v in attrs.items()})
+        nc.setncatts({k: encode_attr(v) for k, v in attrs.items()})
         self._data = data
         return self
 

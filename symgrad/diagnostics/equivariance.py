@@ -1,4 +1,4 @@
-"""Forward equivariance errors of a one-step surrogate (DESIGN.md section 5).
+"""Forward equivariance errors of a one-step surrogate (docs/design.md section 5).
 
 For a model ``f(x) = apply_fn(params, x)``, test transitions ``(x_i, y_i)`` and every
 element ``g`` of a group:
@@ -25,10 +25,7 @@ from jaxtyping import Array, Float
 
 from symgrad.errors import SymgradError
 from symgrad.groups import Group
-from symgrad.loss import smse
-
-#: The ``stat`` coordinate of the summary variables (Tukey box-plot statistics).
-TUKEY_STATS: tuple[str, ...] = ("min", "q1", "median", "q3", "max", "whisker_low", "whisker_high", "mean")
+from symgrad.loss import check_scales, smse
 
 PER_SAMPLE_VARIABLES = ("equivariance_error", "orbit_error", "test_error")
 
@@ -37,32 +34,6 @@ _LONG_NAMES = {
     "orbit_error": "test error on the transformed transition SMSE(f(g x), g y)",
     "test_error": "test error SMSE(f(x), y)",
 }
-
-
-def tukey_statistics(values, axis: int = -1) -> np.ndarray:
-    """Box-plot statistics along ``axis``, in the order of ``TUKEY_STATS``, moved to the last axis.
-
-    Quartiles by linear interpolation (numpy's default, as matplotlib's ``boxplot``);
-    whiskers at the most extreme data within ``[q1 - 1.5 IQR, q3 + 1.5 IQR]`` (Tukey).
-    Non-finite values are ignored; a slice without finite values gives NaN.
-    """
-    v = np.moveaxis(np.asarray(values, dtype=np.float64), axis, -1)
-    out = np.full(v.shape[:-1] + (len(TUKEY_STATS),), np.nan)
-    for idx in np.ndindex(v.shape[:-1]):
-        row = v[idx]
-        row = row[np.isfinite(row)]
-        if row.size == 0:
-            continue
-        q1, med, q3 = np.percentile(row, [25, 50, 75])
-        iqr = q3 - q1
-        inside = row[(row >= q1 - 1.5 * iqr) & (row <= q3 + 1.5 * iqr)]
-        if inside.size == 0:
-            # Values a few ulps apart: the interpolated quartiles can round to one number
-            # strictly between the data (iqr = 0), leaving no datum inside the fences. The
-            # whiskers are then the datum nearest the median.
-            inside = row[[np.argmin(np.abs(row - med))]]
-        out[idx] = (row.min(), q1, med, q3, row.max(), inside.min(), inside.max(), row.mean())
-    return out
 
 
 def _check_inputs(apply_fn, params, x, y, sigma, group: Group, chunk_size: int):
@@ -76,14 +47,7 @@ def _check_inputs(apply_fn, params, x, y, sigma, group: Group, chunk_size: int):
         raise SymgradError("no test transitions: pass at least one sample")
     if int(chunk_size) < 1:
         raise SymgradError(f"chunk_size must be >= 1, got {chunk_size}")
-    s = np.asarray(sigma)
-    if s.shape != (4,) or not np.all(np.isfinite(s)) or np.any(s <= 0):
-        raise SymgradError(f"sigma must be 4 positive channel scales, got {s!r}")
-    if group.invariant_loss and s[1] != s[2]:
-        raise SymgradError(
-            "sigma has different m_x and m_y scales, which makes SMSE depend on the orientation; "
-            "use one shared momentum scale (symgrad.loss.channel_scales)"
-        )
+    check_scales(sigma, shared_momentum=group.invariant_loss)
     try:
         out = jax.eval_shape(apply_fn, params, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
     except SymgradError:
@@ -202,8 +166,11 @@ def equivariance_errors(
 
 
 def to_dataset(equivariance_error, orbit_error, test_error, group: Group, *, samples, attrs=None):
-    """Assemble the result dataset (see ``equivariance_errors``) from per-sample arrays."""
+    """Assemble the result dataset (see ``equivariance_errors``) from per-sample arrays, in
+    the schema of every result file (``symgrad.results.finish_result``)."""
     import xarray as xr
+
+    from symgrad.results import element_coord, finish_result
 
     equivariance_error = np.asarray(equivariance_error, dtype=np.float64)
     orbit_error = np.asarray(orbit_error, dtype=np.float64)
@@ -211,55 +178,20 @@ def to_dataset(equivariance_error, orbit_error, test_error, group: Group, *, sam
     if len(samples) != test_error.shape[0]:
         raise SymgradError(f"{len(samples)} sample labels for {test_error.shape[0]} samples")
 
-    if group.element_units is None:
-        element_values = np.array([str(g) for g in group.elements], dtype=object)
-    elif all(isinstance(g, (int, np.integer)) for g in group.elements):
-        element_values = np.array(group.elements, dtype=np.int64)
-    else:
-        element_values = np.array(group.elements, dtype=np.float64)
-    element_attrs = {"long_name": group.element_long_name}
-    if group.element_units is not None:
-        element_attrs["units"] = group.element_units
-
     def error_attrs(name):
         return {"long_name": _LONG_NAMES[name], "units": "1",
-                "description": "scaled mean-squared error, DESIGN.md section 4"}
+                "description": "scaled mean-squared error, docs/design.md section 4"}
 
     data_vars = {
         "equivariance_error": (("element", "sample"), equivariance_error, error_attrs("equivariance_error")),
         "orbit_error": (("element", "sample"), orbit_error, error_attrs("orbit_error")),
         "test_error": (("sample",), test_error, error_attrs("test_error")),
     }
-    for name in PER_SAMPLE_VARIABLES:
-        dims, values, _ = data_vars[name]
-        stats_dims = dims[:-1] + ("stat",)
-        data_vars[f"{name}_stats"] = (
-            stats_dims, tukey_statistics(values, axis=-1),
-            {"long_name": f"Tukey box-plot statistics over samples of {name}", "units": "1"},
-        )
     coords = {
-        "element": ("element", element_values, element_attrs),
-        "sample": ("sample", np.asarray(samples, dtype=np.int64),
-                   {"long_name": "test trajectory index in the data file(s)"}),
-        "stat": ("stat", np.array(TUKEY_STATS, dtype=object),
-                 {"long_name": "statistic over samples: quartiles (linear interpolation), "
-                               "whiskers at the most extreme values within 1.5 IQR of the box"}),
+        "element": element_coord(group),
+        "sample": ("sample", np.asarray(samples, dtype=np.int64)),
     }
-    global_attrs = {
-        "title": f"symgrad forward equivariance diagnostic, group {group.name}",
-        "Conventions": "CF-1.8",
-        "diagnostic": "equivariance",
-        "group": group.name,
-        "n_elements": len(group),
-    }
-    global_attrs.update({k: _netcdf_attr(v) for k, v in (attrs or {}).items()})
-    ds = xr.Dataset(data_vars, coords=coords, attrs=global_attrs)
-    return ds
-
-
-def _netcdf_attr(value):
-    if isinstance(value, (str, int, float, np.integer, np.floating)):
-        return value
-    import json
-
-    return json.dumps(value, default=str)
+    ds = xr.Dataset(data_vars, coords=coords)
+    return finish_result(ds, diagnostic="equivariance", group=group.name,
+                         title=f"symgrad forward equivariance diagnostic, group {group.name}",
+                         attrs={"n_elements": len(group), **(attrs or {})}, stats_of=PER_SAMPLE_VARIABLES)

@@ -1,4 +1,4 @@
-"""The Gauss-Newton operator of the SMSE loss, matrix-free (DESIGN.md section 5).
+"""The Gauss-Newton operator of the SMSE loss, matrix-free (docs/design.md section 5).
 
 ``G v = (1/|B|) sum_{b in B} J_b^T H J_b v`` with ``J_b`` the Jacobian of the model output
 on sample ``b`` wrt the flat parameters and ``H = diag(2 / (C nx ny sigma_c^2))`` the
@@ -110,24 +110,6 @@ def _as_operator(mv, flat) -> lx.FunctionLinearOperator:
     return lx.FunctionLinearOperator(
         mv, structure, tags=(lx.symmetric_tag, lx.positive_semidefinite_tag)
     )
-
-
-def ggn_matvec(
-    apply_fn, params, x_curvature, sigma, v: Float[Array, " p"], *, output_hessian=None
-) -> Float[Array, " p"]:
-    """One product ``G v`` by ``jax.jvp`` + ``jax.vjp`` (no linearisation kept).
-
-    The pure ``ggn_mv(params, batch, v)`` of DESIGN.md; for many products use
-    ``linearize_ggn`` so the forward pass is not repeated.
-    """
-    if output_hessian is None:
-        output_hessian = smse_output_hessian(sigma)
-    flat, unravel = ravel_pytree(params)
-    f = lambda p: apply_fn(unravel(p), x_curvature)  # noqa: E731
-    pred, jv = jax.jvp(f, (flat,), (jnp.asarray(v, flat.dtype),))
-    _, vjp = jax.vjp(f, flat)
-    (g,) = vjp(output_hessian(pred, jv))
-    return g / x_curvature.shape[0]
 
 
 # ----------------------------------------------------------------------------- blocks

@@ -1,4 +1,4 @@
-"""Per-example loss gradients, flattened to vectors (DESIGN.md section 5).
+"""Per-example loss gradients, flattened to vectors (docs/design.md section 5).
 
 ``u_i^g = grad_theta L(g.x_i, g.y_i)`` and ``v_j = grad_theta L(x_j, y_j)`` are rows of an
 ``(N, P)`` array: the overlap engine works on flat parameter vectors (``ravel_pytree``
@@ -27,7 +27,7 @@ LossFn = Callable[[Array, Array], Array]
 
 
 def smse_loss(sigma) -> LossFn:
-    """The SMSE of DESIGN.md section 4 as a ``loss_fn(pred, target) -> (batch,)``."""
+    """The SMSE of docs/design.md section 4 as a ``loss_fn(pred, target) -> (batch,)``."""
     return lambda pred, target: smse(pred, target, sigma)
 
 
@@ -86,7 +86,3 @@ def _gradients(apply_fn, loss_fn, chunk_size, params, x, y, sigma):
 
 
 _gradients_jit = jax.jit(_gradients, static_argnums=(0, 1, 2))
-
-
-def gradient_norms(grads: Float[Array, "n p"]) -> Float[Array, "n"]:
-    return jnp.sqrt(jnp.sum(grads * grads, axis=-1))

@@ -43,10 +43,8 @@ from symgrad.diagnostics.spectrum import (
 )
 from symgrad.errors import SymgradError
 from symgrad.groups import Group
+from symgrad.names import DEFAULT_MAX_ITERATIONS, DEFAULT_RTOL, METRICS, PRECISIONS
 
-METRICS = ("chi", "euclidean", "both")
-PRECISIONS = ("float64", "float32")
-DEFAULT_MAX_ITERATIONS = 10_000
 remove_partials = store.remove_partials
 
 
@@ -76,7 +74,7 @@ def _cast(tree, dtype):
     return jax.tree.map(lambda a: jnp.asarray(a, dtype), tree)
 
 
-def chi_solve(apply_fn: Callable, params, x_curvature, sigma, rhs, *, damping: float, rtol: float = 1e-6,
+def chi_solve(apply_fn: Callable, params, x_curvature, sigma, rhs, *, damping: float, rtol: float = DEFAULT_RTOL,
               solver: str = DEFAULT_SOLVER, max_iterations: int = DEFAULT_MAX_ITERATIONS,
               output_hessian: Callable | None = None, basis_memory: int | None = None,
               safety: float | None = None, precision: str = "float64"):
@@ -244,7 +242,7 @@ def _solve_chunk(chi_solver, op, v, us, elements, reused, has_v, v_side, w_v, r_
 
 
 def solve_overlaps(operator, v, gradients_of: Callable, reused: Sequence[bool], element_names: Sequence[str], *,
-                   solver: str = DEFAULT_SOLVER, rtol: float = 1e-6, max_iterations: int = DEFAULT_MAX_ITERATIONS,
+                   solver: str = DEFAULT_SOLVER, rtol: float = DEFAULT_RTOL, max_iterations: int = DEFAULT_MAX_ITERATIONS,
                    safety: float | None = None, basis_memory: int | None = None, rhs_chunk_size: int | None = None,
                    partials: store.Partials | None = None, stop_after: int | None = None, progress: bool = False):
     """The overlaps of given gradients: ``v`` (N, P) and ``gradients_of(k)`` = ``u^g`` of element k.
@@ -318,7 +316,7 @@ def compute_overlaps(
     *,
     metric: str = "both",
     damping: float = 1e-6,
-    rtol: float = 1e-6,
+    rtol: float = DEFAULT_RTOL,
     solver: str = DEFAULT_SOLVER,
     max_iterations: int = DEFAULT_MAX_ITERATIONS,
     x_curvature=None,

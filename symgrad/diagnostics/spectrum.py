@@ -24,9 +24,10 @@ import numpy as np
 
 from symgrad.diagnostics.solvers._block import MU_FRACTION
 from symgrad.diagnostics.solvers._lanczos import BlockLanczos
+from symgrad.names import DEFAULT_PROBE_VECTORS
 
 DEFAULT_DAMPINGS = (1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-DEFAULT_VECTORS = 8
+DEFAULT_VECTORS = DEFAULT_PROBE_VECTORS
 DEFAULT_STEPS = 24
 DEFAULT_TOP = 16
 # Measured ratio of the block solver's Krylov dimension to d_eff(lambda) at rtol 1e-6

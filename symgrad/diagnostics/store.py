@@ -23,6 +23,11 @@ import xarray as xr
 from symgrad.diagnostics.certify import FLAG_DEFINITION, certify_element
 from symgrad.errors import SymgradError
 from symgrad.io import atomic_write, write_json_atomic
+from symgrad.results import element_coord, finish_result
+
+# The per-sample overlaps that figures draw (a NAME_stats each).
+OVERLAP_SUMMARIES = ("overlap_cosine_chi", "overlap_frobenius_chi", "overlap_cosine_euclidean",
+                     "overlap_frobenius_euclidean")
 
 
 def fingerprint(arrays, settings: dict) -> str:
@@ -202,23 +207,17 @@ def build_result_dataset(group, results: list[dict], v_side: dict, *, metric: st
         data.update(spectrum_variables(spectrum))
     sample_ids = np.asarray(sample_ids)
     coords = {
-        "element": ("element", np.asarray(list(group.elements)), {"long_name": group.element_long_name}),
-        "sample": ("sample", sample_ids, {"long_name": "sample index"}),
-        "sample_i": ("sample_i", sample_ids, {"long_name": "sample index of u_i^g"}),
-        "sample_j": ("sample_j", sample_ids, {"long_name": "sample index of v_j"}),
+        "element": element_coord(group),
+        "sample": ("sample", sample_ids),
+        "sample_i": ("sample_i", sample_ids, {"long_name": "test trajectory index of u_i^g"}),
+        "sample_j": ("sample_j", sample_ids, {"long_name": "test trajectory index of v_j"}),
     }
     if metric in ("chi", "both"):
         coords.update(spectrum_coords(spectrum))
     ds = xr.Dataset(data, coords=coords)
-    ds.attrs.update({"title": f"symgrad gradient overlaps, group {group.name}", "group": group.name,
-                     "metric": metric, "rtol": float(rtol)})
-    ds.attrs.update({k: (json.dumps(v) if isinstance(v, (dict, list, tuple)) or v is None else v)
-                     for k, v in settings.items()})
-    ds.attrs.update(out_attrs)
+    info = {"metric": metric, "rtol": float(rtol), **settings, **out_attrs}
     if metric in ("chi", "both"):
-        ds.attrs["tolerance_definition"] = FLAG_DEFINITION
-        ds.attrs["solver_chunks"] = json.dumps(chunks or [])
-        ds.attrs.update(spectrum_attrs(spectrum))
-    if attrs:
-        ds.attrs.update(attrs)
-    return ds
+        info.update(tolerance_definition=FLAG_DEFINITION, solver_chunks=chunks or [], **spectrum_attrs(spectrum))
+    names = [n for n in OVERLAP_SUMMARIES if n in ds]
+    return finish_result(ds, diagnostic="overlap", group=group.name, title=f"symgrad gradient overlaps, group {group.name}",
+                         attrs={**info, **(attrs or {})}, stats_of=names)

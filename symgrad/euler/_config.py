@@ -8,10 +8,7 @@ import numbers
 from dataclasses import dataclass
 
 from symgrad.errors import SymgradError
-
-LIMITERS = ("mc", "minmod")
-RECONSTRUCTIONS = ("primitive", "characteristic")
-RK_STAGES = (2, 3)
+from symgrad.names import LIMITERS, RECONSTRUCTIONS, RK_STAGES
 
 
 @dataclass(frozen=True)

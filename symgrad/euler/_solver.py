@@ -235,16 +235,18 @@ def solve(
     return _solve_batch(q0, times, config)
 
 
-def describe_failures(result: SolveResult) -> list[str]:
-    """One human-readable line per failed trajectory (empty when all succeeded)."""
+def describe_failures(result: SolveResult, labels=None) -> list[str]:
+    """One line per failed trajectory (none when all succeeded): why, when and where.
+
+    ``labels[b]`` names trajectory ``b`` (default: ``b``); with labels, only the first
+    ``len(labels)`` trajectories of ``result`` are described (the rest is padding)."""
     ok = np.asarray(result.ok)
+    labels = np.arange(ok.size) if labels is None else np.asarray(labels)
     time = np.asarray(result.failure.time)
     cell = np.asarray(result.failure.cell)
     reason = np.asarray(result.failure.reason)
-    lines = []
-    for b in np.flatnonzero(~ok):
-        lines.append(
-            f"trajectory {b}: {_REASONS.get(int(reason[b]), 'failed')} at t={float(time[b]):.6g} "
-            f"in cell (i={int(cell[b, 0])}, j={int(cell[b, 1])})"
-        )
-    return lines
+    return [
+        f"trajectory {int(labels[b])}: {_REASONS.get(int(reason[b]), 'failed')} at t={float(time[b]):.6g} "
+        f"in cell (i={int(cell[b, 0])}, j={int(cell[b, 1])})"
+        for b in np.flatnonzero(~ok[:labels.size])
+    ]

@@ -1,4 +1,4 @@
-"""Conservative <-> primitive variables of the ideal-gas Euler equations (DESIGN.md section 2)."""
+"""Conservative <-> primitive variables of the ideal-gas Euler equations (docs/design.md section 2)."""
 
 from __future__ import annotations
 

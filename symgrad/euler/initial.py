@@ -33,8 +33,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from symgrad.errors import SymgradError
 from symgrad.euler.conversions import primitive_to_conservative
 from symgrad.groups import act_d4
-
-FAMILIES: tuple[str, ...] = ("CE-RP", "CE-CRP", "CE-RPUI")
+from symgrad.names import FAMILIES
 
 
 def _is_int(x) -> bool:

@@ -5,14 +5,14 @@
 """
 
 from symgrad.models.registry import (
-    MODELS,
-    PRESETS,
-    Model,
-    build,
-    build_from_config,
-    parameter_count,
-    preset_config,
-    surrogate_apply,
+    MODELS as MODELS,
+    PRESETS as PRESETS,
+    Model as Model,
+    build as build,
+    build_from_config as build_from_config,
+    parameter_count as parameter_count,
+    preset_config as preset_config,
+    surrogate_apply as surrogate_apply,
 )
 
 __all__ = [

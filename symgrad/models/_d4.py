@@ -1,6 +1,6 @@
 """Index bookkeeping of the p4m group convolution: how D4 acts on filters and fields.
 
-Conventions are those of :mod:`symgrad.groups` (DESIGN.md section 3), so that a network
+Conventions are those of :mod:`symgrad.groups` (docs/design.md section 3), so that a network
 built from these pieces is equivariant under exactly ``symgrad.groups.act_d4``:
 
 - element index ``i = k + 4 m`` names ``r^k s^m`` (the order of ``D4_ELEMENTS``);
@@ -80,17 +80,6 @@ def spatial(a: Float[Array, "h w *rest"], g: int) -> Float[Array, "h w *rest"]:
     if m:
         a = jnp.flip(a, axis=0)
     return jnp.rot90(a, k, axes=(0, 1))
-
-
-def act_regular(g: int, f: Float[Array, "*b nx ny c8"]) -> Float[Array, "*b nx ny c8"]:
-    """Act with g on a regular field stored as ``(..., nx, ny, C * 8)`` (for tests and checks)."""
-    k, m = PARTS[g]
-    moved = f
-    if m:
-        moved = jnp.flip(moved, axis=-3)
-    moved = jnp.rot90(moved, k, axes=(-3, -2))
-    grouped = moved.reshape(*moved.shape[:-1], -1, ORDER)
-    return grouped[..., REGULAR_GATHER[g]].reshape(moved.shape)
 
 
 def lift_filter(psi: Float[Array, "kh kw 4 cout"]) -> Float[Array, "kh kw 4 cout8"]:

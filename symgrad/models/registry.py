@@ -13,6 +13,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from symgrad.errors import SymgradError
+from symgrad.loss import check_scales
 from symgrad.names import MODELS, PRESETS
 from symgrad.models.gcnn import gcnn
 from symgrad.models.unet import unet
@@ -256,16 +257,7 @@ def surrogate_apply(
     ``sigma`` (shape (4,), one shared scale for both momentum components, so that the map
     stays D4-equivariant when the network is) is cast to the state's dtype.
     """
-    sigma_np = np.asarray(sigma)
-    if sigma_np.shape != (4,):
-        raise SymgradError(f"sigma must have shape (4,), got {sigma_np.shape}")
-    if not np.isclose(sigma_np[1], sigma_np[2]):
-        raise SymgradError(
-            f"sigma must share one scale for both momentum components (got {sigma_np[1]} and {sigma_np[2]}); "
-            "use symgrad.loss.channel_scales"
-        )
-    if np.any(~np.isfinite(sigma_np)) or np.any(sigma_np <= 0):
-        raise SymgradError(f"sigma must be positive and finite, got {sigma_np}")
+    sigma_np = check_scales(sigma)
 
     def f(params: PyTree, x: Float[Array, "*b nx ny 4"]) -> Float[Array, "*b nx ny 4"]:
         s = jnp.asarray(sigma_np, dtype=x.dtype)

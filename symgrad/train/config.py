@@ -46,7 +46,7 @@ class TrainConfig:
     data: tuple[str, ...] = _flag((), "dataset file(s), concatenated by trajectory", group=_DATA,
                                   nargs="+", metavar="FILE.nc")
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    seed: int = _flag(0, "seed of init, split and batch order", group=_DATA)
+    seed: int = _flag(0, "random seed of init, split and batch order", group=_DATA)
     # "" = read batches from the files; else a directory where the data are converted once
     # into a memory-mapped array that batches are copied from (symgrad.data.cache)
     data_cache: str = _flag("", "convert the data once into a memory-mapped array in DIR and read batches from "

@@ -19,12 +19,14 @@ from symgrad.diagnostics.solvers._base import (
     device_memory_bytes as device_memory_bytes,
     euclidean_gram as euclidean_gram,
 )
+from symgrad import names
 from symgrad.diagnostics.solvers._block import BlockLanczosSolver as BlockLanczosSolver
 from symgrad.diagnostics.solvers._cg import CGSolver as CGSolver
 from symgrad.diagnostics.solvers._dense import DenseSolver as DenseSolver
 
 SOLVERS = {cls.name: cls for cls in (BlockLanczosSolver, CGSolver, DenseSolver)}
-DEFAULT_SOLVER = BlockLanczosSolver.name
+assert tuple(SOLVERS) == names.SOLVERS and names.DEFAULT_SOLVER in SOLVERS, "symgrad.names lists the solvers"
+DEFAULT_SOLVER = names.DEFAULT_SOLVER
 
 
 def make_solver(name: str, settings: SolverSettings) -> ChiSolver:

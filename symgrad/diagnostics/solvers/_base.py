@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from symgrad.diagnostics.certify import roundoff_allowance
+from symgrad.names import DEFAULT_MAX_ITERATIONS, DEFAULT_RTOL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,8 +34,8 @@ class SolverSettings:
     """
 
     damping: float
-    rtol: float = 1e-6
-    max_iterations: int = 10_000
+    rtol: float = DEFAULT_RTOL
+    max_iterations: int = DEFAULT_MAX_ITERATIONS
     safety: float | None = None
     basis_memory: int | None = None
     rank_tol: float = 1e-12
@@ -72,6 +73,15 @@ class ChiSolver(Protocol):
     settings: SolverSettings
 
     def solve(self, operator, rhs, stop: StoppingRule, *, residual_cap=None, progress=None) -> ChiSolution: ...
+
+
+class SolverBase:
+    """What every ``ChiSolver`` shares: it is made from one ``SolverSettings``."""
+
+    name: str
+
+    def __init__(self, settings: SolverSettings):
+        self.settings = settings
 
 
 def device_memory_bytes() -> int:

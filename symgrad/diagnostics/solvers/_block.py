@@ -31,7 +31,7 @@ import time
 import jax.numpy as jnp
 import numpy as np
 
-from symgrad.diagnostics.solvers._base import ChiSolution, SolverSettings, device_memory_bytes, finish
+from symgrad.diagnostics.solvers._base import ChiSolution, SolverBase, device_memory_bytes, finish
 from symgrad.diagnostics.solvers._lanczos import BlockLanczos, _combine
 
 MU_FRACTION = 0.99
@@ -52,13 +52,10 @@ def default_basis_bytes() -> int:
     return device_memory_bytes() // 4
 
 
-class BlockLanczosSolver:
+class BlockLanczosSolver(SolverBase):
     """``--solver block``: the default. See the module docstring."""
 
     name = "block"
-
-    def __init__(self, settings: SolverSettings):
-        self.settings = settings
 
     def solve(self, operator, rhs, stop, *, residual_cap=None, progress=None) -> ChiSolution:
         st = self.settings

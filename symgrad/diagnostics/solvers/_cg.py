@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from symgrad.diagnostics.certify import CG_SAFETY, energy_residual_eta
-from symgrad.diagnostics.solvers._base import ChiSolution, SolverSettings, finish
+from symgrad.diagnostics.solvers._base import ChiSolution, SolverBase, finish
 
 # Recompute the residual b - A y explicitly every this many CG steps ("residual
 # replacement"), so that the recursive residual that drives the stopping rule does not
@@ -95,13 +95,10 @@ def _restarted_cg(traced_product, replace_every, state, b, eta, cap2, max_steps)
     return y, iters, steps, extra, _stop(rr, _dot(b, y), eta, cap2)
 
 
-class CGSolver:
+class CGSolver(SolverBase):
     """``--solver cg``: independent CG per right-hand side with the residual rule (baseline)."""
 
     name = "cg"
-
-    def __init__(self, settings: SolverSettings):
-        self.settings = settings
 
     def solve(self, operator, rhs, stop=None, *, residual_cap=None, progress=None) -> ChiSolution:
         st = self.settings

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 
-from symgrad.diagnostics.solvers._base import ChiSolution, SolverSettings, finish
+from symgrad.diagnostics.solvers._base import ChiSolution, SolverBase, finish
 from symgrad.errors import SymgradError
 
 # Columns of A formed per batched product.
@@ -34,13 +34,10 @@ def dense_matrix(operator) -> np.ndarray:
     return 0.5 * (a + a.T)
 
 
-class DenseSolver:
+class DenseSolver(SolverBase):
     """``--solver dense``: Cholesky of the formed ``lambda I + G`` (small models only)."""
 
     name = "dense"
-
-    def __init__(self, settings: SolverSettings):
-        self.settings = settings
 
     def solve(self, operator, rhs, stop=None, *, residual_cap=None, progress=None) -> ChiSolution:
         n = operator.n_params
