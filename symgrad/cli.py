@@ -16,7 +16,7 @@ from symgrad.errors import SymgradError
 
 # Order is the order --help lists them in.
 SUBCOMMANDS = ("generate", "solve", "info", "train", "equivariance", "overlap", "spectrum", "merge", "figures",
-               "sweep")
+               "report", "sweep")
 
 
 class _UsageError(Exception):

@@ -78,6 +78,9 @@ def test_matches_dense_reference(problem, group_name, chunk_size):
     np.testing.assert_allclose(ds["equivariance_error"].values, equi, rtol=1e-12, atol=1e-30)
     np.testing.assert_allclose(ds["orbit_error"].values, orbit, rtol=1e-12)
     np.testing.assert_allclose(ds["test_error"].values, test, rtol=1e-12)
+    # the persistence baseline, in numpy: mean over pixels and channels of ((x - y) / sigma)^2
+    persistence = np.mean(((np.asarray(x) - np.asarray(y)) / np.asarray(sigma)) ** 2, axis=(1, 2, 3))
+    np.testing.assert_allclose(ds["persistence_error"].values, persistence, rtol=1e-12)
     assert ds["equivariance_error"].dims == ("element", "sample")
     assert list(ds["element"].values) == [str(g) if group_name == "d4" else g for g in group.elements]
 
@@ -145,8 +148,8 @@ def test_written_dataset_schema(problem, tmp_path):
         path = write_netcdf_atomic(ds, tmp_path / f"{group_name}.nc")
         with xr.open_dataset(path) as back:
             assert set(back.data_vars) == {
-                "equivariance_error", "orbit_error", "test_error",
-                "equivariance_error_stats", "orbit_error_stats", "test_error_stats",
+                "equivariance_error", "orbit_error", "test_error", "persistence_error",
+                "equivariance_error_stats", "orbit_error_stats", "test_error_stats", "persistence_error_stats",
             }
             assert back["equivariance_error"].dims == ("element", "sample")
             assert back["orbit_error"].dims == ("element", "sample")
@@ -156,7 +159,7 @@ def test_written_dataset_schema(problem, tmp_path):
             assert list(back["stat"].values) == list(TUKEY_STATS)
             assert back["element"].dtype.kind in kind
             assert list(back["sample"].values) == [10, 11, 12, 13, 14]
-            for name in ("equivariance_error", "orbit_error", "test_error"):
+            for name in ("equivariance_error", "orbit_error", "test_error", "persistence_error"):
                 assert back[name].attrs["units"] == "1" and back[name].attrs["long_name"]
             assert back["element"].attrs["long_name"]
             assert back["group"].item() == group_name and back["diagnostic"].item() == "equivariance"
@@ -166,11 +169,12 @@ def test_written_dataset_schema(problem, tmp_path):
             np.testing.assert_allclose(back["equivariance_error"].values, ds["equivariance_error"].values)
 
 
-def test_runs_in_float32_without_x64():
+def test_runs_in_float32_when_asked():
     x = random_states(3, seed=1, dtype=jnp.float32)
     y = random_states(3, seed=2, dtype=jnp.float32)
     params = standin_params(dtype=jnp.float32)
-    ds = equivariance_errors(pixel_stencil_model, params, x, y, channel_scales(y), named_group("translate-x", N, stride=4), 5)
+    ds = equivariance_errors(pixel_stencil_model, params, x, y, channel_scales(y), named_group("translate-x", N, stride=4), 5,
+                             precision="float32")
     assert ds.attrs["compute_dtype"] == "float32"
     assert float(ds["equivariance_error"].max()) < 1e-10  # float32 round-off, squared
     assert np.all(np.isfinite(ds["test_error"].values))
@@ -190,3 +194,27 @@ def test_bad_inputs_raise_user_errors(problem):
         equivariance_errors(positional_model, params, x, y, sigma, d4, 0)
     with pytest.raises(SymgradError, match="input's shape"):
         equivariance_errors(lambda p, s: s[..., :2], params, x, y, sigma, d4)
+
+
+def test_float32_parameters_are_computed_in_float64_by_default():
+    """Flax's float32 parameters must not make the diagnostic quietly compute in float32;
+    the caller's x64 setting (off here) is restored after."""
+    assert not jax.config.jax_enable_x64
+    rng = np.random.default_rng(0)
+    params32 = {"w1": rng.normal(size=(4, 8)).astype(np.float32) * 0.5,
+                "w2": rng.normal(size=(8, 4)).astype(np.float32) * 0.5,
+                "pos": rng.normal(size=(N, N, 4)).astype(np.float32) * 0.1}
+    x32 = rng.uniform(0.5, 1.5, size=(3, N, N, 4)).astype(np.float32)
+    y32 = rng.uniform(0.5, 1.5, size=(3, N, N, 4)).astype(np.float32)
+    sigma = np.ones(4)
+    group = named_group("d4")
+    ds = equivariance_errors(positional_model, params32, x32, y32, sigma, group, 16)
+    low = equivariance_errors(positional_model, params32, x32, y32, sigma, group, 16, precision="float32")
+    assert not jax.config.jax_enable_x64
+    assert (ds.attrs["compute_dtype"], low.attrs["compute_dtype"]) == ("float64", "float32")
+    with jax.enable_x64(True):  # the reference: the same float32 values, in float64
+        as64 = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), t)  # noqa: E731
+        equi, _, _ = dense_reference(positional_model, as64(params32), as64(x32), as64(y32), jnp.asarray(sigma), group)
+    np.testing.assert_allclose(ds["equivariance_error"].values, equi, rtol=1e-10, atol=1e-30)
+    # the float32 computation cannot match the float64 reference to that accuracy
+    assert not np.allclose(low["equivariance_error"].values, equi, rtol=1e-10, atol=1e-30)

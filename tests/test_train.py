@@ -159,6 +159,21 @@ def test_loss_decreases_and_load_run_round_trip(tmp_path, cache_dir, data_file):
         assert ds["val_rollout_smse"].dims == ("epoch", "lead_time")
         assert ds["val_rollout_smse"].shape == (20, 5)
         assert np.all(np.isfinite(ds["train_smse"].values))
+        baseline_val = float(ds["val_persistence_smse"])
+        baseline_rollout = ds["val_rollout_persistence_smse"].values
+
+    # the persistence baseline, recomputed from the data file and the stored split
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    # (the states that data_file holds, made again: this process must not open the file itself)
+    data = support.make_states(n_samples=8, n_times=6, n=16).astype(np.float64)
+    val = data[np.asarray(info["split"]["val"])]
+    sigma = np.asarray(info["sigma"])
+
+    def smse(a, b):
+        return np.mean(((a - b) / sigma) ** 2, axis=(-3, -2, -1))
+
+    np.testing.assert_allclose(baseline_val, np.mean(smse(val[:, :-1], val[:, 1:])), rtol=1e-4)
+    np.testing.assert_allclose(baseline_rollout, np.mean(smse(val[:1, :1], val[:1, 1:]), axis=0), rtol=1e-4)
 
     # TensorBoard events, read back with TensorBoard's own reader
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -15,7 +15,7 @@ HELP = "measure forward equivariance errors of a trained surrogate over a symmet
 DESCRIPTION = (
     "For every element g of the group and every test transition (x, y), compute "
     "SMSE(f(g x), g f(x)) (equivariance error), SMSE(f(g x), g y) (orbit error) and "
-    "SMSE(f(x), y) (test error), and write them with Tukey statistics and provenance "
+    "SMSE(f(x), y) (test error), next to the persistence baseline SMSE(x, y), and write them with Tukey statistics and provenance "
     "to a netCDF file. Samples are the run's test trajectories, at the transition --time."
 )
 
@@ -25,6 +25,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_samples_argument(parser, None)
     parser.add_argument("--eval-chunk", type=int, default=names.EVAL_CHUNK, metavar="C",
                         help="model evaluations per compiled call (bounds memory)")
+    parser.add_argument("--precision", choices=names.PRECISIONS, default="float64",
+                        help="dtype the model and the errors are computed in (parameters and data are cast)")
 
 
 def run(args) -> int:
@@ -64,7 +66,7 @@ def _run(args) -> int:
                          transition_times=[float(times[time_index]), float(times[time_index + 1])])
     ds = equivariance_errors(
         run_.apply_fn, run_.params, jnp.asarray(x), jnp.asarray(y), run_.sigma, group,
-        args.eval_chunk, samples=samples, attrs=attrs,
+        args.eval_chunk, samples=samples, attrs=attrs, precision=args.precision,
     )
     n_bad = int((~np.isfinite(ds["equivariance_error"].values)).sum() + (~np.isfinite(ds["test_error"].values)).sum())
     if n_bad:
@@ -74,5 +76,6 @@ def _run(args) -> int:
     med = ds["equivariance_error_stats"].sel(stat="median").values
     print(f"wrote {out}: group {group.name}, {len(group)} elements x {len(samples)} samples, "
           f"median equivariance error {np.nanmin(med):.3g} .. {np.nanmax(med):.3g}, "
-          f"median test error {float(ds['test_error_stats'].sel(stat='median')):.3g}")
+          f"median test error {float(ds['test_error_stats'].sel(stat='median')):.3g} "
+          f"(persistence baseline {float(ds['persistence_error_stats'].sel(stat='median')):.3g})")
     return 0

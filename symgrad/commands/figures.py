@@ -1,51 +1,41 @@
-"""``symgrad figures``: Tukey box plots of equivariance and overlap result files."""
+"""``symgrad figures``: the study's figures from equivariance and overlap result files."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from symgrad import names
-from symgrad.errors import SymgradError
 
-HELP = "draw Tukey box plots (PNG and PDF) of equivariance and overlap result files"
+HELP = "draw the study's figures (PNG and PDF) from result files of several models, seeds and groups"
 DESCRIPTION = (
-    "For every per-sample variable of each result file (dims (element, sample) or (sample)), "
-    "draw one box per group element: median, quartiles, whiskers at 1.5 IQR, outliers. "
-    "Errors are drawn on a log axis. Files are named <result stem>_<variable>.<png|pdf>."
+    "Pool the result files per model (all seeds and samples), store the Tukey statistics in "
+    "DIR/statistics_<diagnostic>_<group>.nc and draw from those files: fig1_<group> (D4: one "
+    "candle per model side by side per element; equivariance error, chi and Euclidean "
+    "overlaps), fig2_translations (median and quartiles against the shift, x and y), "
+    "fig3_scale (against the factor), solver_<group>_<run> (certified bounds, iterations, "
+    "residuals, null-space share of each chi result), and training (curves of --runs)."
 )
 
 
-def register(parser: argparse.ArgumentParser) -> None:
+def add_figure_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments ``figures`` and ``report`` share."""
     parser.add_argument("results", nargs="+", metavar="RESULT.nc",
                         help="result files of 'symgrad equivariance'/'overlap', or merged ones of 'symgrad merge'")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory of the figures")
+    parser.add_argument("--runs", nargs="+", default=[], metavar="RUN_DIR",
+                        help="run directories of 'symgrad train' whose training curves (metrics.nc) to draw")
     parser.add_argument("--format", nargs="+", default=list(names.DEFAULT_FIGURE_FORMATS), choices=names.FIGURE_FORMATS,
                         help="image formats")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    add_figure_arguments(parser)
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory of the figures and statistics")
 
 
 def run(args) -> int:
     from symgrad import plots
 
-    import xarray as xr
-
-    for p in args.results:
-        if not Path(p).is_file():
-            raise SymgradError(f"result file {p} does not exist; pass files written by 'symgrad equivariance' or 'overlap'")
-    from symgrad.results import split_runs
-
-    empty = []
-    for p in args.results:
-        try:
-            with xr.open_dataset(p) as ds:
-                if not plots.per_sample_variables(split_runs(ds)[0][1]):
-                    empty.append(p)
-        except (OSError, ValueError) as exc:
-            raise SymgradError(f"cannot read {p} as netCDF ({exc}); pass a result file") from None
-    if len(empty) == len(args.results):
-        raise SymgradError("no per-sample variables (dims (element, sample)) in the given files; pass result files")
-    written = plots.figures([p for p in args.results if p not in empty], args.out, formats=args.format)
-    for p in empty:
-        print(f"symgrad figures: skipped {p}: no per-sample variables")
-    print(f"wrote {len(written)} files to {args.out}")
+    written = plots.figures(args.results, args.out, runs=args.runs, formats=args.format)
+    n_stats = sum(p.suffix == ".nc" for p in written)
+    print(f"wrote {len(written) - n_stats} figure files and {n_stats} statistics files to {args.out}")
     return 0

@@ -6,6 +6,12 @@ element ``g`` of a group:
 - ``equivariance_error[g, i] = SMSE(f(g.x_i), g.f(x_i))``
 - ``orbit_error[g, i]        = SMSE(f(g.x_i), g.y_i)``  (accuracy on the transformed problem)
 - ``test_error[i]            = SMSE(f(x_i), y_i)``
+- ``persistence_error[i]     = SMSE(x_i, y_i)``     (the baseline f = identity on the same transitions)
+
+The persistence baseline says whether the model has learnt anything: a test error above it
+means the surrogate predicts the next state worse than "nothing changes". The identity is
+exactly equivariant, so the baseline has no equivariance error of its own; its orbit error is
+its test error (the SMSE is invariant), hence one number per sample.
 
 All (element, sample) pairs run through one compiled program: the pairs are flattened,
 cut into chunks of ``chunk_size`` model evaluations (the last one padded, so the program is
@@ -23,16 +29,18 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from symgrad.diagnostics.precision import cast, computing_in
 from symgrad.errors import SymgradError
 from symgrad.groups import Group
 from symgrad.loss import check_scales, smse
 
-PER_SAMPLE_VARIABLES = ("equivariance_error", "orbit_error", "test_error")
+PER_SAMPLE_VARIABLES = ("equivariance_error", "orbit_error", "test_error", "persistence_error")
 
 _LONG_NAMES = {
     "equivariance_error": "equivariance error SMSE(f(g x), g f(x))",
     "orbit_error": "test error on the transformed transition SMSE(f(g x), g y)",
     "test_error": "test error SMSE(f(x), y)",
+    "persistence_error": "persistence baseline SMSE(x, y): the error of predicting no change",
 }
 
 
@@ -103,6 +111,7 @@ def equivariance_errors(
     *,
     samples: Sequence[int] | None = None,
     attrs: dict | None = None,
+    precision: str = "float64",
 ):
     """Equivariance, orbit and test errors of ``apply_fn`` over ``group`` as an ``xarray.Dataset``.
 
@@ -116,15 +125,22 @@ def equivariance_errors(
         chunk_size: model evaluations per compiled call (bounds memory).
         samples: values of the ``sample`` coordinate (default ``0..N-1``), e.g. trajectory indices.
         attrs: extra global attributes (provenance).
+        precision: ``"float64"`` (default, as on the CLI) casts parameters and data to
+            float64 and computes under ``jax.enable_x64``, whatever the dtype of a Flax
+            model's parameters; ``"float32"`` computes in float32.
 
     Returns:
         Dataset with dims ``element``, ``sample``, ``stat``; variables
-        ``equivariance_error`` and ``orbit_error`` ``(element, sample)``, ``test_error``
-        ``(sample)``, and ``<name>_stats`` over ``stat`` (see ``TUKEY_STATS``). Computed in
-        the dtype of ``x`` (float64 under ``jax_enable_x64`` with float64 inputs), stored as float64.
+        ``equivariance_error`` and ``orbit_error`` ``(element, sample)``, ``test_error`` and
+        ``persistence_error`` ``(sample)``, and ``<name>_stats`` over ``stat`` (see
+        ``TUKEY_STATS``). Stored as float64; attribute ``compute_dtype`` says what was computed in.
     """
-    x = jnp.asarray(x)
-    y = jnp.asarray(y, dtype=x.dtype)
+    with computing_in(precision) as dtype:
+        return _equivariance_errors(apply_fn, cast(params, dtype), jnp.asarray(x, dtype), jnp.asarray(y, dtype),
+                                    sigma, group, chunk_size, samples=samples, attrs=attrs)
+
+
+def _equivariance_errors(apply_fn, params, x, y, sigma, group: Group, chunk_size: int, *, samples, attrs):
     _check_inputs(apply_fn, params, x, y, sigma, group, chunk_size)
     sigma_arr = jnp.asarray(np.asarray(sigma), dtype=x.dtype)
 
@@ -144,6 +160,7 @@ def equivariance_errors(
         fx_parts.append(predict(params, x, jnp.asarray(idx))[:n_valid])
     fx = jnp.concatenate(fx_parts, axis=0).astype(x.dtype)
     test = smse(fx, y, sigma_arr)
+    persistence = smse(x, y, sigma_arr)
 
     n_pairs = n_elements * n_samples
     pending = []  # dispatch every chunk before reading any back, so the device never waits on the host
@@ -154,18 +171,19 @@ def equivariance_errors(
     equi = np.concatenate([np.asarray(e, dtype=np.float64)[:n] for n, (e, _) in pending])
     orbit = np.concatenate([np.asarray(o, dtype=np.float64)[:n] for n, (_, o) in pending])
     test = np.asarray(test, dtype=np.float64)
+    persistence = np.asarray(persistence, dtype=np.float64)
     equi = equi.reshape(n_elements, n_samples)
     orbit = orbit.reshape(n_elements, n_samples)
 
     return to_dataset(
-        equi, orbit, test, group,
+        equi, orbit, test, persistence, group,
         samples=np.arange(n_samples) if samples is None else np.asarray(samples),
         attrs={"chunk_size": int(chunk_size), "compute_dtype": str(x.dtype),
                "resolution": f"{x.shape[1]}x{x.shape[2]}", **(attrs or {})},
     )
 
 
-def to_dataset(equivariance_error, orbit_error, test_error, group: Group, *, samples, attrs=None):
+def to_dataset(equivariance_error, orbit_error, test_error, persistence_error, group: Group, *, samples, attrs=None):
     """Assemble the result dataset (see ``equivariance_errors``) from per-sample arrays, in
     the schema of every result file (``symgrad.results.finish_result``)."""
     import xarray as xr
@@ -175,6 +193,7 @@ def to_dataset(equivariance_error, orbit_error, test_error, group: Group, *, sam
     equivariance_error = np.asarray(equivariance_error, dtype=np.float64)
     orbit_error = np.asarray(orbit_error, dtype=np.float64)
     test_error = np.asarray(test_error, dtype=np.float64)
+    persistence_error = np.asarray(persistence_error, dtype=np.float64)
     if len(samples) != test_error.shape[0]:
         raise SymgradError(f"{len(samples)} sample labels for {test_error.shape[0]} samples")
 
@@ -186,6 +205,7 @@ def to_dataset(equivariance_error, orbit_error, test_error, group: Group, *, sam
         "equivariance_error": (("element", "sample"), equivariance_error, error_attrs("equivariance_error")),
         "orbit_error": (("element", "sample"), orbit_error, error_attrs("orbit_error")),
         "test_error": (("sample",), test_error, error_attrs("test_error")),
+        "persistence_error": (("sample",), persistence_error, error_attrs("persistence_error")),
     }
     coords = {
         "element": element_coord(group),

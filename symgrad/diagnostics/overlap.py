@@ -19,13 +19,11 @@ which is where the fast path's factor comes from.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
 from typing import Callable, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
@@ -34,6 +32,7 @@ from jax.flatten_util import ravel_pytree
 from symgrad import preemption
 from symgrad.diagnostics import certify, store
 from symgrad.diagnostics.ggn import GaussNewtonBlocks
+from symgrad.diagnostics.precision import cast, computing_in
 from symgrad.diagnostics.gradients import per_example_gradients
 from symgrad.diagnostics.solvers import (
     DEFAULT_SOLVER, SOLVERS, SolverSettings, corrected_cross, device_memory_bytes, euclidean_gram, make_solver,
@@ -43,7 +42,7 @@ from symgrad.diagnostics.spectrum import (
 )
 from symgrad.errors import SymgradError
 from symgrad.groups import Group
-from symgrad.names import DEFAULT_MAX_ITERATIONS, DEFAULT_RTOL, METRICS, PRECISIONS
+from symgrad.names import DEFAULT_MAX_ITERATIONS, DEFAULT_RTOL, METRICS
 
 remove_partials = store.remove_partials
 
@@ -51,27 +50,6 @@ remove_partials = store.remove_partials
 class OverlapInterrupted(Exception):
     """Raised by ``compute_overlaps(..., stop_after=k)`` after k newly solved chunks (tests,
     resume), and before the next chunk once SIGTERM arrived (``symgrad.preemption``)."""
-
-
-@contextlib.contextmanager
-def _precision(precision: str):
-    """float64 computes under ``jax.enable_x64`` (restored after), whatever the caller's setting.
-
-    Matmuls run at ``"highest"`` precision either way: on GPUs the default lets float32
-    matmuls use TF32 (10-bit mantissas), whose rounding no bound here accounts for.
-    """
-    if precision not in PRECISIONS:
-        raise SymgradError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    with jax.default_matmul_precision("highest"):
-        if precision == "float64":
-            with jax.enable_x64(True):
-                yield jnp.float64
-        else:
-            yield jnp.float32
-
-
-def _cast(tree, dtype):
-    return jax.tree.map(lambda a: jnp.asarray(a, dtype), tree)
 
 
 def chi_solve(apply_fn: Callable, params, x_curvature, sigma, rhs, *, damping: float, rtol: float = DEFAULT_RTOL,
@@ -87,10 +65,10 @@ def chi_solve(apply_fn: Callable, params, x_curvature, sigma, rhs, *, damping: f
     """
     if not damping > 0:
         raise SymgradError(f"the chi metric needs damping lambda > 0, got {damping}")
-    with _precision(precision) as dtype:
+    with computing_in(precision) as dtype:
         settings = SolverSettings(damping=float(damping), rtol=float(rtol), max_iterations=int(max_iterations),
                                   safety=safety, basis_memory=basis_memory)
-        op = GaussNewtonBlocks(apply_fn, _cast(params, dtype), jnp.asarray(x_curvature, dtype), sigma,
+        op = GaussNewtonBlocks(apply_fn, cast(params, dtype), jnp.asarray(x_curvature, dtype), sigma,
                                damping=damping, output_hessian=output_hessian)
         rule = certify.EnergyStopping(rtol, certify.DEFAULT_SAFETY if safety is None else safety)
         return make_solver(solver, settings).solve(op, jnp.asarray(rhs, dtype), rule)
@@ -371,8 +349,8 @@ def compute_overlaps(
         raise SymgradError(f"rtol must be in (0, 1), got {rtol}")
     if loss_fn is not None and want_chi and output_hessian is None:
         raise SymgradError("a custom loss_fn needs its output_hessian for the chi metric")
-    with _precision(precision) as dtype:
-        return _compute(apply_fn, _cast(params, dtype), jnp.asarray(x, dtype), jnp.asarray(y, dtype), sigma, group,
+    with computing_in(precision) as dtype:
+        return _compute(apply_fn, cast(params, dtype), jnp.asarray(x, dtype), jnp.asarray(y, dtype), sigma, group,
                         dtype=dtype, metric=metric, want_chi=want_chi, damping=float(damping), rtol=float(rtol),
                         solver=solver, max_iterations=int(max_iterations),
                         x_curvature=None if x_curvature is None else jnp.asarray(x_curvature, dtype),

@@ -215,9 +215,12 @@ def read_history(run_dir: Path, before_epoch: int) -> list[dict]:
     return [h for h in read_json(run_dir / METRICS_JSON, "metrics") if h["epoch"] < before_epoch]
 
 
-def write_metrics(run_dir: Path, history: list[dict], attrs: dict, lead_times) -> None:
+def write_metrics(run_dir: Path, history: list[dict], attrs: dict, lead_times, baseline=None) -> None:
     """``metrics.json`` (what a resume reads back), ``metrics.nc`` (the archival record, with
-    provenance) and ``metrics.csv`` (for a quick look), each written atomically."""
+    provenance) and ``metrics.csv`` (for a quick look), each written atomically.
+
+    ``baseline`` is ``(val, rollout)`` of ``loop.persistence_baseline``: the persistence
+    errors on the same validation transitions and rollouts, stored beside the curves."""
     import xarray as xr
 
     from symgrad.io import write_netcdf_atomic
@@ -243,6 +246,14 @@ def write_metrics(run_dir: Path, history: list[dict], attrs: dict, lead_times) -
         "long_name": "autoregressive validation rollout SMSE against the true trajectory",
         "units": "1"}
     ds["lead_time"].attrs = {"long_name": "number of model steps from the initial state"}
+    if baseline is not None:
+        val_p, rollout_p = baseline
+        ds["val_persistence_smse"] = ((), float(val_p), {
+            "long_name": "persistence baseline SMSE(x, y) on the validation transitions", "units": "1"})
+        padded = np.full(n_lead, np.nan)
+        padded[:len(rollout_p)] = rollout_p
+        ds["val_rollout_persistence_smse"] = ("lead_time", padded, {
+            "long_name": "persistence baseline SMSE(x_0, x_t) on the validation rollouts", "units": "1"})
     ds.attrs.update(attrs)
     write_netcdf_atomic(ds, run_dir / METRICS_NC)
     lines = ["epoch,step,train_smse,val_smse,val_rollout_smse_last,epoch_seconds,samples_per_second"]
