@@ -9,7 +9,7 @@ DATA   ?= $(OUT)/data/ce-rp.nc
 EPOCHS ?= 2
 PRESET ?= tiny
 
-.PHONY: install test test-slow test-slurm demo data train-unet train-vit train-gcnn equivariance overlap figures sweep clean
+.PHONY: install test test-slow test-slurm demo data train-unet train-vit train-gcnn equivariance overlap figures report sweep clean
 
 install: $(STAMP)
 
@@ -52,7 +52,10 @@ clean:
 	rm -rf $(OUT) demo_out .pytest_cache
 
 figures: $(STAMP)
-	$(BIN)/symgrad figures $(OUT)/results/*.nc --out $(OUT)/figures
+	$(BIN)/symgrad figures $(OUT)/results/*.nc $(if $(wildcard $(OUT)/runs/*),--runs $(wildcard $(OUT)/runs/*)) --out $(OUT)/figures
+
+report: $(STAMP)
+	$(BIN)/symgrad report $(OUT)/results/*.nc $(if $(wildcard $(OUT)/runs/*),--runs $(wildcard $(OUT)/runs/*)) --out $(OUT)/report
 
 sweep: $(STAMP)
 	@test -f out/data/ce-rp.nc || $(MAKE) data

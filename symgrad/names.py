@@ -24,14 +24,17 @@ DEFAULT_SCALE_FACTORS: tuple[float, ...] = (0.5, 0.8, 1.0, 1.25, 2.0)
 DIAGNOSTICS: tuple[str, ...] = ("equivariance", "overlap", "spectrum")
 
 
-def default_transition(group: str | None, n_times: int) -> int:
+def default_transition(group: str | None, n_times: int, time_indices=()) -> int:
     """The transition ``T -> T+1`` a diagnostic measures when ``--time`` is not given, as in
-    the study: ``T = 0`` for D4, scaling and the spectrum, the last transition of the data
-    (``n_times - 2``, the latest states seen in training) for translations."""
-    return n_times - 2 if group is not None and group.startswith("translate") else 0
+    the study: ``T = 0`` for D4, scaling and the spectrum, the last transition the run was
+    trained on (the latest states seen in training) for translations: the one ending at the
+    run's last selected time (``time_indices``), or at the data's last time."""
+    if group is None or not group.startswith("translate"):
+        return 0
+    return int(time_indices[-1]) - 1 if len(time_indices) else n_times - 2
 
 
-DEFAULT_TIME_HELP = "(default: 0; for translations the last transition, as in the study)"
+DEFAULT_TIME_HELP = "(default: 0; for translations the last transition the run was trained on, as in the study)"
 EVAL_CHUNK = 64  # model evaluations per compiled call of the equivariance diagnostic
 METRICS: tuple[str, ...] = ("chi", "euclidean", "both")
 SOLVERS: tuple[str, ...] = ("block", "cg", "dense")

@@ -84,14 +84,21 @@ def _plain(ax) -> None:
 def _y_scale(ax, name: str, values: np.ndarray) -> str:
     """Log for errors (symlog where some drawn value is exactly 0, as at the identity, so
     that no candle disappears); linear with plain ticks, at least 0.02 wide, otherwise."""
+    from matplotlib.ticker import LogLocator, SymmetricalLogLocator
+
     finite = values[np.isfinite(values)]
     if is_log(name) and finite.size and np.any(finite > 0):
         positive = finite[finite > 0]
         if np.any(finite <= 0):
-            ax.set_yscale("symlog", linthresh=float(positive.min()))
-            ax.set_ylim(bottom=0.0)  # errors are >= 0: no negative half
+            linthresh = float(positive.min())
+            ax.set_yscale("symlog", linthresh=linthresh)
+            ax.set_ylim(0.0, 3.0 * float(positive.max()))  # errors are >= 0: no negative half
+            locator = SymmetricalLogLocator(base=10, linthresh=linthresh)
+            locator.set_params(numticks=8)  # errors can span 30 decades: a readable few ticks
+            ax.yaxis.set_major_locator(locator)
             return "symlog"
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, numticks=8))
         return "log"
     if finite.size:
         lo, hi = float(finite.min()), float(finite.max())

@@ -2,11 +2,17 @@
 
 A sweep is a grid of training runs (model x preset x seed) followed, for each run, by
 diagnostics (equivariance / overlap) per group, then one merged dataset per diagnostic and
-group (``symgrad merge``), then the figures of those. Jobs are plain ``symgrad`` command
+group (``symgrad merge``), then the report (``symgrad report``: figures, tables and
+provenance) of those and of the runs' training curves. Jobs are plain ``symgrad`` command
 lines; each one's output path is known in advance, so a re-run skips what is already
 finished (every symgrad output is written atomically, so "exists" means "complete").
 
-Relative paths of a sweep file (``out``, ``data``) are resolved once, against the directory
+Every diagnostic reads all the sweep's ``data`` (the files its run was trained on): a
+run's test split is drawn over those files' trajectories, so the test trajectories exist
+only in them. String options may name the run's ``{model}``, ``{preset}`` and ``{seed}``,
+e.g. ``[train] config = "experiments/paper-{model}.toml"``.
+
+Relative paths of a sweep file (``out``, ``data``, ``[train] config``) are resolved once, against the directory
 ``symgrad sweep`` runs in, so that the commands and the SLURM scripts hold absolute paths
 and work from any directory.
 """
@@ -95,11 +101,31 @@ def load_sweep(path: str | Path) -> Sweep:
         seeds=tuple(int(s) for s in _as_tuple(table, "seeds", path, (0,))),
         groups=_as_tuple(table, "groups", path, ("d4",)),
         diagnostics=diagnostics,
-        train_args=dict(raw.get("train", {})),
+        train_args=_with_absolute_config(dict(raw.get("train", {}))),
         equivariance_args=dict(raw.get("equivariance", {})),
         overlap_args=dict(raw.get("overlap", {})),
         slurm=dict(raw.get("slurm", {})),
     )
+
+
+def _with_absolute_config(options: dict) -> dict:
+    if isinstance(options.get("config"), str):
+        options["config"] = str(Path(options["config"]).absolute())
+    return options
+
+
+def _filled(options: dict, **run) -> dict:
+    """String options with the run's ``{model}``, ``{preset}`` and ``{seed}`` filled in."""
+    def fill(value):
+        if isinstance(value, str):
+            try:
+                return value.format(**run)
+            except (KeyError, IndexError, ValueError):
+                raise SymgradError(f"sweep option {value!r}: only {{model}}, {{preset}} and {{seed}} "
+                                   "can be filled in; write other braces doubled") from None
+        return [fill(v) for v in value] if isinstance(value, list) else value
+
+    return {key: fill(value) for key, value in options.items()}
 
 
 def _flags(options: dict) -> list[str]:
@@ -121,13 +147,16 @@ def _flags(options: dict) -> list[str]:
 def expand(sweep: Sweep) -> list[Job]:
     """All jobs of a sweep, each training run before the diagnostics that read it."""
     jobs: list[Job] = []
+    run_dirs = []
     for model, preset, seed in itertools.product(sweep.models, sweep.presets, sweep.seeds):
         run_name = f"{model}-{preset}-seed{seed}"
         run_dir = sweep.out / "runs" / run_name
+        run_dirs.append(str(run_dir))
+        fill = dict(model=model, preset=preset, seed=seed)
         train = Job(
             name=f"train-{run_name}",
             argv=("train", "--model", model, "--preset", preset, "--data", *sweep.data,
-                  "--out", str(run_dir), "--seed", str(seed), *_flags(sweep.train_args)),
+                  "--out", str(run_dir), "--seed", str(seed), *_flags(_filled(sweep.train_args, **fill))),
             output=str(run_dir / "DONE"),
             kind="train",
         )
@@ -137,8 +166,8 @@ def expand(sweep: Sweep) -> list[Job]:
             extra = sweep.equivariance_args if diagnostic == "equivariance" else sweep.overlap_args
             jobs.append(Job(
                 name=f"{diagnostic}-{group}-{run_name}",
-                argv=(diagnostic, "--run", str(run_dir), "--group", group, "--data", sweep.data[-1],
-                      "--out", str(result), *_flags(extra)),
+                argv=(diagnostic, "--run", str(run_dir), "--group", group, "--data", *sweep.data,
+                      "--out", str(result), *_flags(_filled(extra, **fill))),
                 output=str(result),
                 depends_on=(train.name,),
                 kind=diagnostic,
@@ -156,17 +185,17 @@ def expand(sweep: Sweep) -> list[Job]:
     jobs += merges
     if not merges:  # no diagnostics or no groups: nothing to merge or draw
         return jobs
-    figures = sweep.out / "figures"
+    report = sweep.out / "report"
     jobs.append(Job(
-        name="figures",
-        argv=("figures", *(j.output for j in merges), "--out", str(figures)),
-        output=str(figures / "DONE"), depends_on=tuple(j.name for j in merges), kind="figures",
+        name="report",
+        argv=("report", *(j.output for j in merges), "--runs", *run_dirs, "--out", str(report)),
+        output=str(report / "DONE"), depends_on=tuple(j.name for j in merges), kind="report",
     ))
     return jobs
 
 
 # Jobs whose output is a directory: a DONE file in it marks the job finished.
-_MARKED_DONE = ("train", "figures")
+_MARKED_DONE = ("train", "report")
 
 
 def run_local(jobs: list[Job], *, executable: list[str] | None = None, echo=print) -> int:

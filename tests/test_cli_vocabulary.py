@@ -128,3 +128,11 @@ def test_every_default_is_shown_one_way_and_choices_are_listed(helps):
     for command in ("equivariance", "overlap"):
         group = next(a for a in sub.choices[command]._actions if "--group" in a.option_strings)
         assert group.choices, f"symgrad {command} --group lists no choices"
+
+
+def test_default_transition_follows_the_run_time_selection():
+    from symgrad.names import default_transition
+
+    assert default_transition("d4", 21, tuple(range(16))) == 0
+    assert default_transition("translate-x", 21) == 19  # all stored times: the data's last transition
+    assert default_transition("translate-y", 21, tuple(range(16))) == 14  # the study: 14 -> 15, seen in training

@@ -112,12 +112,12 @@ def _assert_complete(workdir: Path, name: str) -> None:
     out = workdir / f"out-{name}"
     logs = sorted((workdir / f"slurm-{name}" / "logs").glob("*.log"))
     tails = "\n".join(f"== {p.name}\n{p.read_text()[-600:]}" for p in logs)
-    assert (out / "figures" / "DONE").exists(), tails
+    assert (out / "report" / "DONE").exists(), tails
     for group in GROUPS:
         with xr.open_dataset(out / "study" / f"equivariance-{group}.nc") as ds:
             assert ds.sizes["run"] == len(SEEDS) and sorted(ds["seed"].values.tolist()) == list(SEEDS)
             assert ds["group"].item() == group and ds["model"].values.tolist() == ["unet", "unet"]
-    assert list((out / "figures").glob("equivariance-d4_unet-tiny-seed1_equivariance_error.png"))
+    assert (out / "report" / "figures" / "fig1_d4.png").is_file() and (out / "report" / "report.html").is_file()
 
 
 def _merged(workdir, name, group):
@@ -130,7 +130,7 @@ def test_a_sweep_under_slurm_and_a_killed_training_job_resubmitted(cluster, work
 
     t0 = time.time()
     log = _submit(workdir, "clean")
-    assert log.count("submitted ") == 2 + 2 + 2 + 1, log  # 2 trainings, 2 arrays, 2 merges, figures
+    assert log.count("submitted ") == 2 + 2 + 2 + 1, log  # 2 trainings, 2 arrays, 2 merges, report
     _wait_until_idle("clean")
     _assert_complete(workdir, "clean")
     again = _submit(workdir, "clean")  # idempotent: nothing left to submit
@@ -154,7 +154,7 @@ def test_a_sweep_under_slurm_and_a_killed_training_job_resubmitted(cluster, work
         time.sleep(0.2)
     assert load_run(preempted).step < STEPS
     _wait_until_idle("killed")  # seed 0's dependants are cancelled (--kill-on-invalid-dep)
-    assert not (run / "DONE").exists() and not (workdir / "out-killed" / "figures" / "DONE").exists()
+    assert not (run / "DONE").exists() and not (workdir / "out-killed" / "report" / "DONE").exists()
     assert (preempted / "DONE").exists()  # requeued by its own script, resumed, finished
     assert json.loads((preempted / "status.json").read_text())["status"] == "finished"
     stopped = load_run(run).step

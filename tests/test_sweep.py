@@ -23,7 +23,7 @@ def _write(tmp_path, body):
 BODY = """
 [sweep]
 out = "{out}"
-data = ["a.nc"]
+data = ["a.nc", "b.nc"]
 models = ["unet", "vit"]
 seeds = [0, 1]
 groups = ["d4", "translate-x"]
@@ -39,7 +39,7 @@ def test_expand_orders_training_before_its_diagnostics(tmp_path):
     sweep = load_sweep(_write(tmp_path, BODY.format(out=tmp_path / "o")))
     jobs = expand(sweep)
     trains = [j for j in jobs if j.kind == "train"]
-    # 4 runs x (train + 2 diagnostics x 2 groups), one merge per diagnostic and group, figures
+    # 4 runs x (train + 2 diagnostics x 2 groups), one merge per diagnostic and group, the report
     assert len(trains) == 4 and len(jobs) == 4 * (1 + 2 * 2) + 2 * 2 + 1
     merges = [j for j in jobs if j.kind == "merge"]
     assert all(len(m.depends_on) == 4 for m in merges) and jobs[-1].depends_on == tuple(m.name for m in merges)
@@ -52,6 +52,27 @@ def test_expand_orders_training_before_its_diagnostics(tmp_path):
     assert t.argv[:1] == ("train",) and "--epochs" in t.argv and "--batch-size" in t.argv
     ov = [j for j in jobs if j.kind == "overlap"][0]
     assert ov.argv[ov.argv.index("--samples") + 1] == "4"
+    # every diagnostic reads all the data its run was trained on (its test split is drawn over them)
+    for job in jobs:
+        if job.kind in ("train", "equivariance", "overlap"):
+            i = job.argv.index("--data")
+            assert job.argv[i + 1:i + 3] == (str(Path("a.nc").absolute()), str(Path("b.nc").absolute())), job.argv
+    report = jobs[-1]
+    assert report.kind == "report" and report.argv[0] == "report"
+    runs = report.argv[report.argv.index("--runs") + 1:report.argv.index("--out")]
+    assert runs == tuple(j.argv[j.argv.index("--out") + 1] for j in trains)
+
+
+def test_options_fill_in_the_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    body = BODY.format(out=tmp_path / "o") + '\n[equivariance]\nsamples = 3\n'
+    body = body.replace("[train]\n", '[train]\nconfig = "experiments/paper-{model}.toml"\n')
+    jobs = expand(load_sweep(_write(tmp_path, body)))
+    for job in (j for j in jobs if j.kind == "train"):
+        model = job.argv[job.argv.index("--model") + 1]
+        assert job.argv[job.argv.index("--config") + 1] == str(tmp_path / "experiments" / f"paper-{model}.toml")
+    with pytest.raises(SymgradError, match="can be filled in"):
+        expand(load_sweep(_write(tmp_path, body.replace("paper-{model}", "paper-{nope}"))))
     assert len({j.output for j in jobs}) == len(jobs)
 
 
@@ -82,7 +103,7 @@ def test_run_local_skips_finished_and_stops_dependants_of_failures(tmp_path):
         "if 'vit' in a[a.index('--model') + 1 if '--model' in a else 0] and a[0] == 'train': sys.exit(3)\n"
         "out = pathlib.Path(a[a.index('--out') + 1])\n"
         "out.parent.mkdir(parents=True, exist_ok=True)\n"
-        "(out.mkdir() if a[0] in ('train', 'figures') else out.write_text('x'))\n"
+        "(out.mkdir() if a[0] in ('train', 'report') else out.write_text('x'))\n"
     )
     messages = []
     rc = run_local(jobs, executable=[sys.executable, str(fake)], echo=messages.append)
@@ -91,7 +112,7 @@ def test_run_local_skips_finished_and_stops_dependants_of_failures(tmp_path):
     assert sum(c.startswith("train") for c in calls) == 4
     assert not any(c.startswith(("equivariance", "overlap")) and "vit" in c for c in calls)
     assert sum(c.startswith(("equivariance", "overlap")) for c in calls) == 8
-    assert not any(c.startswith(("merge", "figures")) for c in calls)  # they need the vit results too
+    assert not any(c.startswith(("merge", "report")) for c in calls)  # they need the vit results too
     # Second pass: everything that succeeded is skipped.
     log.unlink()
     run_local(jobs, executable=[sys.executable, str(fake)], echo=messages.append)
@@ -102,7 +123,7 @@ def test_slurm_scripts_have_dependencies(tmp_path):
     sweep = load_sweep(_write(tmp_path, BODY.format(out=tmp_path / "o")))
     submit = write_slurm(expand(sweep), sweep, tmp_path / "slurm")
     text = submit.read_text()
-    # 4 training jobs, 4 arrays (the 4 diagnostics of each run), 4 merges, the figures
+    # 4 training jobs, 4 arrays (the 4 diagnostics of each run), 4 merges, the report
     assert "--dependency=afterok" in text and text.count("sbatch --parsable") == 13
     assert text.count('--array="${todo#,}"') == 4 and "squeue --me" in text
     train_script = next((tmp_path / "slurm").glob("train-*.sbatch")).read_text()
@@ -146,4 +167,4 @@ def test_cli_dry_run_prints_commands(tmp_path, capsys):
     assert cli.main(["sweep", str(path), "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 25 and lines[0].startswith("symgrad train --model unet")
-    assert lines[-1].startswith("symgrad figures ")
+    assert lines[-1].startswith("symgrad report ")

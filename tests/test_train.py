@@ -220,21 +220,27 @@ def test_loss_decreases_and_load_run_round_trip(tmp_path, cache_dir, data_file):
 
 
 def test_the_data_selection_is_stored_and_honoured(tmp_path, cache_dir, data_file):
-    """The first K trajectories of each file and a subset of the times: the split holds only
-    selected trajectories, the transitions are the consecutive pairs of the selected times,
-    the rollout spans them, and all of it is recorded in the run."""
-    second = support.write_pdegym(tmp_path / "second.nc", support.make_states(n_samples=8, n_times=6, n=16, seed=1))
+    """The first K trajectories of each --data entry (a file, and a directory of two shards
+    that counts as one entry) and a subset of the times: the split holds only selected
+    trajectories, the transitions are the consecutive pairs of the selected times, the
+    rollout spans them, and all of it is recorded in the run."""
+    states = support.make_states(n_samples=8, n_times=6, n=16, seed=1)
+    shards = tmp_path / "family"
+    shards.mkdir()
+    support.write_pdegym(shards / "data_0.nc", states[:4])
+    support.write_pdegym(shards / "data_1.nc", states[4:])
+    second = shards
     config = TrainConfig(model="unet", preset="tiny", data=(str(data_file), str(second)), epochs=1,
-                         batch_size=BATCH, progress=False, trajectories_per_file=5, time_indices=(0, 1, 2, 4),
+                         batch_size=BATCH, progress=False, first_trajectories=5, time_indices=(0, 1, 2, 4),
                          rollout_trajectories=1, split_fractions=(0.6, 0.2, 0.2))
     result = train(config, tmp_path / "run", log=lambda *a: None)
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     chosen = sorted(i for part in info["split"].values() for i in part)
-    assert chosen == [0, 1, 2, 3, 4, 8, 9, 10, 11, 12]  # the first 5 of each file, all of them split
-    assert info["time_indices"] == [0, 1, 2, 4] and info["trajectories_per_file"] == 5
+    assert chosen == [0, 1, 2, 3, 4, 8, 9, 10, 11, 12]  # the first 5 of each entry (4 + 1 from the shards)
+    assert info["time_indices"] == [0, 1, 2, 4] and info["first_trajectories"] == 5
     assert info["n_train_transitions"] == 3 * len(info["split"]["train"])  # (0,1), (1,2), (2,4)
     stored = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert stored["time_indices"] == [0, 1, 2, 4] and stored["trajectories_per_file"] == 5
+    assert stored["time_indices"] == [0, 1, 2, 4] and stored["first_trajectories"] == 5
     assert not {"debug_nan_step", "debug_step_delay"} & set(stored)  # test hooks are not saved
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert len(history[0]["val_rollout_smse"]) == 3  # lead times over the selected times
@@ -274,6 +280,9 @@ def test_config_toml_and_cli_precedence(tmp_path):
 
     cfg = TrainConfig.from_toml(Path(__file__).resolve().parent.parent / "experiments" / "paper-unet.toml")
     assert (cfg.learning_rate, cfg.weight_decay, cfg.batch_size, cfg.epochs) == (5e-4, 1e-6, 64, 90)
+    for model in ("unet", "vit", "gcnn"):  # the study's data selection, in every paper config
+        paper = TrainConfig.from_toml(Path(__file__).resolve().parent.parent / "experiments" / f"paper-{model}.toml")
+        assert (paper.model, paper.first_trajectories, paper.time_indices) == (model, 5000, tuple(range(16)))
     toml = tmp_path / "x.toml"
     toml.write_text('[train]\nmodel = "vit"\nepochs = 7\nlearning_rate = 1e-3\n')
     args = build_parser().parse_args(["train", "--config", str(toml), "--out", "r", "--epochs", "3",

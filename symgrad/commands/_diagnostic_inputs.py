@@ -161,11 +161,12 @@ def result_attrs(inputs: DiagnosticInputs, time_index: int, sample_source: str, 
     )
 
 
-def chosen_transition(args, dataset) -> int:
-    """``--time``, or the default transition of the command's group (``names.default_transition``)."""
+def chosen_transition(args, dataset, run_=None) -> int:
+    """``--time``, or the default transition of the command's group and run (``names.default_transition``)."""
     if args.time is not None:
         return int(args.time)
-    return names.default_transition(getattr(args, "group", None), dataset.n_times)
+    time_indices = run_.info.time_indices if run_ is not None else ()
+    return names.default_transition(getattr(args, "group", None), dataset.n_times, time_indices)
 
 
 def check_transition(time_index: int, dataset) -> None:

@@ -51,7 +51,7 @@ def _run(args) -> int:
     inputs = load_inputs(args.run, args.data, args.step)
     run_, run_dir, data_paths, dataset = inputs
 
-    time_index = chosen_transition(args, dataset)
+    time_index = chosen_transition(args, dataset, run_)
     check_transition(time_index, dataset)
 
     samples, sample_source = first_test_samples(inputs, args.samples)

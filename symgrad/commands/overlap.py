@@ -94,7 +94,7 @@ def _run(args) -> int:
         source = f"--damping {args.damping:g}" if args.damping is not None else f"the run's weight decay {damping:g}"
         raise SymgradError(f"the chi metric needs damping lambda > 0, got {source}; pass --damping L with L > 0 "
                            "(or --metric euclidean)")
-    time_index = chosen_transition(args, dataset)
+    time_index = chosen_transition(args, dataset, run_)
     samples, source, x, y = load_test_transitions(inputs, args.samples, time_index)
     n_curv = args.curvature_samples or args.samples
     if not 1 <= n_curv <= args.samples:

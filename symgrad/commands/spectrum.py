@@ -62,7 +62,7 @@ def _run(args) -> int:
     inputs = load_inputs(args.run, args.data, args.step)
     run_ = inputs.run
     damping = args.damping if args.damping is not None else float(getattr(run_, "weight_decay", 0.0) or 0.0)
-    time_index = chosen_transition(args, inputs.dataset)
+    time_index = chosen_transition(args, inputs.dataset, inputs.run)
     samples, source, x, _ = load_test_transitions(inputs, args.samples, time_index)
     dampings = sorted(set(DEFAULT_DAMPINGS) | ({damping} if damping > 0 else set()))
     with jax.enable_x64(True):

@@ -35,9 +35,10 @@ def split_trajectories(n: int, seed: int, fractions=(0.8, 0.1, 0.1)) -> dict[str
     return {name: np.sort(part).astype(np.int64) for name, part in zip(SPLITS, parts)}
 
 
-def first_per_file(sample_counts, k: int) -> np.ndarray:
-    """Dataset indices of the first ``k`` trajectories of each file (all where ``k`` is 0),
-    for files of ``sample_counts`` trajectories concatenated in order."""
+def first_of_each(sample_counts, k: int) -> np.ndarray:
+    """Dataset indices of the first ``k`` trajectories of each source (all where ``k`` is 0),
+    for sources of ``sample_counts`` trajectories concatenated in order. A source is one
+    ``--data`` entry: a file, or a directory or glob of shards (one PDEGym family)."""
     counts = np.asarray(sample_counts, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
     take = counts if not k else np.minimum(counts, k)
@@ -104,4 +105,4 @@ class TransitionSource:
         return x, y
 
 
-__all__ = ["SPLITS", "TransitionSource", "first_per_file", "split_trajectories"]
+__all__ = ["SPLITS", "TransitionSource", "first_of_each", "split_trajectories"]

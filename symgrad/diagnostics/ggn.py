@@ -26,6 +26,7 @@ import lineax as lx
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
+from symgrad.diagnostics._rows import bucket, pad_rows
 from symgrad.loss import smse_output_hessian_diag
 
 # output_hessian(pred, t) -> H t for a tangent t of the batched prediction.
@@ -193,8 +194,10 @@ class GaussNewtonBlocks:
 
     def __call__(self, block):
         block = jnp.asarray(block)
-        self.products += int(block.shape[0])
-        return _apply_blocks_jit(self._hessian, self._chunk, self.state, block)
+        k = int(block.shape[0])
+        self.products += k  # the vectors asked for; zero rows of padding cost time, not products
+        padded = pad_rows(block, bucket(k))  # few compiled shapes as blocks shrink (_rows.py)
+        return _apply_blocks_jit(self._hessian, self._chunk, self.state, padded)[:k]
 
     def with_damping(self, damping: float) -> "GaussNewtonBlocks":
         """The same linearisation with another damping (no new forward pass)."""

@@ -52,8 +52,9 @@ class TrainConfig:
     data_cache: str = _flag("", "convert the data once into a memory-mapped array in DIR and read batches from "
                             "it (~20x faster at 128x128; needs the data's uncompressed size on disk)",
                             group=_DATA, metavar="DIR")
-    trajectories_per_file: int = _flag(0, "use the first K trajectories of each data file (the study: 5000; "
-                                       "0 = all)", group=_DATA, metavar="K")
+    first_trajectories: int = _flag(0, "use the first K trajectories of each --data entry: a file, or a "
+                                    "directory or glob of shards such as one PDEGym family (the study: 5000; "
+                                    "0 = all)", group=_DATA, metavar="K")
     # () = all stored times; else the time indices used, increasing (the study: 16 of 21),
     # whose consecutive pairs are the transitions and whose span is the rollout
     time_indices: tuple[int, ...] = _flag((), "stored time indices to use, increasing (the study: 0 ... 15); "
@@ -110,8 +111,8 @@ class TrainConfig:
             problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.weight_decay < 0 or self.grad_clip_norm < 0 or self.warmup_steps < 0:
             problems.append("weight_decay, grad_clip_norm and warmup_steps must be >= 0")
-        if self.trajectories_per_file < 0:
-            problems.append(f"trajectories_per_file must be >= 0 (0 = all), got {self.trajectories_per_file}")
+        if self.first_trajectories < 0:
+            problems.append(f"first_trajectories must be >= 0 (0 = all), got {self.first_trajectories}")
         t = self.time_indices
         if t and (len(t) < 2 or min(t) < 0 or any(b <= a for a, b in zip(t, t[1:]))):
             problems.append(f"time_indices must be at least 2 increasing indices >= 0, got {list(t)}")

@@ -88,6 +88,15 @@ def _resolve_paths(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, data=tuple(paths), data_cache=cache)
 
 
+def _entry_counts(entries, dataset) -> list[int]:
+    """Trajectories per ``--data`` entry (a file, or a directory or glob of shards), from the
+    per-file counts of ``dataset``, which holds the entries' files in order."""
+    from symgrad.data.schema import expand_paths
+
+    per_file = iter(dataset.sample_counts)
+    return [sum(next(per_file) for _ in expand_paths([entry])) for entry in entries]
+
+
 def _square_resolution(resolution) -> int:
     r = np.atleast_1d(np.asarray(resolution)).astype(int)
     if np.any(r != r[0]):
@@ -177,7 +186,7 @@ def persistence_baseline(val_src, n_val: int, dataset, rollout_ids, times, sigma
 
 def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log) -> TrainResult:
     from symgrad.data.cache import open_cache
-    from symgrad.data.transitions import first_per_file
+    from symgrad.data.transitions import first_of_each
 
     config = _resolve_paths(config)
     primary = distributed.is_primary()
@@ -193,7 +202,7 @@ def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log)
         split = stored.split
     else:
         # The split is drawn over the selected trajectories and stored as dataset indices.
-        selected = first_per_file(dataset.sample_counts, config.trajectories_per_file)
+        selected = first_of_each(_entry_counts(config.data, dataset), config.first_trajectories)
         split = {k: selected[v] for k, v in
                  split_trajectories(selected.size, config.seed, config.split_fractions).items()}
     times = np.asarray(config.time_indices or range(dataset.n_times), dtype=np.int64)
@@ -252,7 +261,7 @@ def _train(config: TrainConfig, run_dir: Path, *, resume, force, overwrite, log)
     info = run.RunInfo(
         sigma=tuple(float(s) for s in sigma), split=split, n_samples=int(dataset.n_samples),
         n_times=int(dataset.n_times), time_indices=tuple(int(t) for t in times),
-        trajectories_per_file=int(config.trajectories_per_file), resolution=resolution,
+        first_trajectories=int(config.first_trajectories), resolution=resolution,
         data_paths=tuple(config.data), model={"name": config.model, "preset": config.preset, "config": model.config},
         n_train_transitions=len(train_src), steps_per_epoch=steps_per_epoch, weight_decay=config.weight_decay,
         n_devices=n_devices, n_processes=jax.process_count())

@@ -34,7 +34,8 @@ METRICS_NC = "metrics.nc"
 METRICS_CSV = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = "lock"  # symgrad.io.ExclusiveLock: one writer per run
-RUN_FORMAT_VERSION = 2  # 2: TrainState without epoch/position (they follow from the step)
+RUN_FORMAT_VERSION = 3  # 2: TrainState without epoch/position (they follow from the step);
+#                        3: first_trajectories (of each --data entry) replaces trajectories_per_file
 
 
 def read_json(path: str | Path, what: str):
@@ -62,7 +63,7 @@ class RunInfo:
     n_samples: int  # trajectories in the data files (all of them, selected or not)
     n_times: int  # stored times per trajectory
     time_indices: tuple[int, ...]  # the selected times; transitions are consecutive pairs
-    trajectories_per_file: int  # 0 = all
+    first_trajectories: int  # of each --data entry; 0 = all
     resolution: int
     data_paths: tuple[str, ...]
     model: dict[str, Any]  # {"name", "preset", "config"}: symgrad.models.build_from_config
@@ -101,6 +102,10 @@ class RunInfo:
 
 
 def read_config(run_dir: Path) -> TrainConfig:
+    """The run's training config; a run of an older format is refused by its run.json first,
+    with what to do, rather than by a config key this version no longer knows."""
+    if (run_dir / RUN_FILE).exists():
+        RunInfo.read(run_dir)
     return TrainConfig.from_dict(read_json(run_dir / CONFIG_FILE, "training config"))
 
 

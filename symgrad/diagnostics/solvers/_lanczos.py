@@ -26,29 +26,66 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symgrad.diagnostics._rows import bucket, pad_rows
+
 
 START_RANK_TOL = 1e-10
 
 
+# The kernels take blocks of rows whose count changes from step to step; their inputs are
+# padded with zero rows to a few sizes (symgrad.diagnostics._rows), so each compiles a few
+# times per solve instead of once per step, and the padding is cut off the result.
+
+
 @jax.jit
-def _project_out(w, q):
+def _project_out_kernel(w, q):
     return w - (w @ q.T) @ q
 
 
 @jax.jit
-def _gram(a, b):
+def _gram_kernel(a, b):
     return a @ b.T
 
 
 @jax.jit
-def _qr_rows(w):
+def _qr_kernel(w):
     q, r = jnp.linalg.qr(w.T)
     return q.T, r
 
 
 @jax.jit
-def _combine(coef, rows):
+def _combine_kernel(coef, rows):
     return coef @ rows
+
+
+def _padded(a):
+    return pad_rows(a, bucket(int(a.shape[0])))
+
+
+def _project_out(w, q):
+    """``w`` without its components along the orthonormal rows ``q``."""
+    return _project_out_kernel(_padded(w), _padded(q))[:w.shape[0]]
+
+
+def _gram(a, b):
+    return _gram_kernel(_padded(a), _padded(b))[:a.shape[0], :b.shape[0]]
+
+
+def _qr_rows(w):
+    """``w = R^T Q`` with orthonormal rows ``Q``; zero rows of padding after the data rows do
+    not change the first rows of Q nor the leading block of R (Householder QR works column
+    by column of ``w^T``)."""
+    s = int(w.shape[0])
+    q, r = _qr_kernel(_padded(w))
+    return q[:s], r[:s, :s]
+
+
+def _combine(coef, rows):
+    """``coef @ rows`` for a ``(m, s)`` coefficient matrix and ``(s, n)`` rows."""
+    coef = jnp.asarray(coef, rows.dtype)
+    m, s = int(coef.shape[0]), int(rows.shape[0])
+    padded = jnp.pad(coef, ((0, bucket(m) - m), (0, bucket(s) - s))) if (m, s) != (bucket(m), bucket(s)) else coef
+    return _combine_kernel(padded, _padded(rows))[:m]
 
 
 def rank_revealing_rows(w, tol_abs: float):
