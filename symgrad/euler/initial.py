@@ -42,7 +42,8 @@ def _is_int(x) -> bool:
 
 @dataclass(frozen=True)
 class RiemannConfig:
-    """Settings shared by the families; the defaults are those of CE-RP (straight interfaces).
+    """Settings shared by the families (straight interfaces by default); each family sets its
+    own state ranges below.
 
     partitions: ``p``, regions per direction (``p x p`` constant states).
     jitter: interface ``k`` at ``(k + 1/2 + U[-jitter, jitter]) / p``; must be < 1/2.
@@ -93,9 +94,21 @@ class RiemannConfig:
         return dataclasses.asdict(self)
 
 
+# The state ranges of the three families, fitted to the published PDEGym data: the density
+# and velocity ranges match the mean and spread of Poseidon's shared normalisation
+# constants, and each family's pressure range has its published mean pressure
+# (docs/initial-conditions.md, "Ranges"; docs/reproduction.md section 6 for the comparison).
+_PDEGYM_RHO = (0.26, 1.34)  # mean 0.80, std 0.31
+_PDEGYM_VELOCITY = 0.65  # std 0.375, between the published 0.391 (u) and 0.356 (v)
+
+
 @dataclass(frozen=True)
 class RPConfig(RiemannConfig):
     """CE-RP: random constant states on a ``p x p`` partition with straight interfaces."""
+
+    rho_range: tuple[float, float] = _PDEGYM_RHO
+    pressure_range: tuple[float, float] = (0.1, 0.33)  # mean 0.215
+    velocity_max: float = _PDEGYM_VELOCITY
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,9 @@ class CRPConfig(RiemannConfig):
     jitter: float = 0.15
     n_modes: int = 3
     amplitude: float = 0.12
+    rho_range: tuple[float, float] = _PDEGYM_RHO
+    pressure_range: tuple[float, float] = (0.1, 1.0)  # mean 0.55
+    velocity_max: float = _PDEGYM_VELOCITY
 
 
 @dataclass(frozen=True)
@@ -113,6 +129,9 @@ class RPUIConfig(RiemannConfig):
 
     n_modes: int = 10
     amplitude: float = 0.06
+    rho_range: tuple[float, float] = _PDEGYM_RHO
+    pressure_range: tuple[float, float] = (0.66, 2.0)  # mean 1.33
+    velocity_max: float = _PDEGYM_VELOCITY
 
 
 DEFAULT_CONFIGS = {"CE-RP": RPConfig(), "CE-CRP": CRPConfig(), "CE-RPUI": RPUIConfig()}
