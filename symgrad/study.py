@@ -15,6 +15,7 @@ the solvers' accuracy and the null-space share).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +41,10 @@ STATISTICS_TITLE = "symgrad study statistics"
 
 
 def model_label(model: str) -> str:
-    """How a model is named in figures and the report: ``UNet``, ``ViT``, ``G-CNN``, or its own name."""
-    base, _, rest = model.partition(" ")
-    return MODEL_NAMES.get(base, base) + (f" {rest}" if rest else "")
+    """How a model (a pooling key such as ``unet`` or ``unet-small``) is named in figures and
+    the report: ``UNet``, ``UNet-small``, or a user's model by its own name."""
+    base = re.split(r"[- ]", model, maxsplit=1)[0]
+    return MODEL_NAMES.get(base, base) + model[len(base):]
 
 
 def load_results(paths) -> list:
@@ -96,13 +98,13 @@ def _ordered(keys) -> list[str]:
     return sorted(set(keys), key=rank)
 
 
-def study_statistics(datasets) -> dict[tuple[str, str], "object"]:
+def study_statistics(datasets) -> dict:
     """``{(diagnostic, group): statistics dataset}`` from per-run result datasets.
 
     Each statistics dataset has coordinates ``model`` (pooling keys, :func:`_model_keys`),
     ``element`` and ``stat``; per pooled variable ``NAME`` a ``NAME_stats`` of dims
-    ``(model, element, stat)`` (or ``(model, stat)``); ``n_values`` (per model and variable
-    the number of pooled values), ``n_runs``, ``seeds`` and ``source_files`` per model."""
+    ``(model, element, stat)`` (or ``(model, stat)``) and a ``NAME_count`` (values pooled per
+    model and element); ``n_runs``, ``seeds`` and ``source_files`` per model."""
     import xarray as xr
 
     from symgrad.io import provenance
@@ -123,10 +125,12 @@ def study_statistics(datasets) -> dict[tuple[str, str], "object"]:
                         f"the {diagnostic} results of group {group} have different elements "
                         f"({ds.attrs['source_file']} against {first.attrs['source_file']}); run every "
                         "diagnostic of one group with the same --stride/--factors")
-        names = [n for n in DRAWN[diagnostic] + REFERENCES[diagnostic] if n in first]
+        names = [n for n in DRAWN[diagnostic] + REFERENCES[diagnostic]
+                 if any(n in ds for runs in models.values() for ds in runs)]
         data = {}
         for name in names:
-            per_element = "element" in first[name].dims
+            template = next(ds[name] for key in order for ds in models[key] if name in ds)
+            per_element = "element" in template.dims
             shape = (len(order), elements.size, len(TUKEY_STATS)) if per_element else (len(order), len(TUKEY_STATS))
             stats = np.full(shape, np.nan)
             counts = np.zeros(len(order), np.int64)
@@ -139,9 +143,9 @@ def study_statistics(datasets) -> dict[tuple[str, str], "object"]:
                 stats[m] = tukey_statistics(pooled, axis=-1)
                 counts[m] = pooled.shape[-1]
             dims = ("model", "element", "stat") if per_element else ("model", "stat")
-            attrs = {"long_name": f"Tukey statistics of {first[name].attrs.get('long_name', name)}, "
+            attrs = {"long_name": f"Tukey statistics of {template.attrs.get('long_name', name)}, "
                                   "pooled over the runs (seeds) and samples of each model",
-                     "units": first[name].attrs.get("units", "1")}
+                     "units": template.attrs.get("units", "1")}
             data[f"{name}_stats"] = (dims, stats, attrs)
             data[f"{name}_count"] = (("model",), counts, {"long_name": f"pooled values of {name} per element",
                                                           "units": "count"})

@@ -74,10 +74,11 @@ def test_console_entry_point_runs():
 
 
 def test_every_design_subcommand_is_registered():
-    # docs/design.md section 7: the command's interface, plus merge (the sweep's step that stacks results).
+    # docs/design.md section 7: the command's interface, plus merge (the sweep's step that stacks
+    # results) and report (the study's figures, tables and provenance in one document).
     names = [n for n, _ in cli._commands()]
     assert names == list(cli.SUBCOMMANDS)
-    assert set(names) == {"generate", "solve", "train", "equivariance", "overlap", "spectrum", "merge", "figures", "sweep", "info"}
+    assert set(names) == {"generate", "solve", "train", "equivariance", "overlap", "spectrum", "merge", "figures", "report", "sweep", "info"}
 
 
 def test_diagnostic_commands_offer_every_named_group():

@@ -69,9 +69,13 @@ def test_merge_stacks_runs_with_their_coordinates_and_keeps_every_value(results,
     assert "--overwrite" in capsys.readouterr().err
     figures = tmp_path / "figures"
     assert main(["figures", str(merged_path), "--out", str(figures), "--format", "png"]) == 0
-    names = sorted(p.name for p in figures.glob("*.png"))
-    assert "study_unet-tiny-seed0_equivariance_error.png" in names
-    assert "study_unet-tiny-seed1_orbit_error.png" in names
+    assert sorted(p.name for p in figures.glob("*.png")) == ["fig1_d4.png"]
+    # the merged file's two seeds are pooled into the one model they belong to
+    with xr.open_dataset(figures / "statistics_equivariance_d4.nc") as stats:
+        assert stats["model"].values.tolist() == ["unet"] and int(stats["n_runs"].sel(model="unet")) == 2
+        pooled = np.concatenate([merged["equivariance_error"].isel(run=i).sel(element="r").values for i in (0, 1)])
+        np.testing.assert_allclose(float(stats["equivariance_error_stats"].sel(model="unet", element="r", stat="median")),
+                                   np.median(pooled), rtol=1e-12)
 
 
 def test_merge_of_overlap_results(results, tmp_path):

@@ -161,6 +161,13 @@ def result_attrs(inputs: DiagnosticInputs, time_index: int, sample_source: str, 
     )
 
 
+def add_precision_argument(parser) -> None:
+    """``--precision``, the same for every diagnostic (``symgrad.diagnostics.precision``)."""
+    parser.add_argument("--precision", choices=names.PRECISIONS, default="float64",
+                        help="arithmetic of the model, its gradients and solves: parameters and data are cast "
+                             "(float64 reaches rtol 1e-6 at small lambda)")
+
+
 def chosen_transition(args, dataset, run_=None) -> int:
     """``--time``, or the default transition of the command's group and run (``names.default_transition``)."""
     if args.time is not None:

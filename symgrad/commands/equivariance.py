@@ -6,7 +6,7 @@ import argparse
 
 from symgrad import names
 from symgrad.commands._diagnostic_inputs import (
-    add_diagnostic_arguments, add_samples_argument, check_transition, chosen_transition, first_test_samples, load_inputs, locked_output,
+    add_diagnostic_arguments, add_precision_argument, add_samples_argument, check_transition, chosen_transition, first_test_samples, load_inputs, locked_output,
     result_attrs,
 )
 from symgrad.errors import SymgradError
@@ -25,8 +25,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_samples_argument(parser, None)
     parser.add_argument("--eval-chunk", type=int, default=names.EVAL_CHUNK, metavar="C",
                         help="model evaluations per compiled call (bounds memory)")
-    parser.add_argument("--precision", choices=names.PRECISIONS, default="float64",
-                        help="dtype the model and the errors are computed in (parameters and data are cast)")
+    add_precision_argument(parser)
 
 
 def run(args) -> int:

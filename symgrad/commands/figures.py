@@ -22,7 +22,8 @@ def add_figure_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", nargs="+", metavar="RESULT.nc",
                         help="result files of 'symgrad equivariance'/'overlap', or merged ones of 'symgrad merge'")
     parser.add_argument("--runs", nargs="+", default=[], metavar="RUN_DIR",
-                        help="run directories of 'symgrad train' whose training curves (metrics.nc) to draw")
+                        help="run directories of 'symgrad train' whose training curves (metrics.nc) to draw "
+                             "(default: none)")
     parser.add_argument("--format", nargs="+", default=list(names.DEFAULT_FIGURE_FORMATS), choices=names.FIGURE_FORMATS,
                         help="image formats")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from symgrad import names
 from symgrad.commands._diagnostic_inputs import (
-    add_diagnostic_arguments, add_samples_argument, chosen_transition, load_inputs, load_test_transitions, locked_output, result_attrs,
+    add_diagnostic_arguments, add_precision_argument, add_samples_argument, chosen_transition, load_inputs, load_test_transitions, locked_output, result_attrs,
 )
 from symgrad.errors import SymgradError
 
@@ -56,8 +56,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="random vectors of the spectrum probe stored with the result (0: no probe)")
     parser.add_argument("--grad-chunk", type=int, default=names.DEFAULT_GRAD_CHUNK, metavar="C",
                         help="per-example gradients computed C at a time (bounds memory)")
-    parser.add_argument("--precision", choices=names.PRECISIONS, default="float64",
-                        help="arithmetic of gradients and solves (float64 reaches rtol 1e-6 at small lambda)")
+    add_precision_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
