@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from symgrad.names import DEFAULT_FIGURE_FORMATS
-from symgrad.study import MODEL_ORDER, model_label
+from symgrad.study import MODEL_ORDER, model_label, ordered_models
 
 FORMATS = DEFAULT_FIGURE_FORMATS
 #: Okabe and Ito (2008), the colour-blind-safe palette; the study's models take the first three.
@@ -161,9 +161,7 @@ def _panels(stats_by_diagnostic: dict) -> list[tuple[object, str]]:
 
 
 def _all_models(datasets) -> list[str]:
-    from symgrad.study import _ordered
-
-    return _ordered([str(m) for ds in datasets for m in ds["model"].values])
+    return ordered_models([str(m) for ds in datasets for m in ds["model"].values])
 
 
 def group_figure(stats_by_diagnostic: dict, *, title: str = ""):

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from symgrad.results import identity
-from symgrad.study import DRAWN, model_label
+from symgrad.study import DRAWN, model_label, ordered_models
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -157,7 +157,7 @@ def build(stats: dict, datasets: Sequence, runs: Sequence = (), figures: dict | 
     datasets, ``(label, metrics)`` runs and ``{name: png path}`` figures."""
     figures = figures or {}
     groups = sorted({g for _, g in stats})
-    models = sorted({model_label(str(m)) for ds in stats.values() for m in ds["model"].values})
+    models = [model_label(m) for m in ordered_models([str(m) for ds in stats.values() for m in ds["model"].values])]
     blocks: list = [("h1", "symgrad report"),
                     ("p", f"{len(datasets)} result files; models {', '.join(models)}; groups {', '.join(groups)}."),
                     ("h2", "How to read this"), ("ul", HOW_TO_READ)]

@@ -90,7 +90,8 @@ def _model_keys(datasets) -> list[str]:
     return keys
 
 
-def _ordered(keys) -> list[str]:
+def ordered_models(keys) -> list[str]:
+    """Pooling keys in the study's order (UNet, ViT, G-CNN), other models after them by name."""
     def rank(k):
         base = k.split("-")[0].split(" ")[0]
         return (MODEL_ORDER.index(base) if base in MODEL_ORDER else len(MODEL_ORDER), k)
@@ -115,7 +116,7 @@ def study_statistics(datasets) -> dict:
         by_key.setdefault((identity(ds, "diagnostic"), identity(ds, "group")), {}).setdefault(key, []).append(ds)
     out = {}
     for (diagnostic, group), models in sorted(by_key.items()):
-        order = _ordered(models)
+        order = ordered_models(models)
         first = models[order[0]][0]
         elements = first["element"]
         for key in order:
