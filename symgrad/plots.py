@@ -350,15 +350,22 @@ def draw_statistics(stats: dict, out_dir, *, formats: Sequence[str] = FORMATS) -
 
 
 def figures(paths: Iterable, out_dir, *, runs: Sequence = (), formats: Sequence[str] = FORMATS) -> list[Path]:
-    """Everything ``symgrad figures`` writes: the pooled statistics files, the study
-    figures drawn from those files, a solver figure per chi overlap result, and the
-    training curves of ``runs`` (run directories). Returns the written paths."""
+    """Everything ``symgrad figures`` writes for result files ``paths`` and run directories
+    ``runs`` (see :func:`draw`). Returns the written paths."""
+    from symgrad import study
+
+    return draw(study.load_results(list(paths)), out_dir, runs=training_runs(runs), formats=formats)
+
+
+def draw(datasets, out_dir, *, runs: Sequence = (), formats: Sequence[str] = FORMATS) -> list[Path]:
+    """The pooled statistics files of the per-run result ``datasets``, the study figures
+    drawn from those files, a solver figure per chi overlap result, and the training curves
+    of ``runs`` (``(label, metrics)`` of :func:`training_runs`). Returns the written paths."""
     from symgrad import study
     from symgrad.results import identity
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    datasets = study.load_results(list(paths))
     stat_files = study.write_statistics(study.study_statistics(datasets), out_dir)
     written = list(stat_files)
     written += draw_statistics(study.read_statistics(stat_files), out_dir, formats=formats)
@@ -370,7 +377,7 @@ def figures(paths: Iterable, out_dir, *, runs: Sequence = (), formats: Sequence[
                                                     f"({label}), group {group}"),
                             out_dir / f"solver_{group}_{label}", formats)
     if runs:
-        written += save(training_figure(training_runs(runs)), out_dir / "training", formats)
+        written += save(training_figure(runs), out_dir / "training", formats)
     return written
 
 

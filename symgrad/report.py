@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from symgrad.io import decode_attr
 from symgrad.results import identity
 from symgrad.study import DRAWN, model_label, ordered_models
 
@@ -135,11 +135,8 @@ def _training_blocks(runs) -> list:
 def _provenance_blocks(datasets) -> list:
     rows = []
     for ds in datasets:
-        data = ds.attrs.get("data_files", "")
-        try:
-            data = ", ".join(Path(p).name for p in json.loads(data))
-        except (TypeError, ValueError):
-            pass
+        data = decode_attr(ds.attrs.get("data_files"), "")
+        data = ", ".join(Path(p).name for p in data) if isinstance(data, list) else data
         rows.append([Path(ds.attrs.get("source_file", "")).name, identity(ds, "diagnostic"), identity(ds, "group"),
                      f"{identity(ds, 'model')} {identity(ds, 'preset')} seed {identity(ds, 'seed')}",
                      str(ds.attrs.get("checkpoint_step", "")), str(data),
@@ -264,10 +261,11 @@ def write_report(result_paths, out_dir, *, runs: Sequence = (), formats: Sequenc
     out_dir = Path(out_dir)
     fig_dir = out_dir / FIGURES_DIR
     formats = ["png", *[f for f in formats if f != "png"]]  # the HTML embeds the PNGs
-    written = plots.figures(result_paths, fig_dir, runs=runs, formats=formats)
+    datasets, curves = study.load_results(list(result_paths)), plots.training_runs(runs)  # each read once
+    written = plots.draw(datasets, fig_dir, runs=curves, formats=formats)
     stats = study.read_statistics([p for p in written if p.suffix == ".nc"])
     figures = {p.stem: p for p in written if p.suffix == ".png"}
-    blocks = build(stats, study.load_results(result_paths), plots.training_runs(runs) if runs else (), figures)
+    blocks = build(stats, datasets, curves, figures)
     md, page = out_dir / REPORT_MD, out_dir / REPORT_HTML
     with atomic_write(md) as tmp:
         tmp.write_text(to_markdown(blocks, out_dir))

@@ -177,6 +177,21 @@ def _with_positions(ds):
     return ds
 
 
+def read_result(path):
+    """A result file, loaded into memory, or a ``SymgradError`` that says what to pass."""
+    import xarray as xr
+
+    path = Path(path)
+    if not path.is_file():
+        raise SymgradError(f"result file {path} does not exist; pass files written by "
+                           "'symgrad equivariance', 'overlap' or 'merge'")
+    try:
+        with xr.open_dataset(path) as ds:
+            return ds.load()
+    except (OSError, ValueError) as exc:
+        raise SymgradError(f"cannot read {path} as netCDF ({exc}); pass result files") from None
+
+
 def merge_results(paths):
     """One dataset from result files of one diagnostic and group (module docstring)."""
     import xarray as xr
@@ -188,13 +203,7 @@ def merge_results(paths):
         raise SymgradError("no result files given")
     datasets, keys = [], []
     for path in paths:
-        if not path.is_file():
-            raise SymgradError(f"result file {path} does not exist")
-        try:
-            with xr.open_dataset(path) as ds:
-                ds = ds.load()
-        except (OSError, ValueError) as exc:
-            raise SymgradError(f"cannot read {path} as netCDF ({exc}); pass result files") from None
+        ds = read_result(path)
         coords = _run_coords(ds, path)
         keys.append((identity(ds, "diagnostic"), identity(ds, "group")))
         ds = _with_positions(ds)

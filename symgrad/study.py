@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from symgrad.errors import SymgradError
-from symgrad.results import TUKEY_STATS, identity, split_runs, tukey_statistics
+from symgrad.results import TUKEY_STATS, identity, read_result, split_runs, tukey_statistics
 
 #: Per diagnostic, the per-sample variables the study's figures draw, in panel order.
 DRAWN: dict[str, tuple[str, ...]] = {
@@ -49,19 +49,10 @@ def model_label(model: str) -> str:
 
 def load_results(paths) -> list:
     """Every run's dataset of the given result files (merged files are split into runs)."""
-    import xarray as xr
-
     out = []
     for path in paths:
         path = Path(path)
-        if not path.is_file():
-            raise SymgradError(f"result file {path} does not exist; pass files written by "
-                               "'symgrad equivariance', 'overlap' or 'merge'")
-        try:
-            with xr.open_dataset(path) as ds:
-                ds = ds.load()
-        except (OSError, ValueError) as exc:
-            raise SymgradError(f"cannot read {path} as netCDF ({exc}); pass result files") from None
+        ds = read_result(path)
         if identity(ds, "diagnostic") not in DRAWN:
             raise SymgradError(f"{path} is not an equivariance or overlap result (its diagnostic is "
                                f"{identity(ds, 'diagnostic')!r}); pass files of those diagnostics")

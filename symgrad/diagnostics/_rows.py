@@ -26,3 +26,8 @@ def pad_rows(a, rows: int):
     """``a`` with zero rows appended up to ``rows``."""
     extra = rows - a.shape[0]
     return a if extra == 0 else jnp.pad(a, ((0, extra),) + ((0, 0),) * (a.ndim - 1))
+
+
+def pad_to_bucket(a):
+    """``a`` with zero rows appended up to ``bucket`` of its row count."""
+    return pad_rows(a, bucket(int(a.shape[0])))

@@ -26,7 +26,7 @@ import lineax as lx
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
-from symgrad.diagnostics._rows import bucket, pad_rows
+from symgrad.diagnostics._rows import pad_to_bucket
 from symgrad.loss import smse_output_hessian_diag
 
 # output_hessian(pred, t) -> H t for a tangent t of the batched prediction.
@@ -196,8 +196,8 @@ class GaussNewtonBlocks:
         block = jnp.asarray(block)
         k = int(block.shape[0])
         self.products += k  # the vectors asked for; zero rows of padding cost time, not products
-        padded = pad_rows(block, bucket(k))  # few compiled shapes as blocks shrink (_rows.py)
-        return _apply_blocks_jit(self._hessian, self._chunk, self.state, padded)[:k]
+        # few compiled shapes as blocks shrink (_rows.py)
+        return _apply_blocks_jit(self._hessian, self._chunk, self.state, pad_to_bucket(block))[:k]
 
     def with_damping(self, damping: float) -> "GaussNewtonBlocks":
         """The same linearisation with another damping (no new forward pass)."""

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from symgrad.diagnostics._rows import bucket, pad_rows
+from symgrad.diagnostics._rows import bucket, pad_to_bucket
 
 
 START_RANK_TOL = 1e-10
@@ -58,17 +58,13 @@ def _combine_kernel(coef, rows):
     return coef @ rows
 
 
-def _padded(a):
-    return pad_rows(a, bucket(int(a.shape[0])))
-
-
 def _project_out(w, q):
     """``w`` without its components along the orthonormal rows ``q``."""
-    return _project_out_kernel(_padded(w), _padded(q))[:w.shape[0]]
+    return _project_out_kernel(pad_to_bucket(w), pad_to_bucket(q))[:w.shape[0]]
 
 
 def _gram(a, b):
-    return _gram_kernel(_padded(a), _padded(b))[:a.shape[0], :b.shape[0]]
+    return _gram_kernel(pad_to_bucket(a), pad_to_bucket(b))[:a.shape[0], :b.shape[0]]
 
 
 def _qr_rows(w):
@@ -76,7 +72,7 @@ def _qr_rows(w):
     not change the first rows of Q nor the leading block of R (Householder QR works column
     by column of ``w^T``)."""
     s = int(w.shape[0])
-    q, r = _qr_kernel(_padded(w))
+    q, r = _qr_kernel(pad_to_bucket(w))
     return q[:s], r[:s, :s]
 
 
@@ -85,7 +81,7 @@ def _combine(coef, rows):
     coef = jnp.asarray(coef, rows.dtype)
     m, s = int(coef.shape[0]), int(rows.shape[0])
     padded = jnp.pad(coef, ((0, bucket(m) - m), (0, bucket(s) - s))) if (m, s) != (bucket(m), bucket(s)) else coef
-    return _combine_kernel(padded, _padded(rows))[:m]
+    return _combine_kernel(padded, pad_to_bucket(rows))[:m]
 
 
 def rank_revealing_rows(w, tol_abs: float):
