@@ -32,8 +32,10 @@ test-slurm: $(STAMP)
 	SLURM_CONF=$${SLURM_TEST_DIR:-/tmp/symgrad-slurm}/slurm.conf SYMGRAD_REQUIRE_SLURM=1 \
 	  $(BIN)/python -m pytest -q -m slurm tests/test_slurm.py
 
+# The whole study in miniature: a sweep (experiments/sweeps/demo.toml) into demo_out/, its
+# jobs run in this one process; a second run skips every finished job.
 demo: $(STAMP)
-	$(BIN)/python -m symgrad.demo --out demo_out
+	$(BIN)/symgrad sweep experiments/sweeps/demo.toml --in-process
 
 data: $(STAMP)
 	$(BIN)/symgrad generate --family CE-RP --trajectories 64 --resolution 64 --times 11 --t-final 0.5 --seed 0 --out $(DATA)
@@ -57,6 +59,8 @@ figures: $(STAMP)
 report: $(STAMP)
 	$(BIN)/symgrad report $(OUT)/results/*.nc $(if $(wildcard $(OUT)/runs/*),--runs $(wildcard $(OUT)/runs/*)) --out $(OUT)/report
 
+# Any sweep file: make sweep SWEEP=experiments/sweeps/paper.toml; the default (quick.toml) generates
+# out/data/ce-rp.nc as `make data` does when it is missing.
+SWEEP ?= experiments/sweeps/quick.toml
 sweep: $(STAMP)
-	@test -f out/data/ce-rp.nc || $(MAKE) data
-	$(BIN)/symgrad sweep experiments/sweeps/demo.toml
+	$(BIN)/symgrad sweep $(SWEEP)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symgrad.diagnostics import EquivarianceConfig
 from symgrad.diagnostics.equivariance import equivariance_errors
 from symgrad.groups import named_group
 from symgrad.io import git_commit, package_versions
@@ -67,7 +68,8 @@ def main(argv=None) -> int:
 
     def once():
         t0 = time.perf_counter()
-        ds = equivariance_errors(f, params, x, y, sigma, group, args.eval_chunk, precision=args.precision)
+        ds = equivariance_errors(f, params, x, y, sigma, group,
+                                 EquivarianceConfig(eval_chunk=args.eval_chunk, precision=args.precision))
         float(ds["equivariance_error"].sum())  # results are host numpy: the work is done
         return time.perf_counter() - t0, ds
 

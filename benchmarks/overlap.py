@@ -81,20 +81,23 @@ def worker(spec: dict) -> dict:
     """One solver on the shared batch (runs in a subprocess); returns its figures."""
     import numpy as np
 
-    from symgrad.commands._diagnostic_inputs import load_inputs, load_test_transitions
+    from symgrad import inputs as run_inputs
+    from symgrad.diagnostics import OverlapConfig
     from symgrad.diagnostics.overlap import compute_overlaps
     from symgrad.groups import named_group
 
-    inputs = load_inputs(spec["run"], None)
-    samples, _, x, y = load_test_transitions(inputs, spec["samples"], 0)
+    inputs = run_inputs.load(spec["run"])
+    samples, _, x, y = run_inputs.test_transitions(inputs, spec["samples"], 0)
     group = named_group(spec["group"], inputs.dataset.resolution)
-    run = inputs.run
+    trained = inputs.trained
     t0 = time.perf_counter()
-    ds = compute_overlaps(run.apply_fn, run.params, x, y, np.asarray(run.sigma), group, metric="chi",
-                          damping=spec["damping"], rtol=spec["rtol"], solver=spec["solver"],
-                          max_iterations=spec["max_iterations"], rhs_chunk_size=spec.get("rhs_chunk"),
-                          vectors_per_product=spec.get("product_chunk"),
-                          basis_memory=spec.get("basis_memory"), spectrum_vectors=spec["probe_vectors"],
+    basis = spec.get("basis_memory")
+    config = OverlapConfig(metric="chi", damping=spec["damping"], rtol=spec["rtol"], solver=spec["solver"],
+                           max_iterations=spec["max_iterations"], rhs_chunk=spec.get("rhs_chunk"),
+                           product_chunk=spec.get("product_chunk"),
+                           basis_memory=None if basis is None else basis / 2**30,  # bytes in the spec
+                           probe_vectors=spec["probe_vectors"])
+    ds = compute_overlaps(trained.apply_fn, trained.params, x, y, np.asarray(trained.sigma), group, config,
                           sample_ids=samples, progress=spec.get("progress", False))
     wall = time.perf_counter() - t0
     probe = int(ds.attrs.get("spectrum_probe_ggn_products", 0))

@@ -30,6 +30,7 @@ Also the spectrum itself: d_eff(lambda), the eigenvalues at ranks 1, 100, 1,000,
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -52,18 +53,18 @@ def spectral_replica(run_dir: str, n_samples: int, group_name: str, path: Path):
     import numpy as np
     from jax.flatten_util import ravel_pytree
 
-    from symgrad.commands._diagnostic_inputs import load_inputs, load_test_transitions
+    from symgrad import inputs as run_inputs
     from symgrad.diagnostics.gradients import per_example_gradients
     from symgrad.groups import named_group
     from symgrad.loss import smse_output_hessian_diag
 
     with jax.enable_x64(True):
-        inputs = load_inputs(run_dir, None)
-        _, _, x, y = load_test_transitions(inputs, n_samples, 0)
+        inputs = run_inputs.load(run_dir)
+        _, _, x, y = run_inputs.test_transitions(inputs, n_samples, 0)
         x, y = jnp.asarray(x, jnp.float64), jnp.asarray(y, jnp.float64)
-        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), inputs.run.params)
-        sigma = jnp.asarray(inputs.run.sigma, jnp.float64)
-        apply = inputs.run.apply_fn
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), inputs.trained.params)
+        sigma = jnp.asarray(inputs.trained.sigma, jnp.float64)
+        apply = inputs.trained.apply_fn
         group = named_group(group_name, x.shape[1])
         v = per_example_gradients(apply, params, x, y, sigma)
         blocks, names = [np.asarray(v)], []
@@ -103,7 +104,7 @@ def spectral_replica(run_dir: str, n_samples: int, group_name: str, path: Path):
 
 
 class DiagonalOperator:
-    """``lambda I + G`` in the eigenbasis of G: the operator interface of ``GaussNewtonBlocks``."""
+    """``lambda I + G`` in the eigenbasis of G: a ``symgrad.diagnostics.solvers.ChiOperator``."""
 
     def __init__(self, diagonal, damping):
         import jax.numpy as jnp
@@ -113,16 +114,28 @@ class DiagonalOperator:
         self.dtype = self._a.dtype
         self.n_params = int(self._a.shape[0])
         self.products = 0
-        self.state = (self._a,)
-        self.traced_product = DiagonalOperator.apply
-
-    @staticmethod
-    def apply(state, block):
-        return state[0] * block
 
     def __call__(self, block):
         self.products += int(block.shape[0])
         return self._a * block
+
+    def rounding(self):  # one rounding per entry of a * z
+        import numpy as np
+
+        return float(np.finfo(np.float64).eps * np.max(np.abs(np.asarray(self._a))))
+
+    def loop(self, body, *args):
+        outputs, used = _diagonal_loop(body)(self._a, *args)
+        self.products += int(used)
+        return outputs
+
+
+@functools.lru_cache(maxsize=None)
+def _diagonal_loop(body):
+    """``body`` (a ``ChiOperator.loop`` body) jitted over the diagonal operator, once per body."""
+    import jax
+
+    return jax.jit(lambda a, *args: body(lambda block: a * block, *args))
 
 
 def main(argv=None) -> int:
@@ -145,6 +158,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     from symgrad.diagnostics.overlap import solve_overlaps
+    from symgrad.diagnostics.solvers import CG, BlockLanczos
 
     tag = f"{Path(args.run).name}-n{args.samples}-{args.group}"
     rep = spectral_replica(args.run, args.samples, args.group, CACHE / f"spectral-{tag}.npz")
@@ -161,17 +175,17 @@ def main(argv=None) -> int:
     null_share = np.sum(r_null**2, axis=0) / lam / quad  # exactly from null(G)
     soft_share = lam * np.sum((np.asarray(coords) / diag[None, :]) ** 2, axis=1) / quad  # what the result files report
     variants = {
-        "cg (baseline)": dict(solver="cg", max_iterations=args.baseline_iterations),
-        "block, local reorthogonalisation only": dict(solver="block", basis_memory=0),
-        "block, 1000-vector prefix": dict(solver="block", basis_memory=1000 * diag.size * 8),
-        "block, 2000-vector prefix": dict(solver="block", basis_memory=2000 * diag.size * 8),
-        "block, full basis": dict(solver="block", basis_memory=None),
-        "block, full basis, one chunk per element": dict(solver="block", basis_memory=None, rhs_chunk_size=n),
+        "cg (baseline)": dict(solver=CG(max_steps=args.baseline_iterations)),
+        "block, local reorthogonalisation only": dict(solver=BlockLanczos(basis_bytes=0)),
+        "block, 1000-vector prefix": dict(solver=BlockLanczos(basis_bytes=1000 * diag.size * 8)),
+        "block, 2000-vector prefix": dict(solver=BlockLanczos(basis_bytes=2000 * diag.size * 8)),
+        "block, full basis": dict(solver=BlockLanczos()),
+        "block, full basis, one chunk per element": dict(solver=BlockLanczos(), rhs_chunk=n),
     }
     top = np.argsort(-diag)[:1000]
     rest = np.setdiff1d(np.arange(diag.size), top)
     variants["block, local reorthogonalisation, exact top 1000 eigenvectors deflated"] = dict(
-        solver="block", basis_memory=0, keep=rest)
+        solver=BlockLanczos(basis_bytes=0), keep=rest)
     rows = {}
     for label, kw in variants.items():
         keep = kw.pop("keep", None)

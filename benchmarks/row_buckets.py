@@ -38,7 +38,7 @@ if sys.argv[1] == "off":
     ggn.bucket = lanczos.bucket = lambda k: k   # every block its own size
 
 from symgrad import euler, groups, models
-from symgrad.diagnostics import compute_overlaps
+from symgrad.diagnostics import OverlapConfig, compute_overlaps
 from symgrad.loss import channel_scales
 
 q = euler.solve(euler.sample_initial("CE-RP", jax.random.key(0), 4, 16), jnp.array([0.0, 0.05])).states
@@ -49,8 +49,8 @@ params = model.init(jax.random.key(1))
 f = models.surrogate_apply(model.apply, sigma)
 before = dict(compiles)
 t0 = time.perf_counter()
-ds = compute_overlaps(f, params, x, y, sigma, groups.named_group("d4"), damping=1e-6, rtol=1e-6,
-                      x_curvature=x[:1], progress=False)
+ds = compute_overlaps(f, params, x, y, sigma, groups.named_group("d4"),
+                      OverlapConfig(damping=1e-6, rtol=1e-6, curvature_samples=1), progress=False)
 print(json.dumps({"seconds": time.perf_counter() - t0, "compiles": compiles["n"] - before["n"],
                   "compile_seconds": compiles["seconds"] - before["seconds"],
                   "ggn_products": int(ds.attrs["ggn_products"]), "n_flagged": int(ds.attrs["n_flagged"]),

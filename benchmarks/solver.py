@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from symgrad.euler import SolverConfig, conservative_to_primitive, max_stable_dt, sample_initial, step
+from symgrad.euler import EulerConfig, conservative_to_primitive, max_stable_dt, sample_initial, step
 
 RECORD = Path(__file__).resolve().parent / "records" / "solver.json"
 
@@ -134,7 +134,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    config = SolverConfig(rk_stages=args.rk_stages, reconstruction=args.reconstruction)
+    config = EulerConfig(rk_stages=args.rk_stages, reconstruction=args.reconstruction)
     q0, ours = benchmark_symgrad(args.resolution, args.batch, args.steps, args.repeats, config)
     device = jax.devices()[0]
     record = {

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from symgrad import euler, groups
-from symgrad.diagnostics import compute_overlaps, equivariance_errors
+from symgrad.diagnostics import OverlapConfig, compute_overlaps, equivariance_errors
 from symgrad.loss import channel_scales, smse
 from symgrad.models import surrogate_apply
 
@@ -77,7 +77,7 @@ def main(steps: int = 60, samples: int = 3):
     print(f"test SMSE {float(eq['test_error'].mean()):.4g} against persistence SMSE(x, y) "
           f"{float(eq['persistence_error'].mean()):.4g}")
 
-    ov = compute_overlaps(f, params, x_test, y_test, sigma, d4, metric="both", damping=1e-6, rtol=1e-6)
+    ov = compute_overlaps(f, params, x_test, y_test, sigma, d4, OverlapConfig(metric="both", damping=1e-6, rtol=1e-6))
     print(f"overlaps ({ov.attrs['dtype']}, {ov.attrs['ggn_products']} Gauss-Newton products, "
           f"{ov.attrs['n_flagged']} values not certified): median chi cosine per element "
           + ", ".join(f"{e}: {v:.3f}" for e, v in zip(ov["element"].values,

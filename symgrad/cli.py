@@ -1,7 +1,7 @@
 """The ``symgrad`` command. Each subcommand lives in ``symgrad/commands/<name>.py``.
 
 A command module defines ``HELP`` (one line), ``register(parser)`` (adds its arguments)
-and ``run(args) -> int``. Heavy imports (jax, xarray) happen inside ``run`` so that
+and ``execute(args) -> int``. Heavy imports (jax, xarray) happen inside ``execute`` so that
 ``symgrad --help`` answers at once.
 """
 
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=HelpFormatter,
         )
         module.register(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_execute=module.execute)
     return parser
 
 
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with running_command(argv):
-            return int(args._run(args) or 0)
+            return int(args._execute(args) or 0)
     except SymgradError as exc:
         print(f"symgrad {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -382,23 +382,7 @@ def draw(datasets, out_dir, *, runs: Sequence = (), formats: Sequence[str] = FOR
 
 
 def training_runs(run_dirs) -> list[tuple[str, object]]:
-    """``(label, metrics dataset)`` of each run directory (``RUN_DIR/metrics.nc``), labelled
-    by the model and preset of the training config stored in the file."""
-    import json
+    """``(label, metrics dataset)`` of each run directory: :func:`symgrad.train.metrics.read_runs`."""
+    from symgrad.train.metrics import read_runs
 
-    import xarray as xr
-
-    from symgrad.errors import SymgradError
-    from symgrad.train.run import METRICS_NC
-
-    out = []
-    for d in run_dirs:
-        path = Path(d) / METRICS_NC
-        if not path.is_file():
-            raise SymgradError(f"{d} has no {METRICS_NC}; pass run directories of 'symgrad train' "
-                               "that finished at least one epoch")
-        with xr.open_dataset(path) as ds:
-            ds = ds.load()
-        config = json.loads(ds.attrs.get("config", "{}"))
-        out.append((f"{config.get('model', '?')} {config.get('preset', '?')} ({Path(d).name})", ds))
-    return out
+    return read_runs(run_dirs)

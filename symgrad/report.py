@@ -257,11 +257,12 @@ def write_report(result_paths, out_dir, *, runs: Sequence = (), formats: Sequenc
     ``out_dir``; returns the paths of the two reports."""
     from symgrad import plots, study
     from symgrad.io import atomic_write
+    from symgrad.train.metrics import read_runs
 
     out_dir = Path(out_dir)
     fig_dir = out_dir / FIGURES_DIR
     formats = ["png", *[f for f in formats if f != "png"]]  # the HTML embeds the PNGs
-    datasets, curves = study.load_results(list(result_paths)), plots.training_runs(runs)  # each read once
+    datasets, curves = study.load_results(list(result_paths)), read_runs(runs)  # each read once
     written = plots.draw(datasets, fig_dir, runs=curves, formats=formats)
     stats = study.read_statistics([p for p in written if p.suffix == ".nc"])
     figures = {p.stem: p for p in written if p.suffix == ".png"}

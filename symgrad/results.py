@@ -95,7 +95,7 @@ def element_coord(group) -> tuple:
 def finish_result(ds, *, diagnostic: str, group: str, title: str, attrs: dict | None = None, stats_of=()):
     """``ds`` in the schema of every result file (module docstring).
 
-    ``attrs`` are the provenance (``symgrad.commands._diagnostic_inputs.result_attrs`` or
+    ``attrs`` are the provenance (``symgrad.inputs.provenance`` or
     the caller's own); its ``model``, ``preset``, ``seed`` and ``family`` become the scalar
     coordinates (``"unknown"`` and -1 where a caller of the Python API has no run).
     ``stats_of`` names the per-sample variables (last dimension ``sample``) that get a

@@ -1,30 +1,42 @@
 """Sweeps: expand a study definition (TOML) into jobs, run them locally or on SLURM.
 
-A sweep is a grid of training runs (model x preset x seed) followed, for each run, by
+A sweep is optionally the generation of its data (``[generate]``: ``symgrad generate``),
+then a grid of training runs (model x preset x seed) followed, for each run, by
 diagnostics (equivariance / overlap) per group, then one merged dataset per diagnostic and
 group (``symgrad merge``), then the report (``symgrad report``: figures, tables and
 provenance) of those and of the runs' training curves. Jobs are plain ``symgrad`` command
 lines; each one's output path is known in advance, so a re-run skips what is already
-finished (every symgrad output is written atomically, so "exists" means "complete").
+finished (every symgrad output is written atomically, so "exists" means "complete"; a
+training run or a report, whose output is a directory, is finished when its ``DONE`` file
+exists). That is the only notion of done: ``make demo`` is such a sweep too
+(``experiments/sweeps/demo.toml``).
+
+Options of one model or one group go in a sub-table named after it, e.g. ``[train.vit]``
+or ``[overlap.translate-x]``; they override the table's own options for that model's or
+group's jobs.
 
 Every diagnostic reads all the sweep's ``data`` (the files its run was trained on): a
 run's test split is drawn over those files' trajectories, so the test trajectories exist
 only in them. String options may name the run's ``{model}``, ``{preset}`` and ``{seed}``,
-e.g. ``[train] config = "experiments/paper-{model}.toml"``.
+e.g. ``[train] config = "experiments/paper-{model}.toml"``; ``data`` and
+``compilation_cache`` may name the sweep's ``{out}``.
 
-Relative paths of a sweep file (``out``, ``data``, ``[train] config``) are resolved once, against the directory
-``symgrad sweep`` runs in, so that the commands and the SLURM scripts hold absolute paths
+Relative paths of a sweep file (``out``, ``data``, ``compilation_cache``, ``[train] config``) are resolved once,
+against the directory ``symgrad sweep`` runs in, so that the commands and the SLURM scripts hold absolute paths
 and work from any directory.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import shlex
 import subprocess
 import sys
+import time
 import tomllib
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,10 +69,12 @@ class Sweep:
     seeds: tuple[int, ...]
     groups: tuple[str, ...]
     diagnostics: tuple[str, ...]
-    train_args: dict = field(default_factory=dict)
-    equivariance_args: dict = field(default_factory=dict)
+    train_args: dict = field(default_factory=dict)  # sub-tables: options of one model
+    equivariance_args: dict = field(default_factory=dict)  # sub-tables: of one model or one group
     overlap_args: dict = field(default_factory=dict)
     slurm: dict = field(default_factory=dict)
+    generate_args: dict | None = None  # flags of `symgrad generate`, which writes data[0]; None: no such job
+    compilation_cache: str | None = None  # JAX's persistent compilation cache of every job
 
 
 def _as_tuple(table: dict, key: str, path: Path, default=None) -> tuple:
@@ -72,7 +86,8 @@ def _as_tuple(table: dict, key: str, path: Path, default=None) -> tuple:
     return tuple(value) if isinstance(value, list) else (value,)
 
 
-def load_sweep(path: str | Path) -> Sweep:
+def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
+    """The sweep defined by the file ``path``; ``out`` replaces its ``[sweep] out``."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
@@ -91,27 +106,64 @@ def load_sweep(path: str | Path) -> Sweep:
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise SymgradError(f"sweep file {path}: name {name!r} may hold only letters, digits, '.', '_' and '-' "
                            "(it names the SLURM jobs)")
-    out = Path(table.get("out", f"out/sweeps/{name}")).absolute()
+    out = Path(out if out is not None else table.get("out", f"out/sweeps/{name}")).absolute()
+
+    def resolve(text) -> str:  # "{out}" is the sweep's output directory
+        return str(Path(str(text).replace("{out}", str(out))).absolute())
+
+    data = tuple(resolve(d) for d in _as_tuple(table, "data", path))
+    models = _as_tuple(table, "models", path)
+    groups = _as_tuple(table, "groups", path, ("d4",))
+    generate = raw.get("generate")
+    if generate is not None:
+        if not isinstance(generate, dict) or any(isinstance(v, dict) for v in generate.values()):
+            raise SymgradError(f"sweep file {path}: [generate] holds the options of 'symgrad generate' "
+                               "and no sub-tables")
+        if "out" in generate or len(data) != 1:
+            raise SymgradError(f"sweep file {path}: [generate] writes the sweep's data, so [sweep] data must name "
+                               "exactly one file and [generate] has no 'out'")
+    options = {}
+    for section, allowed in (("train", models), ("equivariance", models + groups), ("overlap", models + groups)):
+        options[section] = dict(raw.get(section, {}))
+        for key, value in options[section].items():
+            if isinstance(value, dict) and key not in allowed:
+                what = "a model" if section == "train" else "a model or a group"
+                raise SymgradError(f"sweep file {path}: [{section}.{key}] does not name {what} of this sweep "
+                                   f"({', '.join(allowed)}); options of one {what.removeprefix('a ')} go in "
+                                   f"[{section}.<name>]")
+    cache = table.get("compilation_cache")
     return Sweep(
         name=name,
         out=out,
-        data=tuple(str(Path(d).absolute()) for d in _as_tuple(table, "data", path)),
-        models=_as_tuple(table, "models", path),
+        data=data,
+        models=models,
         presets=_as_tuple(table, "presets", path, ("tiny",)),
         seeds=tuple(int(s) for s in _as_tuple(table, "seeds", path, (0,))),
-        groups=_as_tuple(table, "groups", path, ("d4",)),
+        groups=groups,
         diagnostics=diagnostics,
-        train_args=_with_absolute_config(dict(raw.get("train", {}))),
-        equivariance_args=dict(raw.get("equivariance", {})),
-        overlap_args=dict(raw.get("overlap", {})),
+        train_args=_with_absolute_config(options["train"]),
+        equivariance_args=options["equivariance"],
+        overlap_args=options["overlap"],
         slurm=dict(raw.get("slurm", {})),
+        generate_args=None if generate is None else dict(generate),
+        compilation_cache=None if cache is None else resolve(cache),
     )
 
 
 def _with_absolute_config(options: dict) -> dict:
-    if isinstance(options.get("config"), str):
-        options["config"] = str(Path(options["config"]).absolute())
+    for table in (options, *(v for v in options.values() if isinstance(v, dict))):
+        if isinstance(table.get("config"), str):
+            table["config"] = str(Path(table["config"]).absolute())
     return options
+
+
+def _for_job(options: dict, *names: str) -> dict:
+    """The table's own options, overridden by those of its sub-tables ``names`` (the job's
+    model, then its group)."""
+    merged = {key: value for key, value in options.items() if not isinstance(value, dict)}
+    for name in names:
+        merged.update(options.get(name, {}))
+    return merged
 
 
 def _filled(options: dict, **run) -> dict:
@@ -145,9 +197,15 @@ def _flags(options: dict) -> list[str]:
 
 
 def expand(sweep: Sweep) -> list[Job]:
-    """All jobs of a sweep, each training run before the diagnostics that read it."""
+    """All jobs of a sweep: the data's generation (if any) first, each training run before
+    the diagnostics that read it."""
     jobs: list[Job] = []
     run_dirs = []
+    needs_data: tuple[str, ...] = ()
+    if sweep.generate_args is not None:
+        jobs.append(Job(name="generate", argv=("generate", *_flags(sweep.generate_args), "--out", sweep.data[0]),
+                        output=sweep.data[0], kind="generate"))
+        needs_data = ("generate",)
     for model, preset, seed in itertools.product(sweep.models, sweep.presets, sweep.seeds):
         run_name = f"{model}-{preset}-seed{seed}"
         run_dir = sweep.out / "runs" / run_name
@@ -156,8 +214,10 @@ def expand(sweep: Sweep) -> list[Job]:
         train = Job(
             name=f"train-{run_name}",
             argv=("train", "--model", model, "--preset", preset, "--data", *sweep.data,
-                  "--out", str(run_dir), "--seed", str(seed), *_flags(_filled(sweep.train_args, **fill))),
+                  "--out", str(run_dir), "--seed", str(seed),
+                  *_flags(_filled(_for_job(sweep.train_args, model), **fill))),
             output=str(run_dir / "DONE"),
+            depends_on=needs_data,
             kind="train",
         )
         jobs.append(train)
@@ -167,7 +227,7 @@ def expand(sweep: Sweep) -> list[Job]:
             jobs.append(Job(
                 name=f"{diagnostic}-{group}-{run_name}",
                 argv=(diagnostic, "--run", str(run_dir), "--group", group, "--data", *sweep.data,
-                      "--out", str(result), *_flags(_filled(extra, **fill))),
+                      "--out", str(result), *_flags(_filled(_for_job(extra, model, group), **fill))),
                 output=str(result),
                 depends_on=(train.name,),
                 kind=diagnostic,
@@ -198,30 +258,74 @@ def expand(sweep: Sweep) -> list[Job]:
 _MARKED_DONE = ("train", "report")
 
 
-def run_local(jobs: list[Job], *, executable: list[str] | None = None, echo=print) -> int:
-    """Run jobs one after another; skip finished ones; stop at the first failure."""
+def _echo(message: str) -> None:
+    print(message, flush=True)  # before the job's own output
+
+
+def _call_in_process(argv) -> int:
+    from symgrad import cli
+
+    try:
+        return cli.main(list(argv))
+    except SystemExit as exc:  # argparse's --help, or a command that exits
+        return exc.code if isinstance(exc.code, int) else 1
+    except Exception:  # a bug in one job: report it, carry on with the jobs that do not need it
+        traceback.print_exc()
+        return 1
+
+
+def run_local(jobs: list[Job], *, executable: list[str] | None = None, in_process: bool = False,
+              echo=_echo) -> int:
+    """Run jobs one after another; skip finished ones; a failed job skips the jobs that need
+    it; exit status 1 at the end if any failed.
+
+    Each job runs as ``executable ARGV`` (default ``python -m symgrad``), or, with
+    ``in_process``, as ``symgrad.cli.main(ARGV)`` in this process: one JAX start-up for all
+    jobs, which pays for small sweeps such as the demo."""
     executable = executable or [sys.executable, "-m", "symgrad"]
     failed: set[str] = set()
+    start = time.perf_counter()
     for i, job in enumerate(jobs, 1):
+        head = f"[{i}/{len(jobs)}] {job.name}"
         if Path(job.output).exists():
-            echo(f"[{i}/{len(jobs)}] {job.name}: done already ({job.output})")
+            echo(f"{head}: done already ({job.output})")
             continue
         if failed.intersection(job.depends_on):
-            echo(f"[{i}/{len(jobs)}] {job.name}: skipped, a job it needs failed")
+            echo(f"{head}: skipped, a job it needs failed")
             failed.add(job.name)  # and so are the jobs that need this one
             continue
-        echo(f"[{i}/{len(jobs)}] {job.name}: {job.command()}")
-        rc = subprocess.call([*executable, *job.argv])
+        echo(f"\n=== {head}  ({time.perf_counter() - start:.0f} s so far)\n$ {job.command()}")
+        t0 = time.perf_counter()
+        rc = _call_in_process(job.argv) if in_process else subprocess.call([*executable, *job.argv])
+        if rc == 130:  # interrupted (Ctrl-C): stop the sweep, not just this job
+            raise KeyboardInterrupt
         if rc == EXIT_PREEMPTED:
-            echo(f"[{i}/{len(jobs)}] {job.name}: pre-empted; its progress is saved, rerun the sweep to continue")
+            echo(f"{head}: pre-empted; its progress is saved, rerun the sweep to continue")
             failed.add(job.name)
         elif rc != 0:
-            echo(f"[{i}/{len(jobs)}] {job.name}: failed with exit status {rc}")
+            echo(f"{head}: failed with exit status {rc}")
             failed.add(job.name)
-        elif job.kind in _MARKED_DONE:
-            Path(job.output).parent.mkdir(parents=True, exist_ok=True)
-            Path(job.output).touch()
+        else:
+            if job.kind in _MARKED_DONE:
+                Path(job.output).parent.mkdir(parents=True, exist_ok=True)
+                Path(job.output).touch()
+            echo(f"({time.perf_counter() - t0:.1f} s)")
+    echo(f"\n{len(jobs)} jobs, {len(failed)} failed or skipped, in {time.perf_counter() - start:.0f} s")
     return 1 if failed else 0
+
+
+def use_compilation_cache(directory: str | Path) -> None:
+    """Keep JAX's compiled programs in ``directory`` for this process and the jobs it starts,
+    unless ``JAX_COMPILATION_CACHE_DIR`` is set already. Call it before JAX compiles anything."""
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(directory))
+    # Only programs that take a while to compile: the demo's chi solves share most of them.
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    if "jax" in sys.modules:  # imported already: it has read the environment
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                          float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
 _SLURM_DEFAULTS = {"partition": "gpu", "nodes": 1, "gpus_per_node": 1, "cpus_per_task": 8,
@@ -269,7 +373,8 @@ def _units(jobs: list[Job]) -> list[_Unit]:
     return units
 
 
-def slurm_script(unit: _Unit, slurm: dict, log_dir: Path, *, sweep_name: str, workdir: Path) -> str:
+def slurm_script(unit: _Unit, slurm: dict, log_dir: Path, *, sweep_name: str, workdir: Path,
+                 compilation_cache: str | None = None) -> str:
     """An sbatch script for one job or one job array. Training runs one process per GPU over
     all nodes (``srun``): symgrad's training calls ``jax.distributed.initialize`` from the
     SLURM environment, so every process feeds its own shard of the global batch. Paths are
@@ -278,9 +383,9 @@ def slurm_script(unit: _Unit, slurm: dict, log_dir: Path, *, sweep_name: str, wo
     executable = s["executable"] or shlex.join([sys.executable, "-m", "symgrad"])
     is_train = unit.kind == "train"
     nodes = int(s["nodes"]) if is_train else 1
-    # Training takes every GPU asked for; a diagnostic one; merging and drawing none.
-    gpus = {"train": int(s["gpus_per_node"]), **{d: min(1, int(s["gpus_per_node"])) for d in _DIAGNOSTICS}}.get(
-        unit.kind, 0)
+    # Training takes every GPU asked for; a diagnostic or the generation one; merging and drawing none.
+    gpus = {"train": int(s["gpus_per_node"]),
+            **{d: min(1, int(s["gpus_per_node"])) for d in (*_DIAGNOSTICS, "generate")}}.get(unit.kind, 0)
     tasks = max(1, gpus) if is_train else 1
     lines = [
         "#!/usr/bin/env bash",
@@ -306,6 +411,8 @@ def slurm_script(unit: _Unit, slurm: dict, log_dir: Path, *, sweep_name: str, wo
     lines.append("set -euo pipefail")
     if s["setup"]:
         lines.append(str(s["setup"]))
+    if compilation_cache:
+        lines.append(f'export JAX_COMPILATION_CACHE_DIR="${{JAX_COMPILATION_CACHE_DIR:-{compilation_cache}}}"')
     # A pre-empted command (exit EXIT_PREEMPTED: train has checkpointed, overlap kept its
     # finished chunks) requeues its job or array task, which then continues the work.
     lines += [
@@ -347,7 +454,8 @@ def write_slurm(jobs: list[Job], sweep: Sweep, directory: str | Path) -> Path:
     for unit in _units(jobs):
         script = directory / f"{unit.name}.sbatch"
         with atomic_write(script) as tmp:  # a rerun after a crash never submits half a script
-            tmp.write_text(slurm_script(unit, sweep.slurm, log_dir, sweep_name=sweep.name, workdir=workdir))
+            tmp.write_text(slurm_script(unit, sweep.slurm, log_dir, sweep_name=sweep.name, workdir=workdir,
+                                        compilation_cache=sweep.compilation_cache))
         slurm_name = f"{sweep.name}-{unit.name}"
         deps = " ".join(f'${{JOB[{d}]:-}}' for d in unit.depends_on)
         submit.append(f"# {unit.name}")

@@ -33,6 +33,7 @@ MEANINGS = {
     "--runs": "run directories of 'symgrad train'",
     "--format": "image formats",
     "--probe-vectors": "random vectors of the spectrum probe",
+    "--lanczos-steps": "block Lanczos steps",
     "--seed": "random seed",
     "--model": "architecture",
     "--preset": "model size",

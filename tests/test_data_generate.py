@@ -111,7 +111,7 @@ def test_existing_output(reference, tmp_path):
     mtime = reference.stat().st_mtime_ns
     assert generate_dataset(reference, "CE-RP", N, RES, seed=11, **ARGS) == reference  # up to date
     assert reference.stat().st_mtime_ns == mtime
-    with pytest.raises(SymgradError, match="exists.*--overwrite"):
+    with pytest.raises(SymgradError, match="exists.*set overwrite"):
         generate_dataset(reference, "CE-RP", N, RES, seed=12, **ARGS)
 
 
@@ -143,20 +143,20 @@ def test_failed_trajectory_is_reported_not_written(reference, tmp_path):
     # The reader refuses it before the solver runs: no solver advice for bad input.
     with pytest.raises(SymgradError, match=r"pressure <= 0 at sample 1 .*time index 0, cell \(3, 5\)") as exc:
         solve_dataset(init, tmp_path / "bad.nc", **ARGS)
-    assert "--cfl" not in str(exc.value)
+    assert "smaller cfl" not in str(exc.value)
     assert not (tmp_path / "bad.nc").exists()
 
 
 def test_resample_policy_replaces_failed_initial_state(reference):
     """White-box: a job whose trajectory 1 starts non-physical gets it redrawn."""
-    from symgrad.euler import SolverConfig
+    from symgrad.euler import EulerConfig
 
     good = open_dataset(reference).states([0, 2], [0])[:, 0]
     bad = good.copy()
     bad[1, ..., 3] = -1.0
     job = gen._Job(
         spec={}, n_trajectories=2, times=np.array([0.0, 0.01, 0.02]), resolution=(RES, RES), gamma=1.4,
-        chunk_size=2, solver_config=SolverConfig(), float64=False,
+        chunk_size=2, euler_config=EulerConfig(), float64=False,
         initial=lambda a, b: bad[a:b], resample=lambda traj, attempt: np.repeat(good[1:2], len(traj), 0), attrs={},
     )
     states, resampled = gen._solve_chunk(job, 0, 2)
@@ -166,4 +166,4 @@ def test_resample_policy_replaces_failed_initial_state(reference):
     job = gen._Job(**{**job.__dict__, "resample": None})
     with pytest.raises(SymgradError, match="trajectory 1: non-physical.*t=0") as exc:
         gen._solve_chunk(job, 0, 2)
-    assert "initial states are not physical" in str(exc.value) and "--cfl" not in str(exc.value)
+    assert "initial states are not physical" in str(exc.value) and "smaller cfl" not in str(exc.value)

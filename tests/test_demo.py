@@ -1,21 +1,23 @@
-"""The demo's own steps: its surrogates beat the persistence baseline on the test transitions.
+"""The demo (``make demo``): the sweep ``experiments/sweeps/demo.toml``.
 
-The default suite runs the demo's data, its ViT (the weakest of its three models) and that
-model's D4 equivariance, exactly as `make demo` does; the slow test runs the whole demo and
-checks every model, every certified value and the report.
+The default suite runs the demo's own jobs for its data, its ViT (the weakest of its three
+models) and that model's D4 equivariance, exactly as ``make demo`` does, and checks that
+the ViT beats the persistence baseline on the test transitions; the slow test runs the
+whole demo as ``make demo`` does, checks every model, every certified value and the report,
+and that a second run skips every job.
 """
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 
-from symgrad import cli, demo
+from symgrad.sweep import expand, load_sweep, run_local
 
-
-def _run(steps, wanted):
-    for title, marker, command in steps:
-        if any(title.startswith(w) for w in wanted):
-            assert cli.main(command) == 0, title
+DEMO = Path(__file__).resolve().parent.parent / "experiments" / "sweeps" / "demo.toml"
 
 
 def _beats_persistence(path, factor=0.9):
@@ -25,22 +27,51 @@ def _beats_persistence(path, factor=0.9):
     return test / persistence
 
 
+def test_the_demo_is_the_study_in_miniature(tmp_path):
+    sweep = load_sweep(DEMO, out=tmp_path)
+    assert sweep.models == ("unet", "vit", "gcnn") and sweep.groups == ("d4", "translate-x", "translate-y")
+    jobs = {job.name: job for job in expand(sweep)}
+    assert list(jobs)[0] == "generate" and jobs["generate"].output == str(tmp_path / "data" / "ce-rp.nc")
+    assert all(job.depends_on == ("generate",) for job in jobs.values() if job.kind == "train")
+
+    def flag(job, name):
+        return job.argv[job.argv.index(name) + 1]
+
+    assert [flag(jobs[f"train-{m}-tiny-seed0"], "--epochs") for m in sweep.models] == ["20", "80", "20"]
+    for group in sweep.groups:
+        overlap = jobs[f"overlap-{group}-unet-tiny-seed0"]
+        assert flag(overlap, "--metric") == "both" and flag(overlap, "--curvature-samples") == "1"
+        assert ("--stride" in overlap.argv) == (group != "d4")
+    assert list(jobs)[-1] == "report"
+
+
 def test_the_demo_vit_beats_persistence(tmp_path):
-    steps = demo.steps(tmp_path)
-    _run(steps, ("generate", "train a tiny vit", "d4 equivariance of the vit"))
-    _beats_persistence(tmp_path / "results" / "vit-equivariance-d4.nc")
+    jobs = {job.name: job for job in expand(load_sweep(DEMO, out=tmp_path))}
+    wanted = [jobs[name] for name in ("generate", "train-vit-tiny-seed0", "equivariance-d4-vit-tiny-seed0")]
+    assert run_local(wanted, in_process=True) == 0
+    _beats_persistence(Path(wanted[-1].output))
 
 
 @pytest.mark.slow
 def test_the_whole_demo(tmp_path):
-    assert demo.main(["--out", str(tmp_path)]) == 0
-    for model in demo.MODELS:
-        _beats_persistence(tmp_path / "results" / f"{model}-equivariance-d4.nc")
-        for group in demo.GROUPS:
-            with xr.open_dataset(tmp_path / "results" / f"{model}-overlap-{group}.nc") as ds:
+    def demo():
+        return subprocess.run([sys.executable, "-m", "symgrad", "sweep", str(DEMO), "--out", str(tmp_path),
+                               "--in-process"], capture_output=True, text=True)
+
+    first = demo()
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    sweep = load_sweep(DEMO, out=tmp_path)
+    results = tmp_path / "results"
+    for model in sweep.models:
+        _beats_persistence(results / f"{model}-tiny-seed0-equivariance-d4.nc")
+        for group in sweep.groups:
+            with xr.open_dataset(results / f"{model}-tiny-seed0-overlap-{group}.nc") as ds:
                 assert ds.attrs["n_flagged"] == 0 and float(ds.attrs["damping"]) == 1e-6
                 assert np.all(np.isfinite(ds["overlap_cosine_chi"].values))
     report = tmp_path / "report"
     assert (report / "report.html").is_file() and (report / "figures" / "fig1_d4.png").is_file()
     assert (report / "figures" / "fig2_translations.png").is_file()
-    assert demo.main(["--out", str(tmp_path)]) == 0  # a second run reuses everything
+    assert (tmp_path / ".jax-cache").is_dir()
+    second = demo()  # a second run reuses everything
+    jobs = expand(sweep)
+    assert second.returncode == 0 and second.stdout.count("done already") == len(jobs), second.stdout

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from symgrad.diagnostics import EquivarianceConfig
 from symgrad.diagnostics.equivariance import equivariance_errors
 from symgrad.results import TUKEY_STATS, tukey_statistics
 from symgrad.errors import SymgradError
@@ -73,7 +74,7 @@ def dense_reference(apply_fn, params, x, y, sigma, group):
 def test_matches_dense_reference(problem, group_name, chunk_size):
     x, y, sigma, params = problem
     group = named_group(group_name, N, stride=2)
-    ds = equivariance_errors(positional_model, params, x, y, sigma, group, chunk_size)
+    ds = equivariance_errors(positional_model, params, x, y, sigma, group, EquivarianceConfig(eval_chunk=chunk_size))
     equi, orbit, test = dense_reference(positional_model, params, x, y, sigma, group)
     np.testing.assert_allclose(ds["equivariance_error"].values, equi, rtol=1e-12, atol=1e-30)
     np.testing.assert_allclose(ds["orbit_error"].values, orbit, rtol=1e-12)
@@ -88,8 +89,8 @@ def test_matches_dense_reference(problem, group_name, chunk_size):
 def test_equivariant_model_gives_round_off_and_others_do_not(problem):
     x, y, sigma, params = problem
     d4 = named_group("d4")
-    avg = equivariance_errors(d4_averaged_model, params, x, y, sigma, d4, 16)
-    raw = equivariance_errors(pixel_stencil_model, params, x, y, sigma, d4, 16)
+    avg = equivariance_errors(d4_averaged_model, params, x, y, sigma, d4, EquivarianceConfig(eval_chunk=16))
+    raw = equivariance_errors(pixel_stencil_model, params, x, y, sigma, d4, EquivarianceConfig(eval_chunk=16))
     assert float(avg["equivariance_error"].max()) < 1e-26
     assert float(raw["equivariance_error"].sel(element="e").max()) < 1e-26
     assert float(raw["equivariance_error"].sel(element=list(D4_ELEMENTS[1:])).min()) > 1e-8
@@ -97,8 +98,8 @@ def test_equivariant_model_gives_round_off_and_others_do_not(problem):
     np.testing.assert_allclose(avg["orbit_error"].values, np.broadcast_to(avg["test_error"].values, (8, 5)), rtol=1e-10)
 
     shifts = named_group("translate-x", N)
-    conv = equivariance_errors(pixel_stencil_model, params, x, y, sigma, shifts, 16)
-    pos = equivariance_errors(positional_model, params, x, y, sigma, shifts, 16)
+    conv = equivariance_errors(pixel_stencil_model, params, x, y, sigma, shifts, EquivarianceConfig(eval_chunk=16))
+    pos = equivariance_errors(positional_model, params, x, y, sigma, shifts, EquivarianceConfig(eval_chunk=16))
     assert float(conv["equivariance_error"].max()) < 1e-26
     assert float(pos["equivariance_error"].sel(element=0).max()) < 1e-26
     assert float(pos["equivariance_error"].sel(element=slice(1, None)).min()) > 1e-8
@@ -107,7 +108,8 @@ def test_equivariant_model_gives_round_off_and_others_do_not(problem):
 def test_scaling_of_a_scale_equivariant_model(problem):
     x, y, sigma, params = problem
     linear = lambda p, s: 0.7 * s + 0.3 * jnp.roll(s, 1, axis=1)  # noqa: E731 - homogeneous of degree 1
-    ds = equivariance_errors(linear, params, x, y, sigma, named_group("scale", factors=(0.5, 1.0, 3.0)), 4)
+    ds = equivariance_errors(linear, params, x, y, sigma, named_group("scale", factors=(0.5, 1.0, 3.0)),
+                             EquivarianceConfig(eval_chunk=4))
     assert float(ds["equivariance_error"].max()) < 1e-26
     # orbit error scales with a^2 (SMSE is homogeneous of degree 2)
     np.testing.assert_allclose(ds["orbit_error"].sel(element=3.0), 9 * ds["test_error"], rtol=1e-10)
@@ -143,7 +145,7 @@ def test_written_dataset_schema(problem, tmp_path):
     x, y, sigma, params = problem
     for group_name, kind in [("d4", "OU"), ("translate-x", "i"), ("scale", "f")]:
         group = named_group(group_name, N, stride=4)
-        ds = equivariance_errors(positional_model, params, x, y, sigma, group, 8,
+        ds = equivariance_errors(positional_model, params, x, y, sigma, group, EquivarianceConfig(eval_chunk=8),
                                  samples=[10, 11, 12, 13, 14], attrs={"checkpoint_step": 7, "config": {"a": 1}})
         path = write_netcdf_atomic(ds, tmp_path / f"{group_name}.nc")
         with xr.open_dataset(path) as back:
@@ -173,8 +175,8 @@ def test_runs_in_float32_when_asked():
     x = random_states(3, seed=1, dtype=jnp.float32)
     y = random_states(3, seed=2, dtype=jnp.float32)
     params = standin_params(dtype=jnp.float32)
-    ds = equivariance_errors(pixel_stencil_model, params, x, y, channel_scales(y), named_group("translate-x", N, stride=4), 5,
-                             precision="float32")
+    ds = equivariance_errors(pixel_stencil_model, params, x, y, channel_scales(y),
+                             named_group("translate-x", N, stride=4), EquivarianceConfig(eval_chunk=5, precision="float32"))
     assert ds.attrs["compute_dtype"] == "float32"
     assert float(ds["equivariance_error"].max()) < 1e-10  # float32 round-off, squared
     assert np.all(np.isfinite(ds["test_error"].values))
@@ -190,8 +192,8 @@ def test_bad_inputs_raise_user_errors(problem):
         equivariance_errors(positional_model, params, x, y[:2], sigma, d4)
     with pytest.raises(SymgradError, match="momentum"):
         equivariance_errors(positional_model, params, x, y, np.array([1.0, 1.0, 2.0, 1.0]), d4)
-    with pytest.raises(SymgradError, match="chunk_size"):
-        equivariance_errors(positional_model, params, x, y, sigma, d4, 0)
+    with pytest.raises(SymgradError, match="eval_chunk"):
+        equivariance_errors(positional_model, params, x, y, sigma, d4, EquivarianceConfig(eval_chunk=0))
     with pytest.raises(SymgradError, match="input's shape"):
         equivariance_errors(lambda p, s: s[..., :2], params, x, y, sigma, d4)
 
@@ -208,8 +210,9 @@ def test_float32_parameters_are_computed_in_float64_by_default():
     y32 = rng.uniform(0.5, 1.5, size=(3, N, N, 4)).astype(np.float32)
     sigma = np.ones(4)
     group = named_group("d4")
-    ds = equivariance_errors(positional_model, params32, x32, y32, sigma, group, 16)
-    low = equivariance_errors(positional_model, params32, x32, y32, sigma, group, 16, precision="float32")
+    ds = equivariance_errors(positional_model, params32, x32, y32, sigma, group, EquivarianceConfig(eval_chunk=16))
+    low = equivariance_errors(positional_model, params32, x32, y32, sigma, group,
+                              EquivarianceConfig(eval_chunk=16, precision="float32"))
     assert not jax.config.jax_enable_x64
     assert (ds.attrs["compute_dtype"], low.attrs["compute_dtype"]) == ("float64", "float32")
     with jax.enable_x64(True):  # the reference: the same float32 values, in float64

@@ -59,7 +59,7 @@ def test_end_to_end_d4(tiny_run, tmp_path, capsys):
     from symgrad.train import load_run
 
     run = load_run(run_dir)
-    test_split = list(run.split["test"])
+    test_split = list(run.info.split["test"])
 
     out = tmp_path / "d4.nc"
     assert main(["equivariance", "--run", str(run_dir), "--group", "d4", "--data", str(data_file),
@@ -101,7 +101,7 @@ def test_resolution_the_model_was_not_built_for(tiny_run, tmp_path, capsys):
     rc = main(["equivariance", "--run", str(run_dir), "--group", "d4", "--data", str(other_res),
                "--out", str(tmp_path / "o.nc")])
     assert rc == 2
-    _one_line_error(capsys, f"{RES}x{RES}", f"{2 * RES}x{2 * RES}", "pass data at the model's resolution")
+    _one_line_error(capsys, f"{RES}x{RES}", f"{2 * RES}x{2 * RES}", "pass --data at the model's resolution")
 
 
 def test_time_out_of_range(tiny_run, tmp_path, capsys):

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from symgrad.diagnostics import EquivarianceConfig
 from symgrad.diagnostics.equivariance import equivariance_errors
 from symgrad.groups import D4_ELEMENTS, named_group
 from symgrad.loss import channel_scales
@@ -36,7 +37,7 @@ def _setup(name, **overrides):
 
 def test_gcnn_is_d4_equivariant_to_round_off(x64):
     _, f, params, x, y, sigma = _setup("gcnn")
-    ds = equivariance_errors(f, params, x, y, sigma, named_group("d4"), 24)
+    ds = equivariance_errors(f, params, x, y, sigma, named_group("d4"), EquivarianceConfig(eval_chunk=24))
     assert float(ds["equivariance_error"].max()) < ROUND_OFF
     # and it is not trivially so: the model does change the state
     assert float(ds["test_error"].min()) > CLEARLY_NONZERO
@@ -46,7 +47,7 @@ def test_unet_is_shift_equivariant_for_multiples_of_its_downsampling_factor(x64)
     model, f, params, x, y, sigma = _setup("unet")
     factor = model.downsampling_factor
     assert 1 < factor < RES
-    ds = equivariance_errors(f, params, x, y, sigma, named_group("translate-x", RES), 48)
+    ds = equivariance_errors(f, params, x, y, sigma, named_group("translate-x", RES), EquivarianceConfig(eval_chunk=48))
     exact = [k for k in range(RES) if k % factor == 0]
     off = [k for k in range(RES) if k % factor]
     assert float(ds["equivariance_error"].sel(element=exact).max()) < ROUND_OFF
@@ -57,14 +58,14 @@ def test_unet_is_shift_equivariant_for_multiples_of_its_downsampling_factor(x64)
 @pytest.mark.slow
 def test_unet_is_not_d4_equivariant(x64):
     _, f, params, x, y, sigma = _setup("unet")
-    d4 = equivariance_errors(f, params, x, y, sigma, named_group("d4"), 24)
+    d4 = equivariance_errors(f, params, x, y, sigma, named_group("d4"), EquivarianceConfig(eval_chunk=24))
     assert float(d4["equivariance_error"].sel(element=list(D4_ELEMENTS[1:])).min()) > CLEARLY_NONZERO
 
 
 def test_vit_with_learned_position_embeddings_is_not_d4_equivariant(x64):
     model, f, params, x, y, sigma = _setup("vit")
     assert model.config["position_embedding"] == "learned"
-    d4 = equivariance_errors(f, params, x, y, sigma, named_group("d4"), 24)
+    d4 = equivariance_errors(f, params, x, y, sigma, named_group("d4"), EquivarianceConfig(eval_chunk=24))
     assert float(d4["equivariance_error"].sel(element="e").max()) < ROUND_OFF
     assert float(d4["equivariance_error"].sel(element=list(D4_ELEMENTS[1:])).min()) > CLEARLY_NONZERO
     assert np.all(np.isfinite(d4["orbit_error"].values))
@@ -75,6 +76,6 @@ def test_vit_with_learned_position_embeddings_is_not_shift_equivariant(x64):
     model, f, params, x, y, sigma = _setup("vit")
     patch = int(model.config["patch"])
     shifts = named_group("translate-y", RES, stride=patch)
-    ds = equivariance_errors(f, params, x, y, sigma, shifts, 24)
+    ds = equivariance_errors(f, params, x, y, sigma, shifts, EquivarianceConfig(eval_chunk=24))
     assert float(ds["equivariance_error"].sel(element=0).max()) < ROUND_OFF
     assert float(ds["equivariance_error"].sel(element=list(shifts.elements[1:])).min()) > CLEARLY_NONZERO

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from symgrad.euler import SolverConfig, primitive_to_conservative, solve
+from symgrad.euler import EulerConfig, primitive_to_conservative, solve
 from symgrad.euler import exact_riemann as er
 
 GAMMA = 1.4
@@ -54,8 +54,8 @@ def sod_runs():
         for n in RESOLUTIONS:
             q = np.asarray(_sod_strip(n))[None]
             times = jnp.asarray([0.0, T_FINAL])
-            rx = solve(q, times, SolverConfig())
-            ry = solve(jnp.asarray(_to_y(q)), times, SolverConfig())
+            rx = solve(q, times, EulerConfig())
+            ry = solve(jnp.asarray(_to_y(q)), times, EulerConfig())
             out[n] = (np.asarray(rx.states[0, -1]), np.asarray(ry.states[0, -1]), bool(rx.ok[0] & ry.ok[0]))
         return out
     finally:
@@ -105,7 +105,7 @@ def test_sod_converges_to_exact_solution(sod_runs, direction):
 
 
 def test_sod_x_and_y_agree(sod_runs):
-    # Same code for both directions, nx != ny here (the non-batched path of rhs).
+    # Same code for both directions, nx != ny here (the non-batched path of tendency).
     for n in RESOLUTIONS:
         qx, qy, _ = sod_runs[n]
         np.testing.assert_allclose(_to_y(qy), qx, rtol=0, atol=1e-13)
@@ -121,7 +121,7 @@ def test_smooth_advection_is_second_order_and_lands_on_output_times(x64):
         x = (np.arange(n) + 0.5) / n
         rho0 = np.repeat((1.0 + 0.2 * np.sin(2 * np.pi * x))[:, None], CROSS, axis=1)
         q = primitive_to_conservative(rho0, np.ones_like(rho0), np.zeros_like(rho0), np.ones_like(rho0), GAMMA)
-        r = solve(q[None], jnp.asarray([0.0, 0.1234]), SolverConfig())
+        r = solve(q[None], jnp.asarray([0.0, 0.1234]), EulerConfig())
         exact = 1.0 + 0.2 * np.sin(2 * np.pi * (x - 0.1234))
         errors.append(np.abs(np.asarray(r.states[0, -1, :, 0, 0]) - exact).mean())
     assert _rates(errors)[0] > 1.6, errors
@@ -130,7 +130,7 @@ def test_smooth_advection_is_second_order_and_lands_on_output_times(x64):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "cfg",
-    [SolverConfig(limiter="minmod"), SolverConfig(reconstruction="characteristic", rk_stages=3)],
+    [EulerConfig(limiter="minmod"), EulerConfig(reconstruction="characteristic", rk_stages=3)],
     ids=str,
 )
 def test_sod_converges_other_schemes(x64, cfg):

@@ -7,12 +7,12 @@ import pytest
 
 from symgrad.errors import SymgradError
 from symgrad.euler import (
-    SolverConfig,
+    EulerConfig,
     conservative_to_primitive,
     describe_failures,
     max_stable_dt,
     primitive_to_conservative,
-    rhs,
+    tendency,
     sample_initial,
     solve,
     step,
@@ -20,8 +20,8 @@ from symgrad.euler import (
 from symgrad.groups import D4_ELEMENTS, act_d4, d4_inverse, translate
 
 CONFIGS = [
-    SolverConfig(),
-    SolverConfig(limiter="minmod", reconstruction="characteristic", rk_stages=3),
+    EulerConfig(),
+    EulerConfig(limiter="minmod", reconstruction="characteristic", rk_stages=3),
 ]
 SHIFTS = [(5, 11), (0, 1), (31, 0)]
 TIMES = [0.0, 0.04, 0.08]
@@ -54,7 +54,7 @@ def _random_state(key, n=16, dtype=jnp.float64):
     return primitive_to_conservative(rho, u, v, p, 1.4)
 
 
-@pytest.mark.parametrize("cfg", CONFIGS + [SolverConfig(reconstruction="characteristic"), SolverConfig(limiter="minmod")], ids=str)
+@pytest.mark.parametrize("cfg", CONFIGS + [EulerConfig(reconstruction="characteristic"), EulerConfig(limiter="minmod")], ids=str)
 def test_step_commutes_with_d4_and_translations(x64, cfg):
     q = _random_state(jax.random.key(0))  # rough data: every limiter branch is exercised
     dt = max_stable_dt(q, cfg)
@@ -72,7 +72,7 @@ def test_step_commutes_with_d4_and_translations(x64, cfg):
 def test_forgetting_the_vector_rotation_is_caught(x64):
     """The commutation test can fail: rotating only the grid (not momentum) breaks it."""
     q = _random_state(jax.random.key(1))
-    cfg = SolverConfig()
+    cfg = EulerConfig()
     dt = max_stable_dt(q, cfg)
     wrong = lambda a: jnp.rot90(a, 1, axes=(-3, -2))  # noqa: E731
     err = np.abs(np.asarray(step(wrong(q), dt, cfg) - wrong(step(q, dt, cfg)))).max()
@@ -115,20 +115,20 @@ def test_conservation_to_round_off(orbit_runs, x64, cfg):
 def test_step_matches_unrolled_reference(x64):
     """The jitted stage loop equals the textbook Shu-Osher SSP-RK3, evaluated eagerly."""
     q = _random_state(jax.random.key(2))
-    cfg = SolverConfig(rk_stages=3)
+    cfg = EulerConfig(rk_stages=3)
     dt = max_stable_dt(q, cfg)
-    q1 = q + dt * rhs(q, cfg)
-    q2 = 0.75 * q + 0.25 * (q1 + dt * rhs(q1, cfg))
-    q3 = q / 3.0 + 2.0 / 3.0 * (q2 + dt * rhs(q2, cfg))
+    q1 = q + dt * tendency(q, cfg)
+    q2 = 0.75 * q + 0.25 * (q1 + dt * tendency(q1, cfg))
+    q3 = q / 3.0 + 2.0 / 3.0 * (q2 + dt * tendency(q2, cfg))
     np.testing.assert_allclose(step(q, dt, cfg), q3, rtol=0, atol=1e-14)
-    cfg2 = SolverConfig()
-    q1 = q + dt * rhs(q, cfg2)
-    np.testing.assert_allclose(step(q, dt, cfg2), 0.5 * q + 0.5 * (q1 + dt * rhs(q1, cfg2)), rtol=0, atol=1e-14)
+    cfg2 = EulerConfig()
+    q1 = q + dt * tendency(q, cfg2)
+    np.testing.assert_allclose(step(q, dt, cfg2), 0.5 * q + 0.5 * (q1 + dt * tendency(q1, cfg2)), rtol=0, atol=1e-14)
 
 
 def test_step_accepts_a_batch_and_one_dt_per_trajectory(x64):
     q = jnp.stack([_random_state(jax.random.key(k)) for k in range(3)])
-    cfg = SolverConfig()
+    cfg = EulerConfig()
     dt = max_stable_dt(q, cfg)
     assert dt.shape == (3,)
     together = step(q, dt, cfg)
@@ -148,7 +148,7 @@ def _two_interface_profiles(n, inside, outside):
     return [np.where(mask, a, b) for a, b in zip(inside, outside)]
 
 
-@pytest.mark.parametrize("cfg", [SolverConfig(), SolverConfig(reconstruction="characteristic")], ids=str)
+@pytest.mark.parametrize("cfg", [EulerConfig(), EulerConfig(reconstruction="characteristic")], ids=str)
 def test_positivity_on_strong_shock_and_near_vacuum(x64, cfg):
     n = 64
     # Pressure ratio 1e5 (Toro's test 3, both directions).
@@ -168,7 +168,7 @@ def test_positivity_on_strong_shock_and_near_vacuum(x64, cfg):
 def test_impossible_initial_state_is_reported(x64):
     good = _random_state(jax.random.key(4))
     bad = good.at[3, 5, 0].set(-0.1).at[7, 1, 0].set(-0.2)
-    r = solve(jnp.stack([good, bad]), jnp.asarray([0.0, 0.01]), SolverConfig())
+    r = solve(jnp.stack([good, bad]), jnp.asarray([0.0, 0.01]), EulerConfig())
     assert np.asarray(r.ok).tolist() == [True, False]
     assert float(r.failure.time[1]) == 0.0
     assert np.asarray(r.failure.cell[1]).tolist() == [3, 5]  # first bad cell in row-major order
@@ -185,7 +185,7 @@ def test_failure_during_evolution_reports_time_and_cell(x64):
     n = 64
     x = (np.arange(n) + 0.5) / n
     q = _strip((np.ones(n), np.where(x < 0.5, -20.0, 20.0), 0.4 * np.ones(n)), n)
-    r = solve(q[None], jnp.asarray([0.0, 0.01, 0.02]), SolverConfig(cfl=1.0))
+    r = solve(q[None], jnp.asarray([0.0, 0.01, 0.02]), EulerConfig(cfl=1.0))
     assert not bool(r.ok[0])
     t_fail = float(r.failure.time[0])
     assert 0.0 < t_fail < 0.02
@@ -199,7 +199,7 @@ def test_failure_during_evolution_reports_time_and_cell(x64):
 def test_float32_by_default():
     q = sample_initial("CE-RP", jax.random.key(0), 2, 16)
     assert q.dtype == jnp.float32
-    r = solve(q, [0.0, 0.05], SolverConfig())
+    r = solve(q, [0.0, 0.05], EulerConfig())
     assert r.states.dtype == jnp.float32 and r.states.shape == (2, 2, 16, 16, 4)
     assert np.asarray(r.ok).all()
     np.testing.assert_array_equal(r.states[:, 0], q)
@@ -218,12 +218,12 @@ def test_conversions_round_trip(x64):
 )
 def test_config_validation(kwargs):
     with pytest.raises(SymgradError):
-        SolverConfig(**kwargs)
+        EulerConfig(**kwargs)
 
 
 def test_config_round_trip():
-    cfg = SolverConfig(limiter="minmod", rk_stages=3)
-    assert SolverConfig.from_dict(cfg.to_dict()) == cfg
+    cfg = EulerConfig(limiter="minmod", rk_stages=3)
+    assert EulerConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.to_dict()["limiter"] == "minmod"
 
 

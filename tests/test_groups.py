@@ -229,7 +229,7 @@ def _step_setup(euler, n=12):
     """A float64 state, the jitted solver step and the stepped state (compiled once per module)."""
     if n not in _STEP_CACHE:
         q = random_states((2, n, n), seed=3, dtype=jnp.float64)
-        config = euler.SolverConfig()
+        config = euler.EulerConfig()
         dt = float(jnp.min(euler.max_stable_dt(q, config)))
         step = jax.jit(lambda s: euler.step(s, dt, config))
         _STEP_CACHE[n] = q, step, step(q)
@@ -265,7 +265,7 @@ def test_scaling_commutes_with_the_solver(x64, euler):
     factors = (0.5, 2.0)
     wrong = q.at[..., 0].multiply(2.0)  # density only: not a symmetry
     batch = jnp.concatenate([q] + [scale(q, a) for a in factors] + [wrong])
-    out = euler.solve(batch, jnp.asarray([0.0, 0.02]), euler.SolverConfig())
+    out = euler.solve(batch, jnp.asarray([0.0, 0.02]), euler.EulerConfig())
     assert bool(out.ok.all())
     ref = out.states[0]
     assert float(jnp.max(jnp.abs(ref[-1] - ref[0]))) > 1e-3

@@ -47,7 +47,33 @@ def test_help_lists_every_available_subcommand(capsys):
         assert name in out
 
 
-@pytest.mark.parametrize("name", [n for n, _ in cli._commands()])
+def _command_modules() -> dict:
+    """Every module of symgrad/commands/ that is a subcommand (defines HELP, register and
+    run), found on disk rather than through ``cli.SUBCOMMANDS``."""
+    import importlib
+    import pkgutil
+
+    import symgrad.commands
+
+    found = {}
+    for info in pkgutil.iter_modules(symgrad.commands.__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"symgrad.commands.{info.name}")
+        if all(hasattr(module, attr) for attr in ("HELP", "register", "execute")):
+            found[info.name] = module
+    return found
+
+
+def _subparsers() -> dict:
+    """The subcommands as argparse registered them: name -> parser."""
+    import argparse
+
+    parser = cli.build_parser()
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+@pytest.mark.parametrize("name", sorted(_command_modules()))
 def test_each_subcommand_has_help(name, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main([name, "--help"])
@@ -73,17 +99,43 @@ def test_console_entry_point_runs():
     assert out.returncode == 0 and "usage: symgrad" in out.stdout
 
 
-def test_every_design_subcommand_is_registered():
+def test_every_command_module_is_registered():
+    # A module added to symgrad/commands/ but missing from cli.SUBCOMMANDS (or a name there
+    # without its module) would be a command nobody can run.
+    modules = _command_modules()
+    parsers = _subparsers()
+    assert set(parsers) == set(modules)
+    for name, module in modules.items():
+        assert parsers[name].description == getattr(module, "DESCRIPTION", module.HELP)
     # docs/design.md section 7: the command's interface, plus merge (the sweep's step that stacks
     # results) and report (the study's figures, tables and provenance in one document).
-    names = [n for n, _ in cli._commands()]
-    assert names == list(cli.SUBCOMMANDS)
-    assert set(names) == {"generate", "solve", "train", "equivariance", "overlap", "spectrum", "merge", "figures", "report", "sweep", "info"}
+    assert set(parsers) == {"generate", "solve", "train", "equivariance", "overlap", "spectrum", "merge", "figures",
+                            "report", "sweep", "info"}
 
 
-def test_diagnostic_commands_offer_every_named_group():
-    # The CLI spells the names out (so --help need not import jax); they must not drift.
+def test_diagnostic_commands_offer_exactly_the_groups_that_can_be_built(capsys):
+    # The CLI spells the names out (so --help need not import jax); every name it offers must
+    # build a group of that name, and the diagnostics must offer the same names.
+    import jax.numpy as jnp
+
     from symgrad import groups
-    from symgrad.commands import _diagnostic_inputs
 
-    assert _diagnostic_inputs.GROUPS == groups.GROUP_NAMES
+    offered = {name: next(a.choices for a in p._actions if a.dest == "group")
+               for name, p in _subparsers().items() if any(a.dest == "group" for a in p._actions)}
+    assert {"equivariance", "overlap"} <= set(offered)
+    choices = offered["equivariance"]
+    assert choices and all(list(c) == list(choices) for c in offered.values()), offered
+    q = jnp.ones((1, 8, 8, 4))
+    for name in choices:
+        group = groups.named_group(name, 8)
+        assert group.name == name and len(group.elements) >= 2
+        assert group.act(group.elements[1], q).shape == q.shape
+    # And no more: the group modules' own constructors name exactly these groups.
+    built = {groups.d4_group().name, groups.translations(8, "x").name, groups.translations(8, "y").name,
+             groups.scalings().name}
+    assert built == set(choices)
+    with pytest.raises(SymgradError, match="unknown group"):
+        groups.named_group("d8", 8)
+    with pytest.raises(SystemExit):
+        cli.main(["equivariance", "--help"])
+    assert "{" + ",".join(choices) + "}" in capsys.readouterr().out

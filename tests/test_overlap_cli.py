@@ -40,10 +40,10 @@ def test_end_to_end_d4_at_the_runs_damping(tiny_run, tmp_path, capsys):
     assert not (tmp_path / "ov.nc.partial").exists()  # partials removed after the atomic write
     with xr.open_dataset(out) as ds:
         assert list(ds.element.values) == ["e", "r", "r2", "r3", "s", "rs", "r2s", "r3s"]
-        assert list(ds.sample.values) == list(run.split["test"][:2])
+        assert list(ds.sample.values) == list(run.info.split["test"][:2])
         assert ds.overlap_matrix_chi.dims == ("element", "sample_i", "sample_j")
         np.testing.assert_allclose(ds.overlap_cosine_chi.sel(element="e").values, 1.0, rtol=1e-12)
-        assert int(ds.attrs["checkpoint_step"]) == run.step and ds.attrs["damping"] == run.weight_decay == 1e-6
+        assert int(ds.attrs["checkpoint_step"]) == run.step and ds.attrs["damping"] == run.info.weight_decay == 1e-6
         assert ds.attrs["ggn_products"] > 0 and "config" in ds.attrs and ds.attrs["solver"] == "block"
         assert not ds.tolerance_not_met.values.any() and ds.attrs["max_relative_bound"] <= 1e-6
         assert ds.ggn_top_eigenvalues.size > 0 and ds.attrs["dtype"] == "float64"

@@ -3,7 +3,9 @@
 Submitted with ``symgrad sweep --slurm DIR --submit`` from a directory that is not the
 project root; then the same sweep again with one training job killed mid-way
 (``scancel --signal=KILL``) and resubmitted. The merged results of the two must be equal,
-and the killed run must end bitwise equal to the uninterrupted one.
+and the killed run must end bitwise equal to the uninterrupted one. Each training step is
+slowed down by the test plug-in (tests/plugins/sitecustomize.py), which the jobs get through
+the environment that sbatch passes on.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ epochs = 3
 batch_size = 2
 checkpoint_every = 2
 no_progress = true
-debug_step_delay = 0.25  # slow enough to be killed mid-way
 
 [equivariance]
 samples = 2
@@ -83,10 +84,23 @@ def workdir(tmp_path_factory):
     return root
 
 
+PLUGINS = Path(__file__).resolve().parent / "plugins"  # sitecustomize: faults for subprocesses
+STEP_DELAY = "0.25"  # seconds after each training step: slow enough to be killed mid-way
+
+
+def _env() -> dict[str, str]:
+    """The environment of the submission, which sbatch passes on to every job (its default
+    --export=ALL): the test plug-in slows each training step down."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(PLUGINS), *filter(None, [env.get("PYTHONPATH")])])
+    env["SYMGRAD_TEST_STEP_DELAY"] = STEP_DELAY
+    return env
+
+
 def _submit(workdir: Path, name: str) -> str:
     (workdir / f"{name}.toml").write_text(SWEEP.format(name=name, data=workdir / "data.nc"))
     proc = subprocess.run([sys.executable, "-m", "symgrad", "sweep", f"{name}.toml", "--slurm", f"slurm-{name}",
-                           "--submit"], cwd=workdir, capture_output=True, text=True, timeout=120)
+                           "--submit"], cwd=workdir, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 

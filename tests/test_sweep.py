@@ -168,3 +168,117 @@ def test_cli_dry_run_prints_commands(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 25 and lines[0].startswith("symgrad train --model unet")
     assert lines[-1].startswith("symgrad report ")
+
+
+GENERATED = """
+[sweep]
+data = ["{{out}}/data/d.nc"]
+models = ["unet", "vit"]
+groups = ["d4", "translate-x"]
+compilation_cache = "{{out}}/.jax-cache"
+[generate]
+family = "CE-RP"
+trajectories = 8
+t_final = 0.25
+[train]
+epochs = 3
+[train.vit]
+epochs = 7
+[overlap]
+samples = 4
+[overlap.translate-x]
+stride = 2
+[overlap.vit]
+samples = 2
+"""
+
+
+def test_a_generate_step_and_options_of_one_model_or_group(tmp_path):
+    out = tmp_path / "elsewhere"
+    sweep = load_sweep(_write(tmp_path, GENERATED.format()), out=out)  # --out replaces [sweep] out
+    data = str(out / "data" / "d.nc")
+    assert sweep.out == out and sweep.data == (data,) and sweep.compilation_cache == str(out / ".jax-cache")
+    jobs = {j.name: j for j in expand(sweep)}
+    generate = jobs["generate"]
+    assert list(jobs)[0] == "generate" and generate.output == data and generate.kind == "generate"
+    assert generate.argv == ("generate", "--family", "CE-RP", "--trajectories", "8", "--t-final", "0.25",
+                             "--out", data)
+    assert all(j.depends_on == ("generate",) for j in jobs.values() if j.kind == "train")
+
+    def flag(name, option):
+        argv = jobs[name].argv
+        return argv[argv.index(option) + 1] if option in argv else None
+
+    assert flag("train-unet-tiny-seed0", "--epochs") == "3" and flag("train-vit-tiny-seed0", "--epochs") == "7"
+    assert flag("overlap-d4-unet-tiny-seed0", "--stride") is None
+    assert flag("overlap-translate-x-unet-tiny-seed0", "--stride") == "2"
+    assert flag("overlap-translate-x-unet-tiny-seed0", "--samples") == "4"
+    assert flag("overlap-d4-vit-tiny-seed0", "--samples") == "2"
+    assert flag("equivariance-translate-x-vit-tiny-seed0", "--stride") is None  # [overlap.*] only
+    # Without [generate] there is no such job and training needs nothing.
+    plain = expand(load_sweep(_write(tmp_path, BODY.format(out=tmp_path / "o"))))
+    assert plain[0].kind == "train" and not plain[0].depends_on
+
+
+def test_bad_generate_and_sub_tables_give_clear_errors(tmp_path):
+    with pytest.raises(SymgradError, match=r"\[overlap.d8\] does not name a model or a group"):
+        load_sweep(_write(tmp_path, GENERATED.format() + "[overlap.d8]\nstride = 2\n"))
+    with pytest.raises(SymgradError, match=r"\[train.translate-x\] does not name a model"):
+        load_sweep(_write(tmp_path, GENERATED.format() + "[train.translate-x]\nepochs = 2\n"))
+    with pytest.raises(SymgradError, match="exactly one file"):
+        load_sweep(_write(tmp_path, GENERATED.format().replace('data = ["{out}/data/d.nc"]', 'data = ["a", "b"]')))
+    with pytest.raises(SymgradError, match="no 'out'"):
+        load_sweep(_write(tmp_path, GENERATED.format().replace("t_final = 0.25", 't_final = 0.25\nout = "x.nc"')))
+
+
+def test_run_local_in_process_skips_what_is_done(tmp_path, monkeypatch):
+    from symgrad import cli as cli_module
+
+    sweep = load_sweep(_write(tmp_path, GENERATED.format()), out=tmp_path / "o")
+    jobs = expand(sweep)
+    calls = []
+
+    def fake_main(argv):  # a stand-in for every symgrad command: makes its --out
+        calls.append(argv[0])
+        out = Path(argv[argv.index("--out") + 1])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.mkdir() if argv[0] in ("train", "report") else out.write_text("x")
+        return 0
+
+    monkeypatch.setattr(cli_module, "main", fake_main)
+    messages = []
+    assert run_local(jobs, in_process=True, echo=messages.append) == 0
+    assert calls[0] == "generate" and len(calls) == len(jobs)
+    assert all(Path(j.output).exists() for j in jobs)  # DONE files of the runs and the report too
+    assert any("s so far" in m for m in messages)
+    calls.clear()
+    assert run_local(jobs, in_process=True, echo=messages.append) == 0 and calls == []  # all done already
+
+    def failing_main(argv):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli_module, "main", failing_main)
+    Path(jobs[0].output).unlink()
+    assert run_local(jobs[:2], in_process=True, echo=messages.append) == 1  # reported, not raised
+
+
+def test_compilation_cache_reaches_the_jobs(tmp_path, monkeypatch):
+    from symgrad.sweep import use_compilation_cache
+
+    sweep = load_sweep(_write(tmp_path, GENERATED.format()), out=tmp_path / "o")
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
+    import jax
+
+    before = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
+    try:
+        use_compilation_cache(sweep.compilation_cache)
+        assert os.environ["JAX_COMPILATION_CACHE_DIR"] == sweep.compilation_cache  # inherited by the jobs
+        assert jax.config.jax_compilation_cache_dir == sweep.compilation_cache  # and this process's
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+    submit = write_slurm(expand(sweep), sweep, tmp_path / "slurm")
+    script = (tmp_path / "slurm" / "generate.sbatch").read_text()
+    assert f"JAX_COMPILATION_CACHE_DIR:-{sweep.compilation_cache}" in script
+    assert "afterok" in submit.read_text() and "#SBATCH --gpus-per-node" in script

@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "plugins"))
+import symgrad_faults  # noqa: E402
 import test_train_support as support  # noqa: E402
 
 
@@ -30,6 +32,7 @@ from symgrad.errors import EXIT_PREEMPTED, SymgradError  # noqa: E402
 from symgrad.train import (  # noqa: E402
     Checkpointer, TrainConfig, batch_order, load_run, train, training_sigma,
 )
+from symgrad.errors import SettingError  # noqa: E402
 
 EPOCHS, BATCH, STEPS_PER_EPOCH = 3, 8, 3  # 8 trajectories x 5 transitions; 6 train -> 30
 LR = "3e-3"  # as typed on the command line (tests replace this exact string)
@@ -64,8 +67,20 @@ def data_file(tmp_path_factory):
     return path
 
 
-def _env(cache_dir, devices=1):
+PLUGINS = Path(__file__).resolve().parent / "plugins"  # sitecustomize: faults for subprocesses
+
+
+def _env(cache_dir, devices=1, *, step_delay=0.0, nan_step=-1):
+    """The environment of a ``symgrad`` subprocess; ``step_delay`` and ``nan_step`` inject
+    faults into its training steps (tests/plugins/sitecustomize.py)."""
     env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(PLUGINS), *filter(None, [env.get("PYTHONPATH")])])
+    env.pop(symgrad_faults.DELAY_ENV, None)
+    env.pop(symgrad_faults.NAN_ENV, None)
+    if step_delay:
+        env[symgrad_faults.DELAY_ENV] = str(step_delay)
+    if nan_step >= 0:
+        env[symgrad_faults.NAN_ENV] = str(nan_step)
     env["JAX_PLATFORMS"] = "cpu"
     env["JAX_NUM_CPU_DEVICES"] = str(devices)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
@@ -76,8 +91,8 @@ def _env(cache_dir, devices=1):
     return env
 
 
-def _cli(cache_dir, *args, devices=1, check=True, timeout=300):
-    proc = subprocess.run(support.cli_command("train", *args), env=_env(cache_dir, devices),
+def _cli(cache_dir, *args, devices=1, check=True, timeout=300, **faults):
+    proc = subprocess.run(support.cli_command("train", *args), env=_env(cache_dir, devices, **faults),
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}")
@@ -197,19 +212,19 @@ def test_loss_decreases_and_load_run_round_trip(tmp_path, cache_dir, data_file):
     assert run.step == result.step and run.epoch == 20
     assert run.config == TrainConfig.from_dict(run.config).to_dict()
     assert run.config["data"] == [str(Path(data_file).resolve())]
-    assert run.data_paths == (str(Path(data_file).resolve()),)
-    assert run.weight_decay == 1e-6 and run.model.name == "unet"
+    assert run.info.data_paths == (str(Path(data_file).resolve()),)
+    assert run.info.weight_decay == 1e-6 and run.model.name == "unet"
     from symgrad.data import TransitionSource, open_dataset, split_trajectories
 
     expected_split = split_trajectories(8, 0, (0.8, 0.1, 0.1))
     for k in ("train", "val", "test"):
-        np.testing.assert_array_equal(run.split[k], expected_split[k])
+        np.testing.assert_array_equal(run.info.split[k], expected_split[k])
     dataset = open_dataset([str(data_file)])
-    source = TransitionSource(dataset, run.split["train"])
+    source = TransitionSource(dataset, run.info.split["train"])
     np.testing.assert_allclose(run.sigma, training_sigma(source), rtol=1e-12)
     assert run.sigma.shape == (4,) and run.sigma[1] == run.sigma[2]
     # apply_fn is the physical map sigma * apply(params, x / sigma)
-    x, y = TransitionSource(dataset, run.split["val"]).get(np.arange(4))
+    x, y = TransitionSource(dataset, run.info.split["val"]).get(np.arange(4))
     pred = np.asarray(run.apply_fn(run.params, x))
     sigma = run.sigma.astype(np.float32)
     np.testing.assert_allclose(pred, sigma * np.asarray(run.model.apply(run.params, x / sigma)),
@@ -241,7 +256,7 @@ def test_the_data_selection_is_stored_and_honoured(tmp_path, cache_dir, data_fil
     assert info["n_train_transitions"] == 3 * len(info["split"]["train"])  # (0,1), (1,2), (2,4)
     stored = json.loads((tmp_path / "run" / "config.json").read_text())
     assert stored["time_indices"] == [0, 1, 2, 4] and stored["first_trajectories"] == 5
-    assert not {"debug_nan_step", "debug_step_delay"} & set(stored)  # test hooks are not saved
+    assert set(stored) == {f.name for f in dataclasses.fields(TrainConfig)}  # the config, nothing else
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert len(history[0]["val_rollout_smse"]) == 3  # lead times over the selected times
     assert result.status == "finished"
@@ -313,6 +328,34 @@ def test_wrong_typed_config_values_are_one_line_errors_naming_the_field(tmp_path
     assert len(err.splitlines()) == 1 and "epochs must be an integer" in err, err
 
 
+def test_setting_errors_name_config_fields_and_the_command_line_its_flags(tmp_path, data_file, capsys):
+    config = TrainConfig(model="unet", preset="tiny", data=(str(data_file),), batch_size=64, progress=False)
+    with pytest.raises(SettingError, match="fewer than one batch of 64; use a smaller 'batch_size'"):
+        train(config, tmp_path / "library", log=lambda *a: None)
+    rc, err = _train_cli_inprocess(capsys, "--data", data_file, "--batch-size", 64, "--no-progress",
+                                   "--out", tmp_path / "cli")
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "fewer than one batch of 64; use a smaller --batch-size or more data" in err, err
+    rc, err = _train_cli_inprocess(capsys, "--out", tmp_path / "no-data")
+    assert rc == 2 and "no training data: give --data" in err, err
+
+
+def test_a_non_finite_step_in_process_stops_with_the_last_good_state(tmp_path, cache_dir, data_file, monkeypatch):
+    """Faults are injected by the tests: here the step function of the second step sees NaN."""
+    import symgrad.train.setup as train_setup
+
+    monkeypatch.setattr(train_setup, "make_train_step", symgrad_faults.faulty(train_setup.make_train_step, nan_step=1))
+    config = TrainConfig(model="unet", preset="tiny", data=(str(data_file),), epochs=1, batch_size=BATCH,
+                         learning_rate=3e-3, progress=False, rollout_trajectories=0)
+    with pytest.raises(SettingError, match="non-finite loss or gradient at step 2") as info:
+        train(config, tmp_path / "run", log=lambda *a: None)
+    assert "last good state (step 1)" in str(info.value)
+    assert "lower 'learning_rate' or set 'grad_clip_norm'" in str(info.value)
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "non-finite" and status["failed_step"] == 2 and status["failed_batch"] == 1
+    assert load_run(tmp_path / "run").step == 1
+
+
 # -- subprocess runs ------------------------------------------------------------------
 
 
@@ -379,8 +422,8 @@ def test_training_from_the_data_cache_equals_training_from_the_files(tmp_path, c
 def test_kill9_then_resume_is_bitwise_identical(tmp_path, cache_dir, data_file, reference_run):
     out = tmp_path / "killed"
     args = _reference_args(data_file, out)
-    proc = subprocess.Popen(support.cli_command("train", *args, "--debug-step-delay", "0.7"),
-                            env=_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(support.cli_command("train", *args), env=_env(cache_dir, step_delay=0.7),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         step = _wait_for_checkpoint(out, proc, below=EPOCHS * STEPS_PER_EPOCH)
     finally:
@@ -398,8 +441,8 @@ def test_kill9_during_startup_then_rerun_equals_uninterrupted_run(tmp_path, cach
     # same command, which must start cleanly (and the dead process's lock must not block it)
     out = tmp_path / "startup"
     args = _reference_args(data_file, out)
-    proc = subprocess.Popen(support.cli_command("train", *args, "--debug-step-delay", "0.7"),
-                            env=_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(support.cli_command("train", *args), env=_env(cache_dir, step_delay=0.7),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for_file(out / "config.json", proc)
     finally:
@@ -415,8 +458,8 @@ def test_kill9_during_startup_then_rerun_equals_uninterrupted_run(tmp_path, cach
 def test_a_second_trainer_on_the_same_run_is_refused(tmp_path, cache_dir, data_file, reference_run):
     out = tmp_path / "shared"
     args = _reference_args(data_file, out)
-    first = subprocess.Popen(support.cli_command("train", *args, "--debug-step-delay", "0.5"),
-                             env=_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(support.cli_command("train", *args), env=_env(cache_dir, step_delay=0.5),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_file(out / "lock", first)
         second = _cli(cache_dir, *args, check=False)
@@ -433,9 +476,8 @@ def test_a_second_trainer_on_the_same_run_is_refused(tmp_path, cache_dir, data_f
 def test_sigterm_checkpoints_and_resume_continues(tmp_path, cache_dir, data_file, reference_run):
     out = tmp_path / "preempted"
     args = [*COMMON, "--data", data_file, "--out", out, "--epochs", EPOCHS, "--checkpoint-every", 100]
-    proc = subprocess.Popen(support.cli_command("train", *args, "--debug-step-delay", "0.7"),
-                            env=_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(support.cli_command("train", *args), env=_env(cache_dir, step_delay=0.7),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # The first checkpoint is the end of epoch 1; terminate during epoch 2.
     _wait_for_checkpoint(out, proc, below=EPOCHS * STEPS_PER_EPOCH)
     proc.send_signal(signal.SIGTERM)
@@ -459,11 +501,12 @@ def test_nan_stops_with_report_and_last_good_checkpoint(tmp_path, cache_dir, dat
     out = tmp_path / "nan"
     bad = 4  # the fifth step (epoch 2, batch 1) sees a NaN batch
     proc = _cli(cache_dir, *COMMON, "--data", data_file, "--out", out, "--epochs", EPOCHS,
-                "--checkpoint-every", 100, "--debug-nan-step", bad, check=False)
+                "--checkpoint-every", 100, check=False, nan_step=bad)
     assert proc.returncode == 2, proc.stderr
     err = proc.stderr.strip().splitlines()[-1]
     assert err.startswith("symgrad train: error: non-finite loss or gradient at step 5")
     assert "epoch 2, batch 1" in err and "last good state (step 4)" in err
+    assert "lower --lr or set --grad-clip" in err  # the command line names its flags
     status = json.loads((out / "status.json").read_text())
     assert status["status"] == "non-finite" and status["failed_step"] == bad + 1
     assert status["failed_batch"] == 1 and len(status["transition_indices"]) == BATCH

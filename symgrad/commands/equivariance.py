@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from symgrad import names
-from symgrad.commands._diagnostic_inputs import (
-    add_diagnostic_arguments, add_precision_argument, add_samples_argument, check_transition, chosen_transition, first_test_samples, load_inputs, locked_output,
-    result_attrs,
-)
-from symgrad.errors import SymgradError
+from symgrad.commands._arguments import add_diagnostic_arguments, add_samples_argument, chosen_transition, locked_output
+from symgrad.commands._settings import add_setting_flags, settings_from_args, shown_as_flags
 
 HELP = "measure forward equivariance errors of a trained surrogate over a symmetry group"
 DESCRIPTION = (
@@ -21,52 +17,41 @@ DESCRIPTION = (
 
 
 def register(parser: argparse.ArgumentParser) -> None:
+    from symgrad.diagnostics.config import EquivarianceConfig
+
     add_diagnostic_arguments(parser)
     add_samples_argument(parser, None)
-    parser.add_argument("--eval-chunk", type=int, default=names.EVAL_CHUNK, metavar="C",
-                        help="model evaluations per compiled call (bounds memory)")
-    add_precision_argument(parser)
+    add_setting_flags(parser, EquivarianceConfig)
 
 
-def run(args) -> int:
-    with locked_output(args.out, args.overwrite):
-        return _run(args)
+def execute(args) -> int:
+    from symgrad.diagnostics.config import EquivarianceConfig
+
+    with locked_output(args.out, args.overwrite), shown_as_flags(EquivarianceConfig):
+        return _execute(args)
 
 
-def _run(args) -> int:
+def _execute(args) -> int:
     import sys
 
-    import jax.numpy as jnp
     import numpy as np
 
+    from symgrad import inputs as run_inputs
+    from symgrad.diagnostics.config import EquivarianceConfig
     from symgrad.diagnostics.equivariance import equivariance_errors
     from symgrad.groups import named_group
     from symgrad.io import write_netcdf_atomic
 
-    if args.samples is not None and args.samples < 1:
-        raise SymgradError(f"--samples must be >= 1, got {args.samples}")
-    if args.eval_chunk < 1:
-        raise SymgradError(f"--eval-chunk must be >= 1, got {args.eval_chunk}")
-    inputs = load_inputs(args.run, args.data, args.step)
-    run_, run_dir, data_paths, dataset = inputs
-
-    time_index = chosen_transition(args, dataset, run_)
-    check_transition(time_index, dataset)
-
-    samples, sample_source = first_test_samples(inputs, args.samples)
-    states = np.asarray(dataset.states(samples, [time_index, time_index + 1]))
-    x, y = states[:, 0], states[:, 1]
-
-    group = named_group(
-        args.group, dataset.resolution, stride=args.stride,
-        factors=args.factors)
-    times = np.asarray(dataset.times)
-    attrs = result_attrs(inputs, time_index, sample_source,
-                         transition_times=[float(times[time_index]), float(times[time_index + 1])])
-    ds = equivariance_errors(
-        run_.apply_fn, run_.params, jnp.asarray(x), jnp.asarray(y), run_.sigma, group,
-        args.eval_chunk, samples=samples, attrs=attrs, precision=args.precision,
-    )
+    config = settings_from_args(EquivarianceConfig, args)
+    inputs = run_inputs.load(args.run, args.data, args.step)
+    trained = inputs.trained
+    time_index = chosen_transition(args, inputs)
+    samples, sample_source, x, y = run_inputs.test_transitions(inputs, args.samples, time_index)
+    group = named_group(args.group, inputs.dataset.resolution, stride=args.stride, factors=args.factors)
+    times = np.asarray(inputs.dataset.times)
+    attrs = run_inputs.provenance(inputs, time_index, sample_source,
+                                  transition_times=[float(times[time_index]), float(times[time_index + 1])])
+    ds = equivariance_errors(trained.apply_fn, trained.params, x, y, trained.sigma, group, config, samples=samples, attrs=attrs)
     n_bad = int((~np.isfinite(ds["equivariance_error"].values)).sum() + (~np.isfinite(ds["test_error"].values)).sum())
     if n_bad:
         print(f"symgrad equivariance: warning: {n_bad} non-finite errors (the model output is not finite)",

@@ -33,7 +33,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory of the figures and statistics")
 
 
-def run(args) -> int:
+def execute(args) -> int:
     from symgrad import plots
 
     written = plots.figures(args.results, args.out, runs=args.runs, formats=args.format)

@@ -14,9 +14,9 @@ import sys
 from symgrad import names
 
 
-def add_solver_arguments(parser) -> None:
-    """Solver flags shared by ``generate`` and ``solve``."""
-    g = parser.add_argument_group("solver")
+def add_euler_arguments(parser) -> None:
+    """The Euler solver's flags (fields of ``symgrad.euler.EulerConfig``), shared by ``generate`` and ``solve``."""
+    g = parser.add_argument_group("Euler solver")
     g.add_argument("--limiter", choices=names.LIMITERS, default="mc", help="TVD slope limiter")
     g.add_argument("--reconstruction", choices=names.RECONSTRUCTIONS, default="primitive",
                    help="variables the MUSCL reconstruction limits")
@@ -34,10 +34,17 @@ def add_output_arguments(parser) -> None:
 
 
 @contextlib.contextmanager
-def resume_hint(out):
-    """On Ctrl-C, tell the user that finished chunks are kept and how to resume."""
+def command_hints(out):
+    """The CLI's words for what the library reports: an existing output names --out and
+    --overwrite; on Ctrl-C, finished chunks are kept and the same command resumes."""
+    from symgrad.data.generate import OutputExistsError
+    from symgrad.errors import SymgradError
+
     try:
         yield
+    except OutputExistsError as exc:
+        raise SymgradError(f"{exc.out} exists and was not made by these arguments; choose another --out, "
+                           "delete it, or pass --overwrite") from None
     except KeyboardInterrupt:
         from symgrad.io import partial_dir
 
@@ -51,7 +58,7 @@ def run_settings(args) -> dict:
     """The keywords of ``generate_dataset`` and ``solve_dataset`` that their shared flags set."""
     return {"chunk_size": args.chunk_size, "float64": args.float64, "overwrite": args.overwrite,
             "progress": not args.no_progress,
-            "solver_config": {"limiter": args.limiter, "reconstruction": args.reconstruction,
+            "euler_config": {"limiter": args.limiter, "reconstruction": args.reconstruction,
                               "rk_stages": args.rk, "cfl": args.cfl}}
 
 
@@ -67,14 +74,14 @@ def register(parser) -> None:
                         help="a trajectory the solver cannot continue: stop with an error naming it, or "
                              "replace its initial state by a fresh draw (listed in the file)")
     parser.add_argument("--out", required=True, metavar="OUT.nc", help="output netCDF file")
-    add_solver_arguments(parser)
+    add_euler_arguments(parser)
     add_output_arguments(parser)
 
 
-def run(args) -> int:
+def execute(args) -> int:
     from symgrad.data import generate_dataset
 
-    with resume_hint(args.out):
+    with command_hints(args.out):
         out = generate_dataset(args.out, args.family, args.trajectories, args.resolution, n_times=args.times,
                                t_final=args.t_final, seed=args.seed, gamma=args.gamma, on_failure=args.on_failure,
                                **run_settings(args))

@@ -158,7 +158,7 @@ def _check(dataset, args) -> list[str]:
     return problems
 
 
-def run(args) -> int:
+def execute(args) -> int:
     from symgrad.errors import SymgradError
 
     if args.model:

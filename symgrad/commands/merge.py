@@ -20,8 +20,8 @@ def register(parser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace STUDY.nc if it exists")
 
 
-def run(args) -> int:
-    from symgrad.commands._diagnostic_inputs import locked_output
+def execute(args) -> int:
+    from symgrad.commands._arguments import locked_output
     from symgrad.io import write_netcdf_atomic
     from symgrad.results import merge_results
 

@@ -22,7 +22,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory of the report")
 
 
-def run(args) -> int:
+def execute(args) -> int:
     from symgrad.report import write_report
 
     md, page = write_report(args.results, args.out, runs=args.runs, formats=args.format)

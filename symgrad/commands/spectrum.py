@@ -7,10 +7,8 @@ import argparse
 import contextlib
 
 from symgrad import names
-from symgrad.commands._diagnostic_inputs import (
-    add_run_arguments, add_samples_argument, chosen_transition, load_inputs, load_test_transitions, locked_output, result_attrs,
-)
-from symgrad.errors import SymgradError
+from symgrad.commands._arguments import add_run_arguments, add_samples_argument, chosen_transition, locked_output
+from symgrad.commands._settings import add_setting_flags, settings_from_args, shown_as_flags
 
 HELP = "probe the Gauss-Newton matrix G: top eigenvalues, trace, effective dimension d_eff(lambda)"
 DESCRIPTION = (
@@ -24,53 +22,49 @@ DESCRIPTION = (
 
 
 def register(parser: argparse.ArgumentParser) -> None:
+    from symgrad.diagnostics.config import SpectrumConfig
+
     add_run_arguments(parser)
     add_samples_argument(parser, names.DEFAULT_OVERLAP_SAMPLES, " as the curvature batch")
-    parser.add_argument("--probe-vectors", type=int, default=names.DEFAULT_PROBE_VECTORS, metavar="K",
-                        help="random vectors of the spectrum probe (the block size)")
-    parser.add_argument("--lanczos-steps", type=int, default=24, metavar="S", help="block Lanczos steps (K x S products)")
-    parser.add_argument("--probe-seed", type=int, default=0, help="seed of the probe vectors")
-    parser.add_argument("--damping", type=float, default=None, metavar="L",
-                        help="lambda of chi = (lambda I + G)^-1 whose solve cost is predicted "
-                             "(default: the run's weight decay)")
+    add_setting_flags(parser, SpectrumConfig)
     parser.add_argument("--out", default=None, metavar="SPECTRUM.nc",
                         help="output netCDF file of the summary (default: printed only)")
     parser.add_argument("--overwrite", action="store_true", help="replace SPECTRUM.nc if it exists")
 
 
-def run(args) -> int:
-    with locked_output(args.out, args.overwrite) if args.out else contextlib.nullcontext():
-        return _run(args)
+def execute(args) -> int:
+    from symgrad.diagnostics.config import SpectrumConfig
+
+    with locked_output(args.out, args.overwrite) if args.out else contextlib.nullcontext(), \
+            shown_as_flags(SpectrumConfig):
+        return _execute(args)
 
 
-def _run(args) -> int:
-    import jax
+def _execute(args) -> int:
     import jax.numpy as jnp
     import numpy as np
     import xarray as xr
 
+    from symgrad import inputs as run_inputs
+    from symgrad.diagnostics.config import SpectrumConfig
     from symgrad.diagnostics.ggn import GaussNewtonBlocks
+    from symgrad.diagnostics.precision import cast, computing_in
     from symgrad.diagnostics.spectrum import DEFAULT_DAMPINGS, predicted_products, probe_spectrum
     from symgrad.diagnostics.store import spectrum_attrs, spectrum_coords, spectrum_variables
     from symgrad.io import write_netcdf_atomic
     from symgrad.results import finish_result
 
-    for name, value in (("--samples", args.samples), ("--probe-vectors", args.probe_vectors),
-                        ("--lanczos-steps", args.lanczos_steps)):
-        if value < 1:
-            raise SymgradError(f"{name} must be >= 1, got {value}")
-    inputs = load_inputs(args.run, args.data, args.step)
-    run_ = inputs.run
-    damping = args.damping if args.damping is not None else float(getattr(run_, "weight_decay", 0.0) or 0.0)
-    time_index = chosen_transition(args, inputs.dataset, inputs.run)
-    samples, source, x, _ = load_test_transitions(inputs, args.samples, time_index)
+    inputs = run_inputs.load(args.run, args.data, args.step)
+    trained = inputs.trained
+    config = settings_from_args(SpectrumConfig, args, damping=trained.info.weight_decay)
+    damping = config.damping
+    time_index = chosen_transition(args, inputs)
+    samples, source, x, _ = run_inputs.test_transitions(inputs, args.samples, time_index)
     dampings = sorted(set(DEFAULT_DAMPINGS) | ({damping} if damping > 0 else set()))
-    with jax.enable_x64(True):
-        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), run_.params)
-        op = GaussNewtonBlocks(run_.apply_fn, params, jnp.asarray(x, jnp.float64), np.asarray(run_.sigma))
-        summary = probe_spectrum(op, n_vectors=args.probe_vectors, steps=args.lanczos_steps, dampings=dampings,
-                                 seed=args.probe_seed,
-                                 rank_bound=min(op.n_params, int(np.prod(x.shape))))
+    with computing_in(config.precision) as dtype:
+        op = GaussNewtonBlocks(trained.apply_fn, cast(trained.params, dtype), jnp.asarray(x, dtype), np.asarray(trained.sigma))
+        summary = probe_spectrum(op, n_vectors=config.probe_vectors, steps=config.probe_steps, dampings=dampings,
+                                 seed=config.probe_seed, rank_bound=min(op.n_params, int(np.prod(x.shape))))
     print(f"Gauss-Newton matrix of {summary['n_params']} parameters over {len(samples)} transitions "
           f"(rank <= {summary['rank_bound']}); probe: {summary['probe_vectors']} vectors x "
           f"{summary['probe_steps']} steps = {summary['ggn_products']} products")
@@ -88,7 +82,8 @@ def _run(args) -> int:
               "(raise --lanczos-steps)")
     if args.out:
         ds = xr.Dataset(spectrum_variables(summary), coords=spectrum_coords(summary))
-        attrs = result_attrs(inputs, time_index, source, samples=[int(s) for s in samples], **spectrum_attrs(summary))
+        attrs = run_inputs.provenance(inputs, time_index, source, samples=[int(s) for s in samples],
+                                      **config.to_dict(), settings_class="SpectrumConfig", **spectrum_attrs(summary))
         ds = finish_result(ds, diagnostic="spectrum", group="none", title="symgrad Gauss-Newton spectrum probe",
                            attrs=attrs)
         write_netcdf_atomic(ds, args.out)

@@ -29,7 +29,7 @@ def _config_flags():
         if "help" not in f.metadata:
             continue
         meta = dict(f.metadata)
-        group, flag, hidden = meta.pop("group"), meta.pop("flag"), meta.pop("hidden", False)
+        group, flag = meta.pop("group"), meta.pop("flag")
         option = flag or "--" + f.name.replace("_", "-")
         if f.type == "bool":  # only switches that turn a default-on setting off
             kwargs = dict(action="store_false", dest=f.name)
@@ -37,9 +37,7 @@ def _config_flags():
             kwargs = dict(type=_TYPES[f.type], dest=f.name, **{k: v for k, v in meta.items() if k != "help"})
         default = f.default if f.default is not MISSING else None
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        if hidden:
-            kwargs["help"] = argparse.SUPPRESS
-        elif f.type == "bool":
+        if f.type == "bool":
             kwargs["help"] = meta["help"]
         else:
             kwargs["help"] = f"{meta['help']} (default: {shown if shown not in ('', ()) else 'none'})"
@@ -86,9 +84,18 @@ def config_from_args(args):
     return config.with_overrides(**overrides)
 
 
-def run(args) -> int:
-    from symgrad.errors import EXIT_PREEMPTED
+def as_flag(name: str) -> str:
+    """How the command line names the setting ``name`` of ``train`` (a TrainConfig field,
+    or one of its arguments): its flag, or the key of a --config file."""
+    flags = {field: option for field, _, option, _ in _config_flags()}
+    flags.update(run_dir="--out", resume="--resume", overwrite="--overwrite", force="--force")
+    return flags.get(name, f"'{name}' in the --config file")
+
+
+def execute(args) -> int:
+    from symgrad.errors import EXIT_PREEMPTED, SymgradError
     from symgrad.train import distributed
+    from symgrad.errors import SettingError
 
     # Must precede every other jax call.
     distributed.initialize(getattr(args, "coordinator", None), getattr(args, "num_processes", None),
@@ -96,8 +103,11 @@ def run(args) -> int:
     from symgrad.train import train
 
     config = config_from_args(args)
-    result = train(config, args.out, resume=getattr(args, "resume", None),
-                   force=getattr(args, "force", False), overwrite=getattr(args, "overwrite", False))
+    try:
+        result = train(config, args.out, resume=getattr(args, "resume", None),
+                       force=getattr(args, "force", False), overwrite=getattr(args, "overwrite", False))
+    except SettingError as exc:  # the library names settings as fields; here they are flags
+        raise SymgradError(exc.message(as_flag)) from None
     if distributed.is_primary():
         print(f"{result.status}: step {result.step}, {result.epoch} epochs completed; run in {result.run_dir}")
     return EXIT_PREEMPTED if result.status == "preempted" else 0

@@ -50,7 +50,7 @@ def open_cache(dataset, directory, *, progress: bool = False) -> np.ndarray:
             raise write_error(exc, directory) or exc from None
         if free < nbytes:
             raise SymgradError(f"the data cache needs {nbytes / 2**30:.1f} GiB in {directory}, which has "
-                               f"{free / 2**30:.1f} GiB free; free some space or choose another --data-cache")
+                               f"{free / 2**30:.1f} GiB free; free some space or choose another cache directory (data_cache)")
         with atomic_write(path) as tmp:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
             for start in tqdm(range(0, shape[0], _BLOCK_TRAJECTORIES), desc="data cache", unit="block",

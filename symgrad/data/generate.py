@@ -41,6 +41,15 @@ from symgrad.names import FAMILIES, GENERATE_CHUNK_SIZE, ON_FAILURE
 MAX_RESAMPLE_ATTEMPTS = 5
 
 
+class OutputExistsError(SymgradError):
+    """``out`` exists and holds another run; the caller may write elsewhere or overwrite it."""
+
+    def __init__(self, out):
+        self.out = Path(out)
+        super().__init__(f"{out} exists and was not made by these arguments; write elsewhere, delete it, "
+                         "or set overwrite")
+
+
 def _jsonable(value):
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
@@ -55,7 +64,7 @@ class _Job:
     resolution: tuple[int, int]
     gamma: float
     chunk_size: int
-    solver_config: object
+    euler_config: object
     float64: bool
     initial: Callable[[int, int], object]  # (start, stop) -> q0 (stop-start, nx, ny, 4)
     resample: Callable[[np.ndarray, int], object] | None  # (trajectories, attempt) -> q0
@@ -110,7 +119,7 @@ def _solve_chunk(job: _Job, start: int, stop: int):
         if pad > 0:
             q0 = jnp.concatenate([q0, jnp.broadcast_to(q0[:1], (pad, *q0.shape[1:]))], axis=0)
         times = jnp.asarray(job.times, dtype=dtype)
-        result = solve(q0, times, job.solver_config)
+        result = solve(q0, times, job.euler_config)
         states = np.array(result.states[:n])
         ok = np.array(result.ok[:n])
         lines = describe_failures(result, np.arange(start, stop))
@@ -124,22 +133,23 @@ def _solve_chunk(job: _Job, start: int, stop: int):
                 # solver settings cannot help there.
                 at_start = bool(np.all(np.asarray(result.failure.time)[~np.asarray(result.ok)] == 0))
                 if not at_start:
-                    advice = "Try a smaller --cfl, --limiter minmod, --reconstruction characteristic or --float64"
+                    advice = ("Try a smaller cfl, limiter 'minmod', reconstruction 'characteristic' "
+                              "(the Euler settings) or float64")
                 elif job.spec.get("kind") == "generate":  # sampled states: the sampler is at fault
                     advice = "The sampled initial states are not physical: please report this with the arguments"
                 else:
                     advice = "The initial states are not physical: fix them"
                 raise SymgradError(
-                    f"the solver failed on {failed.size} trajectories{more}: " + "; ".join(lines[:5])
+                    f"the Euler solver failed on {failed.size} trajectories{more}: " + "; ".join(lines[:5])
                     + ("; ..." if len(lines) > 5 else "")
                     + f". Nothing was written for this chunk (finished chunks are kept). {advice}"
-                    + (", or pass --on-failure resample to replace failed initial states with fresh draws"
+                    + (", or on_failure='resample' to replace failed initial states with fresh draws"
                        if job.resample is None and job.spec.get("kind") == "generate" else "")
                 )
             attempt += 1
             trajectories = start + failed
             q_new = jnp.asarray(job.resample(trajectories, attempt), dtype=dtype)
-            result = solve(q_new, times, job.solver_config)
+            result = solve(q_new, times, job.euler_config)
             new_ok = np.asarray(result.ok)
             states[failed] = np.asarray(result.states)
             for t in trajectories:
@@ -158,9 +168,7 @@ def _run(job: _Job, out, *, overwrite: bool = False, progress: bool = True, stop
             # killed between the final rename and the clean-up: only the clean-up is left
             shutil.rmtree(partial_dir(out), ignore_errors=True)
             return out
-        raise SymgradError(
-            f"{out} exists and was not made by these arguments; choose another --out, delete it, or pass --overwrite"
-        )
+        raise OutputExistsError(out)
     partial = partial_dir(out)
     partial.mkdir(parents=True, exist_ok=True)
     with ExclusiveLock(partial / "lock", f"the output {out}"):
@@ -231,23 +239,23 @@ def _assemble(job: _Job, spec: dict, out: Path, bounds, paths) -> None:
 # --------------------------------------------------------------------------------------
 # Public entry points
 # --------------------------------------------------------------------------------------
-def _solver_config(solver_config, gamma: float):
-    from symgrad.euler import SolverConfig
+def _euler_config(euler_config, gamma: float):
+    from symgrad.euler import EulerConfig
 
-    if solver_config is None:
-        return SolverConfig(gamma=gamma)
-    if isinstance(solver_config, dict):
-        return SolverConfig.from_dict({"gamma": gamma, **solver_config})
-    return solver_config
+    if euler_config is None:
+        return EulerConfig(gamma=gamma)
+    if isinstance(euler_config, dict):
+        return EulerConfig.from_dict({"gamma": gamma, **euler_config})
+    return euler_config
 
 
 def _check_common(n_times: int, t_final: float, chunk_size: int) -> np.ndarray:
     if not (isinstance(n_times, (int, np.integer)) and n_times >= 1):
-        raise SymgradError(f"--times must be an integer >= 1 (number of stored times including t=0), got {n_times!r}")
+        raise SymgradError(f"n_times (stored times, t=0 included) must be an integer >= 1, got {n_times!r}")
     if not (math.isfinite(t_final) and (t_final > 0 or (n_times == 1 and t_final >= 0))):
-        raise SymgradError(f"--t-final must be a finite number > 0, got {t_final!r}")
+        raise SymgradError(f"t_final (the last stored time) must be a finite number > 0, got {t_final!r}")
     if not (isinstance(chunk_size, (int, np.integer)) and chunk_size >= 1):
-        raise SymgradError(f"--chunk-size must be an integer >= 1, got {chunk_size!r}")
+        raise SymgradError(f"chunk_size (trajectories per chunk) must be an integer >= 1, got {chunk_size!r}")
     return np.linspace(0.0, float(t_final), int(n_times))
 
 
@@ -261,7 +269,7 @@ def generate_dataset(
     t_final: float = 1.0,
     seed: int = 0,
     chunk_size: int = GENERATE_CHUNK_SIZE,
-    solver_config=None,
+    euler_config=None,
     initial_config=None,
     gamma: float = schema.DEFAULT_GAMMA,
     float64: bool = False,
@@ -272,8 +280,8 @@ def generate_dataset(
 ) -> Path | None:
     """Generate ``n_trajectories`` of ``family`` into the data file ``out`` (chunked, resumable).
 
-    Times are ``linspace(0, t_final, n_times)``. ``solver_config``: a
-    :class:`symgrad.euler.SolverConfig` or a dict of its fields (``gamma`` comes from
+    Times are ``linspace(0, t_final, n_times)``. ``euler_config``: a
+    :class:`symgrad.euler.EulerConfig` or a dict of its fields (``gamma`` comes from
     ``gamma``). ``on_failure``: ``"error"`` (default: a trajectory the solver marks failed
     stops the run with its trajectory, time and cell; finished chunks are kept) or
     ``"resample"`` (replace its initial state by a fresh draw from
@@ -290,13 +298,13 @@ def generate_dataset(
     if family not in FAMILIES:
         raise SymgradError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
     if not (isinstance(n_trajectories, (int, np.integer)) and n_trajectories >= 1):
-        raise SymgradError(f"--trajectories must be an integer >= 1, got {n_trajectories!r}")
+        raise SymgradError(f"n_trajectories (the number of trajectories) must be an integer >= 1, got {n_trajectories!r}")
     if not (isinstance(resolution, (int, np.integer)) and resolution >= 4):
-        raise SymgradError(f"--resolution must be an integer >= 4, got {resolution!r}")
+        raise SymgradError(f"resolution (grid cells per direction) must be an integer >= 4, got {resolution!r}")
     if on_failure not in ON_FAILURE:
-        raise SymgradError(f"--on-failure must be one of {ON_FAILURE}, got {on_failure!r}")
+        raise SymgradError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
     times = _check_common(n_times, t_final, chunk_size)
-    config = _solver_config(solver_config, gamma)
+    config = _euler_config(euler_config, gamma)
     if not math.isclose(config.gamma, gamma):
         raise SymgradError(f"solver gamma {config.gamma} differs from the data gamma {gamma}")
     ic_config = initial.default_config(family) if initial_config is None else initial_config
@@ -347,7 +355,7 @@ def generate_dataset(
     }
     job = _Job(
         spec=spec, n_trajectories=int(n_trajectories), times=times, resolution=(res, res),
-        gamma=float(gamma), chunk_size=int(chunk_size), solver_config=config, float64=bool(float64),
+        gamma=float(gamma), chunk_size=int(chunk_size), euler_config=config, float64=bool(float64),
         initial=initial_states, resample=resample_states if on_failure == "resample" else None, attrs=attrs,
     )
     return _run(job, out, overwrite=overwrite, progress=progress, stop_after_chunks=stop_after_chunks)
@@ -360,7 +368,7 @@ def solve_dataset(
     t_final: float,
     n_times: int,
     chunk_size: int = GENERATE_CHUNK_SIZE,
-    solver_config=None,
+    euler_config=None,
     float64: bool = False,
     overwrite: bool = False,
     progress: bool = True,
@@ -376,7 +384,7 @@ def solve_dataset(
 
     dataset = open_dataset(init)
     times = _check_common(n_times, t_final, chunk_size)
-    config = _solver_config(solver_config, dataset.gamma)
+    config = _euler_config(euler_config, dataset.gamma)
     if not math.isclose(config.gamma, dataset.gamma):
         raise SymgradError(f"solver gamma {config.gamma} differs from the gamma {dataset.gamma} of {init}")
     nx, ny = dataset.shape
@@ -416,7 +424,7 @@ def solve_dataset(
         attrs["seed"] = source_attrs["seed"]
     job = _Job(
         spec=spec, n_trajectories=dataset.n_samples, times=times, resolution=(nx, ny), gamma=dataset.gamma,
-        chunk_size=int(chunk_size), solver_config=config, float64=bool(float64),
+        chunk_size=int(chunk_size), euler_config=config, float64=bool(float64),
         initial=initial_states, resample=None, attrs=attrs,
     )
     try:
@@ -425,4 +433,4 @@ def solve_dataset(
         dataset.close()
 
 
-__all__ = ["generate_dataset", "solve_dataset"]
+__all__ = ["OutputExistsError", "generate_dataset", "solve_dataset"]

@@ -19,7 +19,6 @@ import numpy as np
 DATA_VARIABLE = "data"
 DIMS = ("sample", "time", "channel", "x", "y")
 CHANNELS = ("rho", "u", "v", "p", "E")
-STATE_CHANNELS = ("rho", "m_x", "m_y", "E")
 DEFAULT_GAMMA = 1.4
 FORMAT_NAME = "symgrad-euler-trajectories"
 FORMAT_VERSION = 1

@@ -1,10 +1,9 @@
 """Row counts rounded up to a few sizes, so that blocks of changing size compile few programs.
 
 A block Krylov solve deflates converged and dependent directions, so its blocks shrink
-step by step (32, 31, 29, ...), and every jitted kernel compiles once per input shape: on a
-2-core CPU one float64 Gauss-Newton product of the tiny UNet takes about 5 s to compile.
-``benchmarks/row_buckets.py`` measures the demo's kind of solve: 45.2 s without rounding,
-38.7 s with it (compilation 30.2 s -> 24.1 s; ``benchmarks/records/row_buckets.json``).
+step by step (32, 31, 29, ...), and every jitted kernel compiles once per input shape.
+``benchmarks/row_buckets.py`` measures the demo's kind of solve with and without rounding
+(its record: ``benchmarks/records/row_buckets.json``).
 Rows are padded with zeros, which every kernel here maps to zero (the operators are
 linear, and a zero row adds nothing to a projection or a Gram matrix), then cut off.
 """

@@ -57,17 +57,21 @@ class ElementCertificate(NamedTuple):
     worst: float  # the largest relative bound (compare with rtol; inf while a ratio is unbounded)
 
 
-def certify_element(m, uu, vv, e_u, e_v, rtol: float) -> ElementCertificate:
+def certify_element(m, uu, vv, e_u, e_v, rtol: float, rounding=None) -> ElementCertificate:
     """Certify ``M_ij = <u_i, v_j>_chi``, ``<u_i, u_i>_chi`` and ``<v_j, v_j>_chi`` of one element.
 
     ``m`` (N, N), ``uu`` (N,), ``vv`` (N,) are the estimates; ``e_u``, ``e_v`` the energy
-    error bounds of the u- and v-solves.
+    error bounds of the u- and v-solves; ``rounding = (rho_m, rho_u, rho_v)`` the bounds on
+    the rounding of the bilinear forms that computed ``m``, ``uu`` and ``vv``
+    (``form_rounding``), added to every bound (None: not counted, as in a stopping rule).
     """
     m = np.asarray(m, np.float64)
     uu, vv = np.asarray(uu, np.float64), np.asarray(vv, np.float64)
+    rho_m, rho_u, rho_v = (0.0, 0.0, 0.0) if rounding is None else (np.asarray(a, np.float64) for a in rounding)
     e_u, e_v = np.asarray(e_u, np.float64), np.asarray(e_v, np.float64)
+    mb = np.sqrt(np.outer(e_u, e_v)) + rho_m
+    e_u, e_v = e_u + rho_u, e_v + rho_v  # the quadratic forms' bounds
     diag = np.diagonal(m)
-    mb = np.sqrt(np.outer(e_u, e_v))
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = mb / np.sqrt(np.abs(uu)[:, None] * np.abs(vv)[None, :])
         uu_rel, vv_rel = e_u / np.abs(uu), e_v / np.abs(vv)
@@ -119,6 +123,57 @@ def ratio_interval_bound(num, num_bound, den_parts, den_bounds, *, sqrt_den):
     return value, np.where(positive & np.isfinite(worst), worst, np.inf)
 
 
+# The operator's rounding is estimated a posteriori (``linearity_rounding``) and multiplied
+# by this before it enters a bound.
+ROUNDING_SAFETY = 10.0
+ROUNDING_PAIRS = 4
+
+
+def linearity_rounding(apply, n_params: int, dtype, seed: int = 0) -> tuple[float, int]:
+    """An a-posteriori estimate of the rounding of a linear operator's products, per unit vector.
+
+    For random unit vectors z, w: ``||A(z + w) - A z - A w|| / 2`` (zero in exact arithmetic;
+    three roundings in floating point) and ``sqrt(P) |z . A w - w . A z|`` (the symmetry
+    defect, zero for a symmetric operator), the larger of the two over ``ROUNDING_PAIRS``
+    pairs, times ``ROUNDING_SAFETY``. An estimate, not a proof: docs/overlap.md section 3.
+    ``apply`` maps ``(k, P)`` blocks. Returns ``(estimate, products used)``.
+    """
+    import jax.numpy as jnp
+
+    k = ROUNDING_PAIRS
+    z = np.random.default_rng(seed).normal(size=(2 * k, n_params))
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    zs, ws = z[:k], z[k:]
+    block = np.concatenate([zs, ws, zs + ws])
+    out = np.asarray(apply(jnp.asarray(block, dtype)), np.float64)
+    block = np.asarray(jnp.asarray(block, dtype), np.float64)  # what was multiplied
+    az, aw, azw = out[:k], out[k:2 * k], out[2 * k:]
+    linear = np.linalg.norm(azw - az - aw, axis=1) / 2
+    symmetry = np.abs(np.einsum("ip,ip->i", block[:k], aw) - np.einsum("ip,ip->i", block[k:2 * k], az))
+    return ROUNDING_SAFETY * float(max(linear.max(), np.sqrt(n_params) * symmetry.max())), 3 * k
+
+
+def quadrature_carry(damping: float, rounding: float) -> float | None:
+    """The factor that carries a Gauss-Radau bound ``s^T Ac^-1 s`` of the computed operator
+    ``Ac`` to the exact ``A``: ``||Ac - A|| <= delta`` gives ``A >= (1 - delta / (lambda -
+    delta)) Ac``, so ``s^T A^-1 s <= s^T Ac^-1 s (lambda - delta) / (lambda - 2 delta)``.
+    None when ``delta >= lambda / 2``: then the quadrature proves nothing."""
+    if not rounding < damping / 2:
+        return None
+    return (damping - rounding) / (damping - 2 * rounding)
+
+
+MU_FRACTION = 0.99
+
+
+def radau_shift(damping: float, rounding: float) -> float:
+    """The Gauss-Radau node ``mu``: below the smallest eigenvalue of the computed operator,
+    which is at least ``lambda - delta`` (G is PSD), with a margin (``delta`` more, and at
+    least 1% of lambda) that keeps ``T - mu I`` well conditioned when Ritz values converge
+    to lambda (null(G))."""
+    return min(MU_FRACTION * damping, damping - 2 * rounding)
+
+
 def roundoff_allowance(rhs_norm, residual_norm_of_ay, n_params: int, dtype) -> np.ndarray:
     """An allowance for floating-point error in the computed residual ``fl(b - A y)``.
 
@@ -140,6 +195,7 @@ class SolvedV(NamedTuple):
     vv: np.ndarray  # (N,)
     e_v: np.ndarray  # (N,)
     cross: dict  # element index -> (N, N) estimate of <u_i^g, v_j>_chi (u . w), for stopping only
+    residual_norm: np.ndarray  # (N,) ||r_v|| with its rounding allowance (steers the baseline CG's u-solves)
 
 
 class EnergyStopping:
@@ -161,7 +217,9 @@ class EnergyStopping:
         worst = self._worst(gram, e) / (self.safety * self.rtol)
         return worst <= 1.0, worst
 
-    def certified(self, gram, e) -> bool:
+    def certified(self, gram, e, rounding=None) -> bool:
+        if rounding is not None:
+            e = np.asarray(e) + np.diagonal(np.asarray(rounding))
         return self._worst(gram, e) <= self.rtol
 
 
@@ -185,15 +243,18 @@ class OverlapStopping:
         self.solved_v = solved_v
         self.v_ahead = bool(v_ahead)
 
-    def _worst(self, gram, e, target: float, v_goal: float | None) -> float:
+    def _worst(self, gram, e, target: float, v_goal: float | None, rounding=None) -> float:
         gram, e = np.asarray(gram, np.float64), np.asarray(e, np.float64)
         quad = np.diagonal(gram)
         v = self.v_columns
         vv, e_v = (quad[v], e[v]) if v is not None else (self.solved_v.vv, self.solved_v.e_v)
+        rho = np.zeros_like(gram) if rounding is None else np.asarray(rounding, np.float64)
+        rho_d = np.diagonal(rho)
         worst = 0.0
         for k, cols in self.element_columns.items():
             m = gram[np.ix_(cols, v)] if v is not None else self.solved_v.cross[k]
-            worst = max(worst, certify_element(m, quad[cols], vv, e[cols], e_v, target).worst / target)
+            parts = (rho[np.ix_(cols, v)] if v is not None else 0.0, rho_d[cols], rho_d[v] if v is not None else 0.0)
+            worst = max(worst, certify_element(m, quad[cols], vv, e[cols], e_v, target, parts).worst / target)
         if v is not None and v_goal is not None:
             with np.errstate(divide="ignore", invalid="ignore"):
                 rel = e_v / np.abs(vv)
@@ -206,9 +267,52 @@ class OverlapStopping:
         worst = self._worst(gram, e, target, v_goal)
         return worst <= 1.0, worst
 
-    def certified(self, gram, e) -> bool:
+    def certified(self, gram, e, rounding=None) -> bool:
+        """Every value certified at rtol itself, the rounding of its forms (``form_rounding``) counted."""
         v_goal = self.rtol if not self.element_columns else None
-        return self._worst(gram, e, self.rtol, v_goal) <= 1.0
+        if v_goal is not None and rounding is not None:
+            e = np.asarray(e) + np.diagonal(np.asarray(rounding))
+        return self._worst(gram, e, self.rtol, v_goal, rounding) <= 1.0
+
+
+class Targets(NamedTuple):
+    """What one chi solve must certify to ``rtol``; each solver builds its stopping rule from it.
+
+    No columns named: every quadratic form of the block (``EnergyStopping``, as in
+    ``chi_solve``). Otherwise the overlap values of one right-hand-side chunk: the columns
+    of the v's (or the ``solved_v`` of an earlier chunk) and of each element's u's, as in
+    ``OverlapStopping``.
+    """
+
+    rtol: float
+    v_columns: tuple | None = None
+    element_columns: dict | None = None
+    solved_v: SolvedV | None = None
+    v_ahead: bool = False
+
+    def stopping(self, safety: float):
+        """The rule a solver stops on: every value certified at ``safety * rtol``."""
+        if self.v_columns is None and self.element_columns is None:
+            return EnergyStopping(self.rtol, safety)
+        return OverlapStopping(self.v_columns, self.element_columns or {}, self.rtol, safety=safety,
+                               solved_v=self.solved_v, v_ahead=self.v_ahead)
+
+    def certified(self, gram, e, rounding=None) -> bool:
+        """Whether every value these targets name is certified at ``rtol`` itself."""
+        return bool(self.stopping(1.0).certified(gram, e, rounding))
+
+    def residual_caps(self, k: int, damping: float, safety: float):
+        """Absolute residual caps ``(k,)`` of a chunk of u-solves against solved v's, for a
+        residual-rule solver (``frobenius_residual_cap``); None when the v's are in the chunk."""
+        if self.solved_v is None:
+            return None
+        caps = np.full(k, np.inf)
+        n = len(self.solved_v.vv)
+        for element, cols in (self.element_columns or {}).items():
+            cap = frobenius_residual_cap(float(np.linalg.norm(self.solved_v.cross[element])), n,
+                                         self.solved_v.residual_norm, self.rtol, damping, safety)
+            caps[list(cols)] = np.inf if cap is None else cap
+        return caps
 
 
 # ----------------------------------------------------------------------------- baseline CG rule
@@ -224,19 +328,18 @@ def energy_residual_eta(rtol: float, damping: float, safety: float = CG_SAFETY) 
     return float(safety) * float(rtol) * float(damping)
 
 
-def frobenius_residual_cap(u, w, r_v_norms, rtol: float, damping: float, safety: float = CG_SAFETY):
+def frobenius_residual_cap(fro: float, n: int, r_v_norms, rtol: float, damping: float, safety: float = CG_SAFETY):
     """Absolute residual cap for the baseline's u-solves that also certifies the Frobenius overlap.
 
     The residual bound matrix is ``||r_ui|| ||r_vj|| / lambda``, of Frobenius norm
-    ``||r_u|| ||r_v|| / lambda``; capping every ``||r_ui|| <= safety rtol lambda F / (sqrt(N)
-    ||r_v||)`` with ``F = ||U W^T||_F`` (no u-solve needed) keeps it below ``safety rtol
-    ||M||_F``. Only steers the solver; the reported bounds stay rigorous regardless.
+    ``||r_u|| ||r_v|| / lambda``; capping every one of the ``n`` ``||r_ui|| <= safety rtol
+    lambda F / (sqrt(n) ||r_v||)`` with ``F = ||U W^T||_F`` (no u-solve needed) keeps it below
+    ``safety rtol ||M||_F``. Only steers the solver; the reported bounds stay rigorous regardless.
     """
-    fro = np.linalg.norm(np.asarray(u, np.float64) @ np.asarray(w, np.float64).T)
     rv = np.linalg.norm(r_v_norms)
     if not rv > 0:
         return None
-    cap = safety * rtol * damping * fro / (np.sqrt(np.shape(u)[0]) * rv)
+    cap = safety * rtol * damping * fro / (np.sqrt(n) * rv)
     # A non-finite gradient (NaN cap) or orthogonal blocks (zero cap) would make CG run to
     # its limit for nothing; fall back to the energy rule (the flags stay rigorous).
     return cap if np.isfinite(cap) and cap > 0 else None

@@ -14,9 +14,9 @@ exactly equivariant, so the baseline has no equivariance error of its own; its o
 its test error (the SMSE is invariant), hence one number per sample.
 
 All (element, sample) pairs run through one compiled program: the pairs are flattened,
-cut into chunks of ``chunk_size`` model evaluations (the last one padded, so the program is
+cut into chunks of ``EquivarianceConfig.eval_chunk`` model evaluations (the last one padded, so the program is
 compiled once) and the group action is vmapped with a traced element index
-(``Group.act_index``). Peak memory is that of one model call on ``chunk_size`` states.
+(``Group.act_index``). Peak memory is that of one model call on ``eval_chunk`` states.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from symgrad.diagnostics.config import EquivarianceConfig, checked
 from symgrad.diagnostics.precision import cast, computing_in
 from symgrad.errors import SymgradError
 from symgrad.groups import Group
@@ -44,7 +45,7 @@ _LONG_NAMES = {
 }
 
 
-def _check_inputs(apply_fn, params, x, y, sigma, group: Group, chunk_size: int):
+def _check_inputs(apply_fn, params, x, y, sigma, group: Group):
     if not isinstance(group, Group):
         raise SymgradError(f"group must be a symgrad.groups.Group, got {type(group).__name__}")
     if x.ndim != 4 or x.shape[-1] != 4:
@@ -53,8 +54,6 @@ def _check_inputs(apply_fn, params, x, y, sigma, group: Group, chunk_size: int):
         raise SymgradError(f"x and y must have the same shape, got {x.shape} and {y.shape}")
     if x.shape[0] == 0:
         raise SymgradError("no test transitions: pass at least one sample")
-    if int(chunk_size) < 1:
-        raise SymgradError(f"chunk_size must be >= 1, got {chunk_size}")
     check_scales(sigma, shared_momentum=group.invariant_loss)
     try:
         out = jax.eval_shape(apply_fn, params, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
@@ -107,11 +106,10 @@ def equivariance_errors(
     y: Float[Array, "N nx ny 4"],
     sigma: Float[Array, "4"],
     group: Group,
-    chunk_size: int = 64,
+    config: EquivarianceConfig | None = None,
     *,
     samples: Sequence[int] | None = None,
     attrs: dict | None = None,
-    precision: str = "float64",
 ):
     """Equivariance, orbit and test errors of ``apply_fn`` over ``group`` as an ``xarray.Dataset``.
 
@@ -122,12 +120,13 @@ def equivariance_errors(
         x, y: test transitions, ``y`` the true state one step after ``x``.
         sigma: SMSE channel scales ``(4,)``.
         group: a ``symgrad.groups.Group``; every element is evaluated.
-        chunk_size: model evaluations per compiled call (bounds memory).
+        config: ``EquivarianceConfig`` (default: its defaults): ``eval_chunk`` model
+            evaluations per compiled call (bounds memory); ``precision`` ``"float64"``
+            (default, as on the CLI) casts parameters and data to float64 and computes
+            under ``jax.enable_x64``, whatever the dtype of a Flax model's parameters;
+            ``"float32"`` computes in float32.
         samples: values of the ``sample`` coordinate (default ``0..N-1``), e.g. trajectory indices.
         attrs: extra global attributes (provenance).
-        precision: ``"float64"`` (default, as on the CLI) casts parameters and data to
-            float64 and computes under ``jax.enable_x64``, whatever the dtype of a Flax
-            model's parameters; ``"float32"`` computes in float32.
 
     Returns:
         Dataset with dims ``element``, ``sample``, ``stat``; variables
@@ -135,13 +134,16 @@ def equivariance_errors(
         ``persistence_error`` ``(sample)``, and ``<name>_stats`` over ``stat`` (see
         ``TUKEY_STATS``). Stored as float64; attribute ``compute_dtype`` says what was computed in.
     """
-    with computing_in(precision) as dtype:
+    config = checked(config, EquivarianceConfig)
+    with computing_in(config.precision) as dtype:
         return _equivariance_errors(apply_fn, cast(params, dtype), jnp.asarray(x, dtype), jnp.asarray(y, dtype),
-                                    sigma, group, chunk_size, samples=samples, attrs=attrs)
+                                    sigma, group, config.eval_chunk, samples=samples,
+                                    attrs={**config.to_dict(), "settings_class": "EquivarianceConfig",
+                                           **(attrs or {})})
 
 
 def _equivariance_errors(apply_fn, params, x, y, sigma, group: Group, chunk_size: int, *, samples, attrs):
-    _check_inputs(apply_fn, params, x, y, sigma, group, chunk_size)
+    _check_inputs(apply_fn, params, x, y, sigma, group)
     sigma_arr = jnp.asarray(np.asarray(sigma), dtype=x.dtype)
 
     n_samples, n_elements = x.shape[0], len(group)

@@ -10,9 +10,10 @@ its transpose (``J^T w``, ``jax.linear_transpose``). Products for a block of vec
 
 All vectors are flat, in ``jax.flatten_util.ravel_pytree(params)`` order.
 
-``GaussNewtonBlocks`` is what the chi solvers use: it linearises once, keeps the
-linearisation on the device (a ``jax.tree_util.Partial`` passed to one jitted product, so
-nothing is baked into a compilation as a constant) and counts every product it evaluates.
+``GaussNewtonBlocks`` is the ``solvers.ChiOperator`` the chi solvers use: it linearises
+once, keeps the linearisation on the device (passed as an argument to one jitted product,
+so nothing is baked into a compilation as a constant), owns the damping and counts every
+product it evaluates, in ``__call__`` and inside a solver's jitted ``loop``.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import lineax as lx
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array
 
 from symgrad.diagnostics._rows import pad_to_bucket
+from symgrad.diagnostics.certify import linearity_rounding
 from symgrad.loss import smse_output_hessian_diag
 
 # output_hessian(pred, t) -> H t for a tangent t of the batched prediction.
@@ -43,76 +44,6 @@ def smse_output_hessian(sigma) -> OutputHessian:
     return hv
 
 
-class LinearizedGGN(NamedTuple):
-    """The linearised model on a curvature batch and its Gauss-Newton product."""
-
-    flat_params: Float[Array, " p"]
-    matvec: Callable[[Array], Array]  # flat v -> G v, linear; vmap it for blocks
-    batch_size: int
-
-    @property
-    def n_params(self) -> int:
-        return int(self.flat_params.shape[0])
-
-
-def linearize_ggn(
-    apply_fn: Callable[[PyTree, Array], Array],
-    params: PyTree,
-    x_curvature: Float[Array, "b nx ny c"],
-    sigma=None,
-    *,
-    output_hessian: OutputHessian | None = None,
-) -> LinearizedGGN:
-    """Linearise ``apply_fn`` at ``params`` on ``x_curvature`` once; return ``v -> G v``.
-
-    Call it inside ``jax.jit`` (as the solvers do): outside a trace the stored residuals
-    would be baked into every later compilation as constants.
-    """
-    if output_hessian is None:
-        if sigma is None:
-            raise ValueError("the Gauss-Newton operator needs sigma (SMSE) or an output_hessian")
-        output_hessian = smse_output_hessian(sigma)
-    flat, unravel = ravel_pytree(params)
-    batch = x_curvature.shape[0]
-    pred, f_jvp = jax.linearize(lambda p: apply_fn(unravel(p), x_curvature), flat)
-    f_vjp = jax.linear_transpose(f_jvp, flat)
-
-    def matvec(v):
-        jv = f_jvp(v.astype(flat.dtype))
-        (g,) = f_vjp(output_hessian(pred, jv))
-        return g / batch
-
-    return LinearizedGGN(flat, matvec, batch)
-
-
-def ggn_operator(
-    apply_fn, params, x_curvature, sigma=None, *, output_hessian=None
-) -> lx.FunctionLinearOperator:
-    """G as a lineax operator on flat vectors, tagged symmetric positive semi-definite."""
-    lin = linearize_ggn(apply_fn, params, x_curvature, sigma, output_hessian=output_hessian)
-    return _as_operator(lin.matvec, lin.flat_params)
-
-
-def damped_ggn_operator(
-    apply_fn, params, x_curvature, sigma=None, *, damping: float, output_hessian=None
-) -> lx.FunctionLinearOperator:
-    """``A = lambda I + G`` as a lineax operator (symmetric positive definite for lambda > 0)."""
-    lin = linearize_ggn(apply_fn, params, x_curvature, sigma, output_hessian=output_hessian)
-    return damped_operator(lin, damping)
-
-
-def damped_operator(lin: LinearizedGGN, damping) -> lx.FunctionLinearOperator:
-    mv = lambda v: damping * v + lin.matvec(v)  # noqa: E731
-    return _as_operator(mv, lin.flat_params)
-
-
-def _as_operator(mv, flat) -> lx.FunctionLinearOperator:
-    structure = jax.ShapeDtypeStruct(flat.shape, flat.dtype)
-    return lx.FunctionLinearOperator(
-        mv, structure, tags=(lx.symmetric_tag, lx.positive_semidefinite_tag)
-    )
-
-
 # ----------------------------------------------------------------------------- blocks
 
 
@@ -123,14 +54,23 @@ def _linearize_flat(apply_fn, params, x_curvature):
     return flat, pred, f_jvp
 
 
+class _Linearization(NamedTuple):
+    """The model linearised on the curvature batch: what every product reuses."""
+
+    flat: Array
+    pred: Array
+    f_jvp: Callable
+    sigma: Array | None
+
+
 def apply_blocks(output_hessian, vectors_per_product, state, block):
     """``(lambda I + G) V`` for the rows of ``block``, traceable (the solvers' jitted loops call it).
 
-    ``state = (flat_params, pred, f_jvp, sigma, damping)`` as held by ``GaussNewtonBlocks``.
+    ``state = (linearization, damping)`` as held by ``GaussNewtonBlocks``.
     ``vectors_per_product`` rows are vmapped at a time (``lax.map``; None: all): the tangent
     activations of a vmapped jvp grow with the rows, which bounds memory for big models.
     """
-    flat, pred, f_jvp, sigma, damping = state
+    (flat, pred, f_jvp, sigma), damping = state
     hv = smse_output_hessian(sigma) if output_hessian is None else output_hessian
     f_vjp = jax.linear_transpose(f_jvp, flat)
     batch = pred.shape[0]
@@ -148,6 +88,11 @@ def apply_blocks(output_hessian, vectors_per_product, state, block):
 _apply_blocks_jit = jax.jit(apply_blocks, static_argnums=(0, 1))
 
 
+@partial(jax.jit, static_argnums=(0, 1, 2))
+def _run_loop(body, output_hessian, vectors_per_product, state, *args):
+    return body(partial(apply_blocks, output_hessian, vectors_per_product, state), *args)
+
+
 class GaussNewtonBlocks:
     """``V -> (lambda I + G) V`` for blocks ``V`` of flat vectors ``(k, P)``, counted.
 
@@ -156,10 +101,8 @@ class GaussNewtonBlocks:
     multiplied so far (a block of k is k products), the unit every cost here is stated in.
     ``damping=0`` gives G itself (the spectrum probe). ``vectors_per_product`` bounds how
     many vectors one vmapped product carries (memory of the tangent activations).
-
-    The solvers see only this interface: ``__call__``, ``damping``, ``dtype``, ``n_params``,
-    ``products`` and, for a solver that runs its loop inside one jit,
-    ``traced_product(state, block)`` with ``state``.
+    Implements ``solvers.ChiOperator``: ``__call__``, ``loop``, ``damping``, ``dtype``,
+    ``n_params``, ``products``.
     """
 
     def __init__(self, apply_fn, params, x_curvature, sigma=None, *, damping: float = 0.0,
@@ -168,42 +111,60 @@ class GaussNewtonBlocks:
             raise ValueError("the Gauss-Newton operator needs sigma (SMSE) or an output_hessian")
         leaves = jax.tree_util.tree_leaves(params)
         dtype = jnp.result_type(*leaves) if leaves else jnp.float32
-        self._sigma = None if sigma is None else jnp.asarray(sigma, dtype)
+        flat, pred, f_jvp = _linearize_flat(apply_fn, params, jnp.asarray(x_curvature, dtype))
+        lin = _Linearization(flat, pred, f_jvp, None if sigma is None else jnp.asarray(sigma, dtype))
+        self._setup(lin, output_hessian, vectors_per_product, damping)
+
+    def _setup(self, lin, output_hessian, vectors_per_product, damping, shared=None):
+        self._lin = lin
+        self._shared = {} if shared is None else shared  # what copies with another damping share
         self._hessian = output_hessian
         self._chunk = None if vectors_per_product is None else int(vectors_per_product)
-        # static and hashable (one object per operator), for solvers whose loop is one jit
-        self.traced_product = partial(apply_blocks, output_hessian, self._chunk)
-        self._flat, self._pred, self._f_jvp = _linearize_flat(apply_fn, params, jnp.asarray(x_curvature, dtype))
         self.damping = float(damping)
-        self._damping = jnp.asarray(damping, dtype)
         self.products = 0
-        self.curvature_batch_size = int(x_curvature.shape[0])
+        self.curvature_batch_size = int(lin.pred.shape[0])
 
     @property
     def n_params(self) -> int:
-        return int(self._flat.shape[0])
+        return int(self._lin.flat.shape[0])
 
     @property
     def dtype(self):
-        return self._flat.dtype
+        return self._lin.flat.dtype
 
-    @property
-    def state(self):
-        """The device-held part of a product: ``traced_product(state, block)`` inside a jitted loop."""
-        return (self._flat, self._pred, self._f_jvp, self._sigma, self._damping)
+    def _state(self):
+        return (self._lin, jnp.asarray(self.damping, self.dtype))
 
     def __call__(self, block):
         block = jnp.asarray(block)
         k = int(block.shape[0])
         self.products += k  # the vectors asked for; zero rows of padding cost time, not products
         # few compiled shapes as blocks shrink (_rows.py)
-        return _apply_blocks_jit(self._hessian, self._chunk, self.state, pad_to_bucket(block))[:k]
+        return _apply_blocks_jit(self._hessian, self._chunk, self._state(), pad_to_bucket(block))[:k]
+
+    def loop(self, body, *args):
+        """``body(product, *args) -> (outputs, products used)`` in one jitted program (a solver's
+        whole loop, as the baseline CG runs); the products used are counted here."""
+        outputs, used = _run_loop(body, self._hessian, self._chunk, self._state(), *args)
+        self.products += int(used)
+        return outputs
 
     def with_damping(self, damping: float) -> "GaussNewtonBlocks":
-        """The same linearisation with another damping (no new forward pass)."""
-        other = object.__new__(GaussNewtonBlocks)
-        other.__dict__.update(self.__dict__)
-        other.damping = float(damping)
-        other._damping = jnp.asarray(damping, self.dtype)
-        other.products = 0
+        """The same linearisation with another damping (no new forward pass), its own count."""
+        other = GaussNewtonBlocks.__new__(GaussNewtonBlocks)
+        other._setup(self._lin, self._hessian, self._chunk, damping, self._shared)
         return other
+
+    def rounding(self) -> float:
+        """An a-posteriori estimate of ``||fl(A z) - A z||`` for unit z (``certify.linearity_rounding``
+        on G, plus ``eps lambda``), computed once per linearisation; its products are counted."""
+        if "rounding" not in self._shared:
+            undamped = (self._lin, jnp.asarray(0.0, self.dtype))
+
+            def apply(block):
+                return _apply_blocks_jit(self._hessian, self._chunk, undamped, pad_to_bucket(block))[:block.shape[0]]
+
+            estimate, used = linearity_rounding(apply, self.n_params, self.dtype)
+            self.products += used
+            self._shared["rounding"] = estimate
+        return self._shared["rounding"] + float(jnp.finfo(self.dtype).eps) * self.damping

@@ -20,29 +20,24 @@ which is where the fast path's factor comes from.
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Callable, Sequence
 
 import jax.numpy as jnp
 import numpy as np
-import xarray as xr
 from jax.flatten_util import ravel_pytree
 
 from symgrad import preemption
 from symgrad.diagnostics import certify, store
+from symgrad.diagnostics.config import OverlapConfig, checked
 from symgrad.diagnostics.ggn import GaussNewtonBlocks
-from symgrad.diagnostics.precision import cast, computing_in
 from symgrad.diagnostics.gradients import per_example_gradients
-from symgrad.diagnostics.solvers import (
-    DEFAULT_SOLVER, SOLVERS, SolverSettings, corrected_cross, device_memory_bytes, euclidean_gram, make_solver,
-)
-from symgrad.diagnostics.spectrum import (
-    DEFAULT_STEPS, DEFAULT_VECTORS, KRYLOV_PER_DEFF, predicted_products, probe_spectrum,
-)
+from symgrad.diagnostics.precision import cast, computing_in
+from symgrad.diagnostics.solvers import ChiSolver, Targets, corrected_cross, device_memory_bytes, euclidean_gram
+from symgrad.diagnostics.solvers._base import row_norms
+from symgrad.diagnostics.spectrum import KRYLOV_PER_DEFF, predicted_products, probe_spectrum
 from symgrad.errors import SymgradError
 from symgrad.groups import Group
-from symgrad.names import DEFAULT_MAX_ITERATIONS, DEFAULT_RTOL, METRICS
 
 remove_partials = store.remove_partials
 
@@ -52,29 +47,25 @@ class OverlapInterrupted(Exception):
     resume), and before the next chunk once SIGTERM arrived (``symgrad.preemption``)."""
 
 
-def chi_solve(apply_fn: Callable, params, x_curvature, sigma, rhs, *, damping: float, rtol: float = DEFAULT_RTOL,
-              solver: str = DEFAULT_SOLVER, max_iterations: int = DEFAULT_MAX_ITERATIONS,
-              output_hessian: Callable | None = None, basis_memory: int | None = None,
-              safety: float | None = None, precision: str = "float64"):
-    """Solve ``(lambda I + G) x_k = rhs_k`` for every row of ``rhs`` (K, P), certified to ``rtol``.
+def chi_solve(apply_fn: Callable, params, x_curvature, sigma, rhs, config: OverlapConfig | None = None, *,
+              output_hessian: Callable | None = None):
+    """Solve ``(lambda I + G) x_k = rhs_k`` for every row of ``rhs`` (K, P), certified to ``config.rtol``.
 
-    ``G`` is the Gauss-Newton matrix of SMSE (or of ``output_hessian``) on ``x_curvature``.
-    Stops when every right-hand side's quadratic form ``b^T chi b`` is certified to ``rtol``
-    (hence every pair on the Cauchy-Schwarz scale). ``precision`` as in ``compute_overlaps``.
-    Returns a ``solvers.ChiSolution`` (its arrays in that precision).
+    ``G`` is the Gauss-Newton matrix of SMSE (or of ``output_hessian``) on ``x_curvature``;
+    ``config`` gives the damping, the solver and the precision (``OverlapConfig()``: the
+    defaults). Stops when every right-hand side's quadratic form ``b^T chi b`` is certified
+    (hence every pair on the Cauchy-Schwarz scale). Returns a ``solvers.ChiSolution`` (its
+    arrays in that precision).
     """
-    if not damping > 0:
-        raise SymgradError(f"the chi metric needs damping lambda > 0, got {damping}")
-    with computing_in(precision) as dtype:
-        settings = SolverSettings(damping=float(damping), rtol=float(rtol), max_iterations=int(max_iterations),
-                                  safety=safety, basis_memory=basis_memory)
+    config = checked(config, OverlapConfig)
+    with computing_in(config.precision) as dtype:
         op = GaussNewtonBlocks(apply_fn, cast(params, dtype), jnp.asarray(x_curvature, dtype), sigma,
-                               damping=damping, output_hessian=output_hessian)
-        rule = certify.EnergyStopping(rtol, certify.DEFAULT_SAFETY if safety is None else safety)
-        return make_solver(solver, settings).solve(op, jnp.asarray(rhs, dtype), rule)
+                               damping=config.damping, output_hessian=output_hessian,
+                               vectors_per_product=config.product_chunk)
+        return config.chi_solver().solve(op, jnp.asarray(rhs, dtype), Targets(config.rtol))
 
 
-def plan_chunks(n_samples: int, n_elements: int, reused: Sequence[bool], solver: str, rhs_chunk_size: int | None):
+def plan_chunks(n_samples: int, n_elements: int, reused: Sequence[bool], solver: str, rhs_chunk: int | None):
     """Elements per right-hand-side chunk; the v's always go with chunk 0.
 
     The block solver puts as many elements as ``rhs_chunk_size`` columns allow into each
@@ -86,7 +77,7 @@ def plan_chunks(n_samples: int, n_elements: int, reused: Sequence[bool], solver:
     paid = [k for k in range(n_elements) if not reused[k]]
     if solver == "cg":
         return [free] + [[k] for k in paid]
-    budget = math.inf if not rhs_chunk_size else max(int(rhs_chunk_size), n_samples)
+    budget = math.inf if not rhs_chunk else max(int(rhs_chunk), n_samples)
     chunks, current, cols = [], list(free), n_samples  # chunk 0 starts with the v's
     for k in paid:
         if cols + n_samples > budget and (current or chunks):
@@ -142,9 +133,12 @@ def _v_side(v, sol, v_cols):
     """What every element needs of the v-solves (numpy, float64)."""
     pick = lambda a: np.asarray(a)[v_cols]  # noqa: E731
     gram = sol.gram[np.ix_(v_cols, v_cols)]
+    rounding = sol.form_rounding[np.ix_(v_cols, v_cols)]
     return {
         "grad_norm_v": np.sqrt(np.diagonal(euclidean_gram(v, v))),
         "gram_vv": gram, "chi_vv": np.diagonal(gram).copy(),
+        "form_rounding_vv": rounding, "chi_vv_rounding": np.diagonal(rounding).copy(),
+        "residual_slack_v": pick(sol.residual_slack),
         "error_bound_v": pick(sol.error_bound), "residual_bound_v": pick(sol.residual_bound),
         "residual_norm_v": pick(sol.residual_norm), "iterations_v": pick(sol.iterations),
         "converged_v": pick(sol.converged), "null_space_share_v": pick(sol.null_share),
@@ -154,50 +148,63 @@ def _v_side(v, sol, v_cols):
 def _reused_element(v_side):
     return {
         "overlap_matrix_chi": v_side["gram_vv"], "chi_uu": v_side["chi_vv"],
+        "overlap_matrix_chi_rounding": v_side["form_rounding_vv"], "chi_uu_rounding": v_side["chi_vv_rounding"],
         "error_bound_u": v_side["error_bound_v"], "residual_bound_u": v_side["residual_bound_v"],
         "residual_norm_u": v_side["residual_norm_v"], "iterations_u": v_side["iterations_v"],
         "converged_u": v_side["converged_v"], "null_space_share_u": v_side["null_space_share_v"],
     }
 
 
-def _solve_chunk(chi_solver, op, v, us, elements, reused, has_v, v_side, w_v, r_v, results, *, rtol,
-                 safety, solver, more_chunks, progress, desc):
+def _chunk_columns(n, elements, reused, has_v):
+    """The chunk's column layout: v columns (or None) and each paid element's u columns."""
+    v_cols = list(range(n)) if has_v else None
+    col, element_cols = (n if has_v else 0), {}
+    for k in elements:
+        if not reused[k]:
+            element_cols[k] = list(range(col, col + n))
+            col += n
+    return v_cols, element_cols, col
+
+
+def _chunk_targets(rtol, n, us, elements, reused, v_cols, element_cols, v_side, w_v, damping, more_chunks):
+    """What a chunk must certify: its own v's, or the v side an earlier chunk fixed."""
+    if v_cols is not None:
+        rule_elements = {**element_cols, **{k: v_cols for k in elements if reused[k]}}
+        return Targets(rtol, tuple(v_cols), rule_elements, None, more_chunks)
+    solved_v = certify.SolvedV(v_side["chi_vv"], v_side["error_bound_v"],
+                               {k: np.asarray(us[k] @ w_v.T, np.float64) for k in element_cols},
+                               np.sqrt(v_side["residual_bound_v"] * damping))
+    return Targets(rtol, None, element_cols, solved_v, False)
+
+
+def _element_values(sol, cols, m, m_rounding):
+    pick = lambda a: np.asarray(a)[cols]  # noqa: E731
+    return dict(overlap_matrix_chi=m, chi_uu=np.diagonal(sol.gram)[cols].copy(),
+                overlap_matrix_chi_rounding=m_rounding,
+                chi_uu_rounding=np.diagonal(sol.form_rounding)[cols].copy(),
+                error_bound_u=pick(sol.error_bound), residual_bound_u=pick(sol.residual_bound),
+                residual_norm_u=pick(sol.residual_norm), iterations_u=pick(sol.iterations),
+                converged_u=pick(sol.converged), null_space_share_u=pick(sol.null_share))
+
+
+def _solve_chunk(chi_solver: ChiSolver, op, v, us, elements, reused, has_v, v_side, w_v, r_v, results, *, rtol,
+                 more_chunks, progress, desc):
     """Solve one chunk's right-hand sides and add its chi values to ``results`` (in place).
 
     Returns ``((v_side, (w, r_v)) or None, log entry)``.
     """
     n = int(v.shape[0])
-    blocks, element_cols, col = [], {}, 0
-    v_cols = None
-    if has_v:
-        blocks.append(v)
-        v_cols, col = list(range(n)), n
-    for k in elements:
-        if not reused[k]:
-            blocks.append(us[k])
-            element_cols[k] = list(range(col, col + n))
-            col += n
-    rule_elements = dict(element_cols)
-    solved_v = cap = None
-    if has_v:
-        rule_elements.update({k: v_cols for k in elements if reused[k]})
-    else:
-        solved_v = certify.SolvedV(v_side["chi_vv"], v_side["error_bound_v"],
-                                   {k: np.asarray(us[k] @ w_v.T, np.float64) for k in element_cols})
-        if solver == "cg":
-            r_v_norms = np.sqrt(v_side["residual_bound_v"] * op.damping)
-            caps = [certify.frobenius_residual_cap(np.asarray(us[k]), np.asarray(w_v), r_v_norms, rtol, op.damping,
-                                                   safety) for k in element_cols]
-            cap = np.concatenate([np.full(n, np.inf if cp is None else cp) for cp in caps])
-    rule = certify.OverlapStopping(v_cols, rule_elements, rtol, safety=safety, solved_v=solved_v,
-                                   v_ahead=has_v and more_chunks)
+    v_cols, element_cols, col = _chunk_columns(n, elements, reused, has_v)
+    targets = _chunk_targets(rtol, n, us, elements, reused, v_cols, element_cols, v_side, w_v, op.damping,
+                             more_chunks)
+    blocks = ([v] if has_v else []) + [us[k] for k in element_cols]
     bar = _Progress(progress, f"{desc} ({col} right-hand sides)")
     t0 = time.perf_counter()
     try:
-        sol = chi_solver.solve(op, jnp.concatenate(blocks), rule, residual_cap=cap, progress=bar)
+        sol = chi_solver.solve(op, jnp.concatenate(blocks), targets, progress=bar)
     finally:
         bar.close()
-    log = {"right_hand_sides": int(col), "ggn_products": int(sol.ggn_products),
+    log = {"right_hand_sides": int(col), "ggn_products": int(sol.ggn_products), "result": sol.result.value,
            "seconds": round(time.perf_counter() - t0, 3), **sol.stats}
     new_v = None
     if has_v:
@@ -209,35 +216,30 @@ def _solve_chunk(chi_solver, op, v, us, elements, reused, has_v, v_side, w_v, r_
             results[k].update(_reused_element(v_side))
             continue
         cols = element_cols[k]
-        pick = lambda a: np.asarray(a)[cols]  # noqa: E731
-        m = (sol.gram[np.ix_(cols, v_cols)] if has_v
-             else corrected_cross(us[k], sol.solution[cols[0]:cols[-1] + 1], r_v, w_v))
-        results[k].update(overlap_matrix_chi=m, chi_uu=np.diagonal(sol.gram)[cols].copy(),
-                          error_bound_u=pick(sol.error_bound), residual_bound_u=pick(sol.residual_bound),
-                          residual_norm_u=pick(sol.residual_norm), iterations_u=pick(sol.iterations),
-                          converged_u=pick(sol.converged), null_space_share_u=pick(sol.null_share))
+        if has_v:
+            m, m_rounding = sol.gram[np.ix_(cols, v_cols)], sol.form_rounding[np.ix_(cols, v_cols)]
+        else:
+            z = sol.solution[cols[0]:cols[-1] + 1]
+            m, m_rounding = corrected_cross(us[k], z, r_v, w_v)
+            m_rounding = m_rounding + np.outer(row_norms(z), v_side["residual_slack_v"])  # z_i . (r_vj - fl(r_vj))
+        results[k].update(_element_values(sol, cols, m, m_rounding))
     return new_v, log
 
 
 def solve_overlaps(operator, v, gradients_of: Callable, reused: Sequence[bool], element_names: Sequence[str], *,
-                   solver: str = DEFAULT_SOLVER, rtol: float = DEFAULT_RTOL, max_iterations: int = DEFAULT_MAX_ITERATIONS,
-                   safety: float | None = None, basis_memory: int | None = None, rhs_chunk_size: int | None = None,
+                   solver: ChiSolver | None, rtol: float, rhs_chunk: int | None = None,
                    partials: store.Partials | None = None, stop_after: int | None = None, progress: bool = False):
     """The overlaps of given gradients: ``v`` (N, P) and ``gradients_of(k)`` = ``u^g`` of element k.
 
-    ``operator`` applies ``lambda I + G`` to blocks (``ggn.GaussNewtonBlocks``, or any object
-    with its interface); None computes the Euclidean overlaps only. ``reused[k]``: element
-    k's gradients equal ``v`` bit for bit. Returns ``(results by element, v side, chunk log,
+    ``operator`` is a ``solvers.ChiOperator`` applying ``lambda I + G`` to blocks
+    (``ggn.GaussNewtonBlocks``, or any object with its interface) and ``solver`` the chi
+    solver; both None compute the Euclidean overlaps only. ``reused[k]``: element k's
+    gradients equal ``v`` bit for bit. Returns ``(results by element, v side, chunk log,
     number of chunks)`` for ``store.build_result_dataset``.
     """
     want_chi = operator is not None
     n, n_el = int(v.shape[0]), len(element_names)
-    plan = plan_chunks(n, n_el, reused, solver, rhs_chunk_size) if want_chi else [list(range(n_el))]
-    if safety is None:
-        safety = certify.CG_SAFETY if solver == "cg" else certify.DEFAULT_SAFETY
-    chi_solver = make_solver(solver, SolverSettings(
-        damping=operator.damping, rtol=rtol, max_iterations=max_iterations, safety=safety,
-        basis_memory=basis_memory)) if want_chi else None
+    plan = plan_chunks(n, n_el, reused, solver.name, rhs_chunk) if want_chi else [list(range(n_el))]
     results: dict[int, dict] = {}
     chunks_log: list[dict] = []
     v_side = w_v = r_v = None
@@ -264,9 +266,8 @@ def solve_overlaps(operator, v, gradients_of: Callable, reused: Sequence[bool], 
         has_v = want_chi and c == 0
         log = {"chunk": c, "elements": [element_names[k] for k in elements]}
         if want_chi:
-            new_v, log_solve = _solve_chunk(chi_solver, operator, v, us, elements, reused, has_v, v_side, w_v, r_v,
-                                            new, rtol=rtol, safety=safety, solver=solver,
-                                            more_chunks=len(plan) > 1, progress=progress,
+            new_v, log_solve = _solve_chunk(solver, operator, v, us, elements, reused, has_v, v_side, w_v, r_v,
+                                            new, rtol=rtol, more_chunks=len(plan) > 1, progress=progress,
                                             desc=f"chi solve {c + 1}/{len(plan)}")
             log.update(log_solve)
             if has_v:
@@ -284,140 +285,99 @@ def solve_overlaps(operator, v, gradients_of: Callable, reused: Sequence[bool], 
     return results, v_side, chunks_log, len(plan)
 
 
-def compute_overlaps(
-    apply_fn: Callable,
-    params,
-    x,
-    y,
-    sigma,
-    group: Group,
-    *,
-    metric: str = "both",
-    damping: float = 1e-6,
-    rtol: float = DEFAULT_RTOL,
-    solver: str = DEFAULT_SOLVER,
-    max_iterations: int = DEFAULT_MAX_ITERATIONS,
-    x_curvature=None,
-    loss_fn: Callable | None = None,
-    output_hessian: Callable | None = None,
-    grad_chunk_size: int | None = 8,
-    rhs_chunk_size: int | None = None,
-    basis_memory: int | None = None,
-    vectors_per_product: int | None = None,
-    safety: float | None = None,
-    precision: str = "float64",
-    spectrum_vectors: int = DEFAULT_VECTORS,
-    spectrum_steps: int = DEFAULT_STEPS,
-    sample_ids: Sequence | None = None,
-    partial_dir: str | os.PathLike | None = None,
-    progress: bool = False,
-    stop_after: int | None = None,
-    attrs: dict | None = None,
-) -> xr.Dataset:
-    """Overlap matrices and per-sample overlaps of ``u_i^g`` with ``v_j`` for every ``g``.
+def compute_overlaps(apply_fn: Callable, params, x, y, sigma, group: Group, config: OverlapConfig | None = None, *,
+                     loss_fn: Callable | None = None, output_hessian: Callable | None = None, sample_ids=None,
+                     partial_dir=None, progress: bool = False, stop_after: int | None = None,
+                     attrs: dict | None = None):
+    """Gradient overlaps of the transitions ``(x_i, y_i)`` across the orbits of ``group``.
 
-    ``apply_fn(params, x) -> y`` is any model on batches ``(n, nx, ny, c)`` (for symgrad's
-    surrogates, the sigma-wrapped physical map). The loss is SMSE with ``sigma`` unless
-    ``loss_fn(pred, target) -> (n,)`` is given; the Gauss-Newton output Hessian is SMSE's
-    unless ``output_hessian(pred, t) -> H t`` is given (a custom loss needs both; it must be
-    positive semi-definite, since every bound uses ``lambda_min(lambda I + G) >= lambda``).
-    ``x_curvature`` is the curvature batch B (default ``x``). ``metric`` is ``"chi"``,
-    ``"euclidean"`` or ``"both"`` (the Euclidean matrices come for free with chi).
-
-    ``precision="float64"`` (default) casts parameters and data to float64 and computes
-    under ``jax.enable_x64`` whatever their dtype (Flax's default float32 cannot certify
-    1e-6 at lambda ~ 1e-6); ``"float32"`` computes in float32 and flags what it cannot
-    certify. ``solver`` is ``"block"`` (default), ``"cg"`` (the baseline) or ``"dense"``
-    (the exact reference for small models). ``rhs_chunk_size`` bounds the right-hand sides
-    solved together (default: all that fit half the device memory), ``basis_memory`` the bytes of Lanczos vectors kept and
-    ``vectors_per_product`` the vectors one vmapped Gauss-Newton product carries (memory).
-    ``spectrum_vectors`` / ``spectrum_steps`` size the spectrum probe stored in the result
-    (0 vectors: none).
+    ``config`` (``OverlapConfig()``: the defaults) says what to compute and how: the metric,
+    the damping lambda and rtol of every chi value, the solver, the curvature batch (the
+    first ``curvature_samples`` of x), chunk sizes and the precision; it was checked when
+    it was made. ``loss_fn(pred, target)`` replaces SMSE (a custom loss needs its
+    ``output_hessian`` for the chi metric, which must be positive semi-definite: every bound
+    uses ``lambda_min(A) >= lambda``). ``sample_ids`` label the samples (default 0..N-1);
+    ``attrs`` are added to the result's provenance.
 
     With ``partial_dir``, the probe, the v-solves and each finished element are saved and
     a rerun with the same inputs resumes. ``stop_after=k`` raises ``OverlapInterrupted``
     after k newly solved chunks. Returns the dataset of docs/overlap.md section 6.
     """
-    if metric not in METRICS:
-        raise SymgradError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    if solver not in SOLVERS:
-        raise SymgradError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-    want_chi = metric in ("chi", "both")
-    if want_chi and not damping > 0:
-        raise SymgradError(f"the chi metric needs damping lambda > 0, got {damping}")
-    if not 0 < rtol < 1:
-        raise SymgradError(f"rtol must be in (0, 1), got {rtol}")
-    if loss_fn is not None and want_chi and output_hessian is None:
+    config = checked(config, OverlapConfig)
+    if loss_fn is not None and config.wants_chi and output_hessian is None:
         raise SymgradError("a custom loss_fn needs its output_hessian for the chi metric")
-    with computing_in(precision) as dtype:
-        return _compute(apply_fn, cast(params, dtype), jnp.asarray(x, dtype), jnp.asarray(y, dtype), sigma, group,
-                        dtype=dtype, metric=metric, want_chi=want_chi, damping=float(damping), rtol=float(rtol),
-                        solver=solver, max_iterations=int(max_iterations),
-                        x_curvature=None if x_curvature is None else jnp.asarray(x_curvature, dtype),
-                        loss_fn=loss_fn, output_hessian=output_hessian, grad_chunk_size=grad_chunk_size,
-                        rhs_chunk_size=rhs_chunk_size, basis_memory=basis_memory,
-                        vectors_per_product=vectors_per_product, safety=safety, precision=precision, spectrum_vectors=int(spectrum_vectors),
-                        spectrum_steps=int(spectrum_steps), sample_ids=sample_ids, partial_dir=partial_dir,
-                        progress=progress, stop_after=stop_after, attrs=attrs)
+    with computing_in(config.precision) as dtype:
+        x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+        if x.shape != y.shape or x.ndim != 4:
+            raise SymgradError(f"x and y must both be (n, nx, ny, c), got {x.shape} and {y.shape}")
+        return _compute(apply_fn, cast(params, dtype), x, y, None if sigma is None else jnp.asarray(sigma, dtype),
+                        group, config, dtype=dtype, loss_fn=loss_fn, output_hessian=output_hessian,
+                        sample_ids=sample_ids, partial_dir=partial_dir, progress=progress, stop_after=stop_after,
+                        attrs=attrs)
 
 
-def _compute(apply_fn, params, x, y, sigma, group, *, dtype, metric, want_chi, damping, rtol, solver,
-             max_iterations, x_curvature, loss_fn, output_hessian, grad_chunk_size, rhs_chunk_size,
-             basis_memory, vectors_per_product, safety, precision, spectrum_vectors, spectrum_steps, sample_ids, partial_dir,
-             progress, stop_after, attrs):
+def _settings(config: OverlapConfig, *, n_params, dtype, x_curv, rhs_chunk, solver, loss_fn, output_hessian) -> dict:
+    """The result's provenance of how it was computed: the config, and what it resolved to."""
+    name_of = lambda f, default: default if f is None else getattr(f, "__qualname__", type(f).__name__)  # noqa: E731
+    return dict(config.to_dict(), settings_class=type(config).__name__, rhs_chunk=rhs_chunk,
+                safety=getattr(solver, "safety", None), n_params=n_params, dtype=str(np.dtype(dtype)),
+                curvature_batch_size=int(x_curv.shape[0]), loss=name_of(loss_fn, "smse"),
+                output_hessian=name_of(output_hessian, "smse"))
+
+
+def _spectrum(op, config: OverlapConfig, partials, x_curv, n_params, progress):
+    """The spectrum probe stored with the result (resumed from the partials), and its forecast."""
+    spectrum = partials.load_json("spectrum") if partials is not None else None
+    if spectrum is None and config.probe_vectors > 0:
+        spectrum = probe_spectrum(op.with_damping(0.0), n_vectors=config.probe_vectors, steps=config.probe_steps,
+                                  basis_bytes=config.basis_bytes, rank_bound=min(n_params, int(np.prod(x_curv.shape))))
+        if partials is not None:
+            partials.save_json("spectrum", spectrum)
+    if spectrum is not None and progress:
+        lo, hi = predicted_products(spectrum, config.damping)
+        print(f"spectrum probe: largest eigenvalue {spectrum['top_eigenvalues'][0]:.3g}, d_eff({config.damping:g}) in "
+              f"[{lo / KRYLOV_PER_DEFF:.0f}, {hi / KRYLOV_PER_DEFF:.0f}]: expect about {lo:.0f} to {hi:.0f} "
+              "Gauss-Newton products", flush=True)
+    return spectrum
+
+
+def _compute(apply_fn, params, x, y, sigma, group, config: OverlapConfig, *, dtype, loss_fn, output_hessian,
+             sample_ids, partial_dir, progress, stop_after, attrs):
     flat, _ = ravel_pytree(params)
-    n_params = int(flat.shape[0])
-    if x.shape != y.shape or x.ndim != 4:
-        raise SymgradError(f"x and y must both be (n, nx, ny, c), got {x.shape} and {y.shape}")
-    n = int(x.shape[0])
-    x_curv = x if x_curvature is None else x_curvature
-    sigma_arr = None if sigma is None else jnp.asarray(sigma, dtype)
+    n_params, n = int(flat.shape[0]), int(x.shape[0])
+    x_curv = x[:config.curvature_samples] if config.curvature_samples else x
+    if config.curvature_samples and config.curvature_samples > n:
+        raise SymgradError(f"curvature_samples {config.curvature_samples} exceeds the {n} samples given")
     # An element that leaves the inputs unchanged bit for bit (the identity) has u == v bit for
     # bit: it reuses the v-solves. Decided on the inputs, so planning needs no gradients.
     acted = [(group.act(g, x), group.act(g, y)) for g in group.elements]
     reused = [bool(jnp.array_equal(gx, x) and jnp.array_equal(gy, y)) for gx, gy in acted]
-    if want_chi and rhs_chunk_size is None:
-        rhs_chunk_size = default_rhs_chunk(n_params, dtype, n, n * (1 + sum(not r for r in reused)))
-    name_of = lambda f, default: default if f is None else getattr(f, "__qualname__", type(f).__name__)  # noqa: E731
-    settings = dict(
-        solver=solver, damping=damping, max_iterations=max_iterations,
-        safety=safety if safety is not None else (certify.CG_SAFETY if solver == "cg" else certify.DEFAULT_SAFETY),
-        rhs_chunk_size=rhs_chunk_size, basis_memory=basis_memory, vectors_per_product=vectors_per_product,
-        precision=precision, n_params=n_params, dtype=str(np.dtype(dtype)), curvature_batch_size=int(x_curv.shape[0]),
-        loss=name_of(loss_fn, "smse"), output_hessian=name_of(output_hessian, "smse"),
-    )
+    solver = config.chi_solver() if config.wants_chi else None
+    rhs_chunk = config.rhs_chunk
+    if config.wants_chi and rhs_chunk is None:
+        rhs_chunk = default_rhs_chunk(n_params, dtype, n, n * (1 + sum(not r for r in reused)))
+    settings = _settings(config, n_params=n_params, dtype=dtype, x_curv=x_curv, rhs_chunk=rhs_chunk, solver=solver,
+                         loss_fn=loss_fn, output_hessian=output_hessian)
     partials = None
     if partial_dir is not None:
-        key = dict(settings, metric=metric, rtol=rtol, group=group.name, elements=list(group.elements),
-                   spectrum=[spectrum_vectors, spectrum_steps])
+        key = dict(settings, group=group.name, elements=list(group.elements))
         partials = store.Partials(partial_dir, store.fingerprint([flat, x, y, sigma, x_curv], key))
 
     grads = lambda xs, ys: per_example_gradients(  # noqa: E731
-        apply_fn, params, xs, ys, sigma_arr, loss_fn=loss_fn, chunk_size=grad_chunk_size)
+        apply_fn, params, xs, ys, sigma, loss_fn=loss_fn, chunk_size=config.grad_chunk)
     v = grads(x, y)
-
     op = spectrum = None
-    if want_chi:
-        op = GaussNewtonBlocks(apply_fn, params, x_curv, sigma_arr, damping=damping, output_hessian=output_hessian,
-                               vectors_per_product=vectors_per_product)
-        spectrum = partials.load_json("spectrum") if partials is not None else None
-        if spectrum is None and spectrum_vectors > 0:
-            outputs = int(np.prod(x_curv.shape))
-            spectrum = probe_spectrum(op.with_damping(0.0), n_vectors=spectrum_vectors, steps=spectrum_steps,
-                                      basis_bytes=basis_memory, rank_bound=min(n_params, outputs))
-            if partials is not None:
-                partials.save_json("spectrum", spectrum)
-        if spectrum is not None and progress:
-            lo, hi = predicted_products(spectrum, damping)
-            print(f"spectrum probe: largest eigenvalue {spectrum['top_eigenvalues'][0]:.3g}, d_eff({damping:g}) in "
-                  f"[{lo / KRYLOV_PER_DEFF:.0f}, {hi / KRYLOV_PER_DEFF:.0f}]: expect about {lo:.0f} to {hi:.0f} "
-                  "Gauss-Newton products", flush=True)
+    if config.wants_chi:
+        op = GaussNewtonBlocks(apply_fn, params, x_curv, sigma, damping=config.damping, output_hessian=output_hessian,
+                               vectors_per_product=config.product_chunk)
+        settings["operator_rounding"] = op.rounding()  # every bound adds it (certify); not a chunk's cost
+        settings["operator_rounding_ggn_products"] = int(op.products)
+        spectrum = _spectrum(op, config, partials, x_curv, n_params, progress)
     results, v_side, chunks_log, n_chunks = solve_overlaps(
-        op, v, lambda k: grads(*acted[k]), reused, [str(e) for e in group.elements], solver=solver, rtol=rtol,
-        max_iterations=max_iterations, safety=safety, basis_memory=basis_memory, rhs_chunk_size=rhs_chunk_size,
-        partials=partials, stop_after=stop_after, progress=progress)
+        op, v, lambda k: grads(*acted[k]), reused, [str(e) for e in group.elements], solver=solver, rtol=config.rtol,
+        rhs_chunk=rhs_chunk, partials=partials, stop_after=stop_after, progress=progress)
     settings["rhs_chunks"] = n_chunks
     return store.build_result_dataset(
-        group, [results[k] for k in range(len(group))], v_side, metric=metric, rtol=rtol,
+        group, [results[k] for k in range(len(group))], v_side, metric=config.metric, rtol=config.rtol,
         sample_ids=sample_ids if sample_ids is not None else np.arange(n), settings=settings,
         spectrum=spectrum, chunks=chunks_log, attrs=attrs)

@@ -13,7 +13,6 @@ import contextlib
 import jax
 import jax.numpy as jnp
 
-from symgrad.errors import SymgradError
 from symgrad.names import PRECISIONS
 
 
@@ -24,8 +23,7 @@ def computing_in(precision: str):
     Matmuls run at ``"highest"`` precision either way: on GPUs the default lets float32
     matmuls use TF32 (10-bit mantissas), whose rounding no bound here accounts for.
     """
-    if precision not in PRECISIONS:
-        raise SymgradError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    assert precision in PRECISIONS, precision  # checked by the diagnostic's config
     with jax.default_matmul_precision("highest"):
         if precision == "float64":
             with jax.enable_x64(True):

@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from symgrad.diagnostics.solvers._block import MU_FRACTION
-from symgrad.diagnostics.solvers._lanczos import BlockLanczos
-from symgrad.names import DEFAULT_PROBE_VECTORS
+from symgrad.diagnostics.certify import MU_FRACTION
+from symgrad.diagnostics.solvers._lanczos import BlockLanczosProcess
+from symgrad.names import DEFAULT_PROBE_STEPS, DEFAULT_PROBE_VECTORS
 
 DEFAULT_DAMPINGS = (1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 DEFAULT_VECTORS = DEFAULT_PROBE_VECTORS
-DEFAULT_STEPS = 24
+DEFAULT_STEPS = DEFAULT_PROBE_STEPS
 DEFAULT_TOP = 16
-# Measured ratio of the block solver's Krylov dimension to d_eff(lambda) at rtol 1e-6
-# (docs/overlap.md section 4); the cost prediction is this times d_eff.
+# The ratio of the block solver's Krylov dimension to d_eff(lambda) at rtol 1e-6 in the
+# records of docs/overlap.md section 4; the cost prediction is this times d_eff.
 KRYLOV_PER_DEFF = 0.5
 
 
@@ -89,7 +89,7 @@ def probe_spectrum(operator, *, n_vectors: int = DEFAULT_VECTORS, steps: int = D
     products_before = operator.products
     key = jax.random.PRNGKey(seed)
     z = jax.random.rademacher(key, (n_vectors, n), dtype=operator.dtype)
-    lanczos = BlockLanczos(operator, z, basis_bytes=default_basis_bytes() if basis_bytes is None else basis_bytes,
+    lanczos = BlockLanczosProcess(operator, z, basis_bytes=default_basis_bytes() if basis_bytes is None else basis_bytes,
                            rank_tol=1e-12)
     omegas, betas = [], []
     for _ in range(steps):

@@ -166,10 +166,13 @@ def build_result_dataset(group, results: list[dict], v_side: dict, *, metric: st
     }
     out_attrs = {"n_flagged": 0, "ggn_products": int(sum(c.get("ggn_products", 0) for c in chunks or []))}
     if metric in ("chi", "both"):
-        vv, e_v, res_v = (np.asarray(v_side[k], np.float64) for k in ("chi_vv", "error_bound_v", "residual_bound_v"))
-        certs = [certify_element(r["overlap_matrix_chi"], r["chi_uu"], vv, r["error_bound_u"], e_v, rtol) for r in results]
-        rigorous = [certify_element(r["overlap_matrix_chi"], r["chi_uu"], vv, r["residual_bound_u"], res_v, rtol)
-                    for r in results]
+        vv, e_v, res_v, rho_v = (np.asarray(v_side[k], np.float64)
+                                 for k in ("chi_vv", "error_bound_v", "residual_bound_v", "chi_vv_rounding"))
+        rounding = [(r["overlap_matrix_chi_rounding"], r["chi_uu_rounding"], rho_v) for r in results]
+        certs = [certify_element(r["overlap_matrix_chi"], r["chi_uu"], vv, r["error_bound_u"], e_v, rtol, rho)
+                 for r, rho in zip(results, rounding)]
+        rigorous = [certify_element(r["overlap_matrix_chi"], r["chi_uu"], vv, r["residual_bound_u"], res_v, rtol, rho)
+                    for r, rho in zip(results, rounding)]
         cstack = lambda name: np.stack([getattr(c, name) for c in certs])  # noqa: E731
         flag = cstack("not_met")
         out_attrs["n_flagged"] = int(flag.sum())
@@ -185,9 +188,10 @@ def build_result_dataset(group, results: list[dict], v_side: dict, *, metric: st
             overlap_frobenius_chi=_var(ee, cstack("frobenius"), "chi M^g_ii / ||M^g||_F"),
             overlap_frobenius_chi_bound=_var(ee, cstack("frobenius_bound"), "certified bound on |error| of overlap_frobenius_chi"),
             chi_uu=_var(ee, stack("chi_uu"), "<u_i^g, u_i^g>_chi (corrected estimate)"),
-            chi_uu_bound=_var(ee, stack("error_bound_u"), "certified bound on |error| of chi_uu"),
+            chi_uu_bound=_var(ee, stack("error_bound_u") + stack("chi_uu_rounding"),
+                              "certified bound on |error| of chi_uu"),
             chi_vv=_var(("sample",), vv, "<v_i, v_i>_chi (corrected estimate)"),
-            chi_vv_bound=_var(("sample",), e_v, "certified bound on |error| of chi_vv"),
+            chi_vv_bound=_var(("sample",), e_v + rho_v, "certified bound on |error| of chi_vv"),
             residual_bound_u=_var(ee, stack("residual_bound_u"), "||r||^2 / lambda for the u-solve: the bound that holds in floating point"),
             residual_bound_v=_var(("sample",), res_v, "||r||^2 / lambda for the v-solve: the bound that holds in floating point"),
             certified_by_residual_bound=_var(ee, ~np.stack([c.not_met for c in rigorous]),
@@ -196,8 +200,8 @@ def build_result_dataset(group, results: list[dict], v_side: dict, *, metric: st
             residual_norm_v=_var(("sample",), v_side["residual_norm_v"], "||v - (lambda I + G) w||_2, recomputed explicitly"),
             iterations_u=_var(ee, stack("iterations_u"), "solver iterations of the u-solve (CG steps or block steps)", "count"),
             iterations_v=_var(("sample",), v_side["iterations_v"], "solver iterations of the v-solve", "count"),
-            converged_u=_var(ee, stack("converged_u"), "the u-solve met its solver's stopping rule"),
-            converged_v=_var(("sample",), v_side["converged_v"], "the v-solve met its solver's stopping rule"),
+            converged_u=_var(ee, stack("converged_u"), "chi_uu is certified at rtol (chi_uu_bound <= rtol chi_uu)"),
+            converged_v=_var(("sample",), v_side["converged_v"], "chi_vv is certified at rtol (chi_vv_bound <= rtol chi_vv)"),
             null_space_share_u=_var(ee, stack("null_space_share_u"), null_desc),
             null_space_share_v=_var(("sample",), v_side["null_space_share_v"], null_desc),
             reused_v_solves=_var(("element",), stack("reused_v_solves").astype(bool), "u^g == v bit for bit, v-solves reused"),

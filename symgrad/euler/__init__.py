@@ -7,7 +7,7 @@ See ``docs/solver.md`` for the numerics and ``docs/initial-conditions.md`` for t
 
 from symgrad.euler import conversions as conversions
 from symgrad.euler import initial as initial
-from symgrad.euler._config import SolverConfig as SolverConfig
+from symgrad.euler._config import EulerConfig as EulerConfig
 from symgrad.euler._flux import hllc_flux_x as hllc_flux_x
 from symgrad.euler._solver import (
     SolveFailure as SolveFailure,
@@ -15,9 +15,9 @@ from symgrad.euler._solver import (
     describe_failures as describe_failures,
     max_stable_dt as max_stable_dt,
     physical_mask as physical_mask,
-    rhs as rhs,
     solve as solve,
     step as step,
+    tendency as tendency,
 )
 from symgrad.euler.conversions import (
     conservative_to_primitive as conservative_to_primitive,
@@ -34,12 +34,12 @@ from symgrad.euler.initial import (
 
 __all__ = [
     "CRPConfig",
+    "EulerConfig",
     "FAMILIES",
     "RPConfig",
     "RPUIConfig",
     "SolveFailure",
     "SolveResult",
-    "SolverConfig",
     "conservative_to_primitive",
     "conversions",
     "default_initial_config",
@@ -49,8 +49,8 @@ __all__ = [
     "max_stable_dt",
     "physical_mask",
     "primitive_to_conservative",
-    "rhs",
     "sample_initial",
     "solve",
     "step",
+    "tendency",
 ]

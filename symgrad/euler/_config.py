@@ -1,4 +1,7 @@
-"""Solver settings as one immutable, hashable value (a static argument of the jitted solver)."""
+"""The Euler scheme's settings as one immutable, hashable value (a static argument of the jitted solver).
+
+Named ``EulerConfig``, not "solver", so as not to be confused with the chi solvers of the
+overlap diagnostic (``symgrad.diagnostics.solvers``)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from symgrad.names import LIMITERS, RECONSTRUCTIONS, RK_STAGES
 
 
 @dataclass(frozen=True)
-class SolverConfig:
+class EulerConfig:
     """Numerical settings of the finite-volume Euler solver.
 
     Attributes:
@@ -36,19 +39,19 @@ class SolverConfig:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.gamma, numbers.Real) and math.isfinite(self.gamma) and self.gamma > 1.0):
-            raise SymgradError(f"SolverConfig.gamma must be a finite number > 1, got {self.gamma!r}")
+            raise SymgradError(f"EulerConfig.gamma must be a finite number > 1, got {self.gamma!r}")
         if not (isinstance(self.cfl, numbers.Real) and 0.0 < self.cfl <= 1.0):
-            raise SymgradError(f"SolverConfig.cfl must be in (0, 1] (0.4 is the default), got {self.cfl!r}")
+            raise SymgradError(f"EulerConfig.cfl must be in (0, 1] (0.4 is the default), got {self.cfl!r}")
         if self.limiter not in LIMITERS:
-            raise SymgradError(f"SolverConfig.limiter must be one of {LIMITERS}, got {self.limiter!r}")
+            raise SymgradError(f"EulerConfig.limiter must be one of {LIMITERS}, got {self.limiter!r}")
         if self.reconstruction not in RECONSTRUCTIONS:
             raise SymgradError(
-                f"SolverConfig.reconstruction must be one of {RECONSTRUCTIONS}, got {self.reconstruction!r}"
+                f"EulerConfig.reconstruction must be one of {RECONSTRUCTIONS}, got {self.reconstruction!r}"
             )
         if self.rk_stages not in RK_STAGES or isinstance(self.rk_stages, bool):
-            raise SymgradError(f"SolverConfig.rk_stages must be 2 or 3, got {self.rk_stages!r}")
+            raise SymgradError(f"EulerConfig.rk_stages must be 2 or 3, got {self.rk_stages!r}")
         if not (isinstance(self.max_steps, numbers.Integral) and self.max_steps >= 1):
-            raise SymgradError(f"SolverConfig.max_steps must be a positive integer, got {self.max_steps!r}")
+            raise SymgradError(f"EulerConfig.max_steps must be a positive integer, got {self.max_steps!r}")
         # Normalise types (values may come back from file attributes as NumPy scalars) so that
         # equal settings hash equally: the config is a static argument of the jitted solver.
         object.__setattr__(self, "gamma", float(self.gamma))
@@ -63,8 +66,8 @@ class SolverConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SolverConfig":
+    def from_dict(cls, d: dict) -> "EulerConfig":
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise SymgradError(f"unknown solver settings {sorted(unknown)}; known: {[f.name for f in dataclasses.fields(cls)]}")
+            raise SymgradError(f"unknown Euler settings {sorted(unknown)}; known: {[f.name for f in dataclasses.fields(cls)]}")
         return cls(**d)

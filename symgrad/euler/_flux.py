@@ -1,7 +1,7 @@
 """HLLC numerical flux in the x-direction (Toro, *Riemann Solvers*, 3rd ed., section 10.4).
 
 Only the x-direction exists: the y-flux is this same function applied to y-faces with the
-velocity components swapped, normal first (see ``_solver.rhs``), so that the scheme is
+velocity components swapped, normal first (see ``_solver.tendency``), so that the scheme is
 written once and is identical in both directions.
 """
 

@@ -1,4 +1,4 @@
-"""Time stepping: unsplit MUSCL-HLLC right-hand side, SSP Runge-Kutta, adaptive dt, failures."""
+"""Time stepping: the unsplit MUSCL-HLLC tendency ``dq/dt``, SSP Runge-Kutta, adaptive dt, failures."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from symgrad.errors import SymgradError
-from symgrad.euler._config import SolverConfig
+from symgrad.euler._config import EulerConfig
 from symgrad.euler._flux import hllc_flux_x
 from symgrad.euler._reconstruct import face_states
 
@@ -27,7 +27,7 @@ def _primitive(q, gamma):
 _NORMAL_FIRST_Y = (0, 2, 1, 3)
 
 
-def _flux_divergence(w, config: SolverConfig, axis: int):
+def _flux_divergence(w, config: EulerConfig, axis: int):
     """``(F_{i+1/2} - F_{i-1/2}) / h`` along ``axis`` for primitive ``w = (rho, u_n, u_t, p)``."""
     left, right = face_states(w, config.limiter, config.reconstruction, config.gamma, axis)
     flux = hllc_flux_x(left, right, config.gamma)
@@ -35,8 +35,8 @@ def _flux_divergence(w, config: SolverConfig, axis: int):
     return (flux - jnp.roll(flux, 1, axis=axis)) * float(n)
 
 
-def rhs(q: Float[Array, "*b nx ny 4"], config: SolverConfig) -> Float[Array, "*b nx ny 4"]:
-    """``dq/dt = -div F(q)``, unsplit.
+def tendency(q: Float[Array, "*b nx ny 4"], config: EulerConfig) -> Float[Array, "*b nx ny 4"]:
+    """The tendency ``dq/dt = -div F(q)`` of the semi-discrete scheme, unsplit.
 
     Both directions run the very same reconstruction and x-flux code: for y, the rolls act
     on the y axis and the velocity components are swapped so that the normal one comes first
@@ -56,7 +56,7 @@ def _broadcast_dt(dt, q):
     return dt.reshape(dt.shape + (1,) * (q.ndim - dt.ndim)) if dt.ndim else dt
 
 
-# Shu-Osher coefficients: stage k is  q_k+1 = a_k q + b_k (q_k + dt L(q_k)).
+# Shu-Osher coefficients: stage k is  q_k+1 = a_k q + b_k (q_k + dt tendency(q_k)).
 _SSP_COEFFICIENTS = {
     2: ((0.0, 0.5), (1.0, 0.5)),
     3: ((0.0, 0.75, 1.0 / 3.0), (1.0, 0.25, 2.0 / 3.0)),
@@ -64,10 +64,10 @@ _SSP_COEFFICIENTS = {
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def step(q: Float[Array, "*b nx ny 4"], dt: Float[Array, "*b"] | float, config: SolverConfig = SolverConfig()) -> Float[Array, "*b nx ny 4"]:
+def step(q: Float[Array, "*b nx ny 4"], dt: Float[Array, "*b"] | float, config: EulerConfig = EulerConfig()) -> Float[Array, "*b nx ny 4"]:
     """One SSP-RK step (Shu-Osher form) of size ``dt`` (a scalar or one per leading index).
 
-    The stages run in a ``fori_loop`` so the right-hand side is traced once: this divides
+    The stages run in a ``fori_loop`` so the tendency is traced once: this divides
     the compile time by the number of stages. The first stage's ``0 * q + 1 * (...)`` is
     exact, so the result equals the unrolled scheme.
     """
@@ -75,13 +75,13 @@ def step(q: Float[Array, "*b nx ny 4"], dt: Float[Array, "*b"] | float, config: 
     a_coef, b_coef = (jnp.asarray(c, dtype=q.dtype) for c in _SSP_COEFFICIENTS[config.rk_stages])
 
     def stage(k, qk):
-        return a_coef[k] * q + b_coef[k] * (qk + dt * rhs(qk, config))
+        return a_coef[k] * q + b_coef[k] * (qk + dt * tendency(qk, config))
 
     return jax.lax.fori_loop(0, config.rk_stages, stage, q)
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def max_stable_dt(q: Float[Array, "*b nx ny 4"], config: SolverConfig = SolverConfig()) -> Float[Array, "*b"]:
+def max_stable_dt(q: Float[Array, "*b nx ny 4"], config: EulerConfig = EulerConfig()) -> Float[Array, "*b"]:
     """``cfl / max_cells((|u| + c) / dx + (|v| + c) / dy)``, one value per leading index.
 
     The sum of the two directional rates is the unsplit-scheme bound; it is symmetric in
@@ -103,7 +103,7 @@ def physical_mask(q: Float[Array, "*b nx ny 4"], gamma: float = 1.4) -> Bool[Arr
 # Failure reasons stored in SolveFailure.reason.
 OK, NON_PHYSICAL, STEP_LIMIT = 0, 1, 2
 _REASONS = {NON_PHYSICAL: "non-physical state (density or pressure <= 0, or not finite)",
-            STEP_LIMIT: "step limit SolverConfig.max_steps reached"}
+            STEP_LIMIT: "step limit EulerConfig.max_steps reached"}
 
 
 class SolveFailure(NamedTuple):
@@ -149,7 +149,7 @@ class _Carry(NamedTuple):
     reason: Array
 
 
-def _solve_one(q0, times, config: SolverConfig):
+def _solve_one(q0, times, config: EulerConfig):
     dtype = q0.dtype
     good0 = physical_mask(q0, config.gamma)
     ok0 = good0.all()
@@ -201,7 +201,7 @@ def _solve_one(q0, times, config: SolverConfig):
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def _solve_batch(q0, times, config: SolverConfig):
+def _solve_batch(q0, times, config: EulerConfig):
     states, ok, failure = jax.vmap(_solve_one, in_axes=(0, None, None))(q0, times, config)
     return SolveResult(states, ok, failure)
 
@@ -209,7 +209,7 @@ def _solve_batch(q0, times, config: SolverConfig):
 def solve(
     q0: Float[Array, "batch nx ny 4"],
     output_times: Float[Array, " time"],
-    config: SolverConfig = SolverConfig(),
+    config: EulerConfig = EulerConfig(),
 ) -> SolveResult:
     """Evolve a batch of states to each of ``output_times`` (non-decreasing, >= 0, from t=0).
 

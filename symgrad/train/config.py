@@ -16,9 +16,6 @@ from typing import Any
 from symgrad.errors import SymgradError
 from symgrad.names import MODELS, PRESETS, SCHEDULES
 
-# Fields that only tests set (hidden CLI flags): they steer a run, never define it, so they
-# are neither saved with it nor compared on resume.
-TEST_HOOKS = ("debug_nan_step", "debug_step_delay")
 
 
 def _flag(default, help: str, *, group: str, flag: str | None = None, **argparse_kwargs):
@@ -83,10 +80,6 @@ class TrainConfig:
     progress: bool = _flag(True, "no progress bar", group=_RUNS, flag="--no-progress")
     log_every: int = _flag(50, "steps between TensorBoard points (RUN_DIR/tensorboard) of loss, learning rate, "
                            "gradient norm, samples/s and data-wait fraction", group=_RUNS, metavar="N")
-    # debugging: poison the input batch of this global step with NaN (-1 = off)
-    debug_nan_step: int = _flag(-1, "", group=_RUNS, hidden=True)
-    # debugging: sleep this many seconds after each step (to interrupt tests mid-run)
-    debug_step_delay: float = _flag(0.0, "", group=_RUNS, hidden=True)
 
     def __post_init__(self):
         _check_types(self)
@@ -123,10 +116,8 @@ class TrainConfig:
 
     # -- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """The settings as saved in ``config.json`` and in provenance: test hooks left out."""
+        """The settings as saved in ``config.json`` and in provenance."""
         d = dataclasses.asdict(self)
-        for name in TEST_HOOKS:
-            del d[name]
         d["data"] = list(self.data)
         d["split_fractions"] = list(self.split_fractions)
         d["time_indices"] = list(self.time_indices)
@@ -168,11 +159,11 @@ class TrainConfig:
         """Fields whose change would make a resumed run not the continuation of ``stored``.
 
         Checkpoint cadence, progress display and logging, evaluation sizes, the data cache
-        (the same values either way), test hooks and ``max_steps`` can change freely;
+        (the same values either way) and ``max_steps`` can change freely;
         ``epochs`` only matters when the learning-rate schedule depends on it.
         """
         free = {"checkpoint_every", "keep", "progress", "log_every", "max_steps", "eval_batch_size", "data_cache",
-                "max_val_transitions", "rollout_trajectories", *TEST_HOOKS}
+                "max_val_transitions", "rollout_trajectories"}
         if self.schedule == "constant" and stored.schedule == "constant":
             free.add("epochs")
         out = {}

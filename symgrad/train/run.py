@@ -6,7 +6,7 @@ Layout of a run directory (this module is the one place that names its files)::
     RUN_DIR/run.json           RunInfo: sigma, split, data selection, model config (what it means)
     RUN_DIR/checkpoints/<step>/{state,extra}   orbax (symgrad.train.checkpoint)
     RUN_DIR/status.json        running | finished | max_steps | preempted | failed | non-finite
-    RUN_DIR/metrics.{nc,csv,json}  one row per epoch, the archival record
+    RUN_DIR/metrics.{nc,csv,json}  one row per epoch, the archival record (symgrad.train.metrics)
     RUN_DIR/tensorboard/       event files, written by the primary process
     RUN_DIR/lock               held by the process training in the directory
 """
@@ -21,8 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from symgrad.errors import SymgradError
-from symgrad.io import atomic_write, write_json_atomic
+from symgrad.errors import SettingError, SymgradError
+from symgrad.io import write_json_atomic
 from symgrad.train.checkpoint import Checkpointer, checkpoint_dir
 from symgrad.train.config import TrainConfig
 
@@ -122,7 +122,7 @@ def write_status(run_dir: Path, status: str, **info) -> None:
 
 
 def discard(run_dir: Path) -> None:
-    """Remove a run's files (not the lock): ``--overwrite``, or a run with nothing trained."""
+    """Remove a run's files (not the lock): ``overwrite``, or a run with nothing trained."""
     for name in (CONFIG_FILE, RUN_FILE, STATUS_FILE, METRICS_JSON, METRICS_NC, METRICS_CSV):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(checkpoint_dir(run_dir), ignore_errors=True)
@@ -145,44 +145,44 @@ def prepare(run_dir: Path, config: TrainConfig, resume: bool | None, force: bool
     started = (run_dir / CONFIG_FILE).exists() or (run_dir / RUN_FILE).exists()
     if overwrite:
         if resume:
-            raise SymgradError("--resume and --overwrite contradict each other; choose one")
+            raise SettingError("{resume} and {overwrite} contradict each other; choose one")
         if primary:
             discard(run_dir)
         return None
     if resume is False:
         if has_ckpt or started:
-            raise SymgradError(
-                f"{run_dir} already holds a run; resume it (default), or pass --overwrite to "
-                "discard it, or choose a new --out")
+            raise SettingError(
+                f"{run_dir} already holds a run; resume it (default), or pass {{overwrite}} to "
+                "discard it, or choose a new {run_dir}")
         return None
     if not has_ckpt:
         if resume:
-            raise SymgradError(f"--resume given but {checkpoint_dir(run_dir)} has no checkpoint; "
-                               "drop --resume to start a new run")
+            raise SettingError(f"{{resume}} given but {checkpoint_dir(run_dir)} has no checkpoint; "
+                               "drop {resume} to start a new run")
         # status.json and metrics.json are written only with or after a checkpoint: without
         # them the run was killed before its first save and nothing was trained.
         trained = (run_dir / STATUS_FILE).exists() or (run_dir / METRICS_JSON).exists()
         if started and trained:
-            raise SymgradError(
+            raise SettingError(
                 f"{run_dir} holds a trained run but no checkpoint (they were deleted); pass "
-                "--overwrite to start it again from scratch, or choose a new --out")
+                "{overwrite} to start it again from scratch, or choose a new {run_dir}")
         if started:
             # Killed before its first checkpoint: the same command starts it again (a
             # requeued cluster job must not fail here). Other settings would silently
             # replace the recorded run: refuse those.
             diffs = _differences(config, read_config(run_dir)) if (run_dir / CONFIG_FILE).exists() else ""
             if diffs:
-                raise SymgradError(
+                raise SettingError(
                     f"{run_dir} holds a run that stopped before its first checkpoint, with a different "
-                    f"config ({diffs}); use the same settings, --overwrite to start anew, or a new --out")
+                    f"config ({diffs}); use the same settings, {{overwrite}} to start anew, or a new {{run_dir}}")
             if primary:
                 discard(run_dir)
         return None
     diffs = _differences(config, read_config(run_dir))
     if diffs and not force:
-        raise SymgradError(
+        raise SettingError(
             f"{run_dir} holds a run with a different config ({diffs}); use the same settings "
-            "to resume, --force to resume with the new ones, --overwrite to restart, or a new --out")
+            "to resume, {force} to resume with the new ones, {overwrite} to restart, or a new {run_dir}")
     return RunInfo.read(run_dir)
 
 
@@ -210,74 +210,13 @@ def record_failure(run_dir: Path, exc: BaseException, last_step: int | None) -> 
 
 
 # --------------------------------------------------------------------------------------
-# metrics: one record per epoch
-
-
-def read_history(run_dir: Path, before_epoch: int) -> list[dict]:
-    """The epoch records of a resumed run, up to the epoch it resumes in."""
-    if not (run_dir / METRICS_JSON).exists():
-        return []
-    return [h for h in read_json(run_dir / METRICS_JSON, "metrics") if h["epoch"] < before_epoch]
-
-
-def write_metrics(run_dir: Path, history: list[dict], attrs: dict, lead_times, baseline=None) -> None:
-    """``metrics.json`` (what a resume reads back), ``metrics.nc`` (the archival record, with
-    provenance) and ``metrics.csv`` (for a quick look), each written atomically.
-
-    ``baseline`` is ``(val, rollout)`` of ``loop.persistence_baseline``: the persistence
-    errors on the same validation transitions and rollouts, stored beside the curves."""
-    import xarray as xr
-
-    from symgrad.io import write_netcdf_atomic
-
-    write_json_atomic(run_dir / METRICS_JSON, history)
-    if not history:
-        return
-    epochs = np.array([h["epoch"] for h in history])
-    scalar = ("step", "train_smse", "val_smse", "epoch_seconds", "samples_per_second")
-    n_lead = len(lead_times)
-    rollout = np.full((len(history), n_lead), np.nan)
-    for i, h in enumerate(history):
-        r = h.get("val_rollout_smse") or []
-        rollout[i, :len(r)] = r
-    ds = xr.Dataset(
-        {name: ("epoch", np.array([h[name] for h in history], dtype=float)) for name in scalar},
-        coords={"epoch": epochs, "lead_time": np.asarray(lead_times, dtype=int)},
-    )
-    ds["val_rollout_smse"] = (("epoch", "lead_time"), rollout)
-    ds["train_smse"].attrs = {"long_name": "mean training SMSE over the epoch's steps", "units": "1"}
-    ds["val_smse"].attrs = {"long_name": "one-step validation SMSE (end of epoch)", "units": "1"}
-    ds["val_rollout_smse"].attrs = {
-        "long_name": "autoregressive validation rollout SMSE against the true trajectory",
-        "units": "1"}
-    ds["lead_time"].attrs = {"long_name": "number of model steps from the initial state"}
-    if baseline is not None:
-        val_p, rollout_p = baseline
-        ds["val_persistence_smse"] = ((), float(val_p), {
-            "long_name": "persistence baseline SMSE(x, y) on the validation transitions", "units": "1"})
-        padded = np.full(n_lead, np.nan)
-        padded[:len(rollout_p)] = rollout_p
-        ds["val_rollout_persistence_smse"] = ("lead_time", padded, {
-            "long_name": "persistence baseline SMSE(x_0, x_t) on the validation rollouts", "units": "1"})
-    ds.attrs.update(attrs)
-    write_netcdf_atomic(ds, run_dir / METRICS_NC)
-    lines = ["epoch,step,train_smse,val_smse,val_rollout_smse_last,epoch_seconds,samples_per_second"]
-    for i, h in enumerate(history):
-        last = rollout[i, -1] if n_lead else float("nan")
-        lines.append(",".join(str(v) for v in (
-            h["epoch"], h["step"], h["train_smse"], h["val_smse"], last,
-            h["epoch_seconds"], h["samples_per_second"])))
-    with atomic_write(run_dir / METRICS_CSV) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-
-
-# --------------------------------------------------------------------------------------
 # reading a trained run back: what every diagnostic takes (--run RUN_DIR)
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
-    """A trained surrogate: ``apply_fn(params, x)`` is the physical one-step map
+class TrainedModel:
+    """A trained surrogate read from one checkpoint of a run directory: ``apply_fn(params, x)``
+    is the physical one-step map
     ``sigma * model.apply(params, x / sigma)`` on conservative states ``(..., nx, ny, 4)``."""
 
     run_dir: Path
@@ -287,11 +226,8 @@ class Run:
     config: dict
     step: int
     model: Any
-    weight_decay: float
-    data_paths: tuple[str, ...]
-    split: dict[str, np.ndarray]
     epoch: int  # epochs completed
-    info: RunInfo
+    info: RunInfo  # weight decay, data files, split, ...: what the run means (run.json)
     opt_state: Any = None
 
     @property
@@ -299,7 +235,7 @@ class Run:
         return TrainConfig.from_dict(self.config)
 
 
-def load_run(run_dir: str | Path, step: int | None = None) -> Run:
+def load_run(run_dir: str | Path, step: int | None = None) -> TrainedModel:
     """Load the checkpoint at ``step`` (default: the newest) of the run in ``run_dir``.
 
     Raises :class:`SymgradError` (saying what to do) when the directory, its JSON files or
@@ -326,7 +262,7 @@ def load_run(run_dir: str | Path, step: int | None = None) -> Run:
     finally:
         checkpointer.close()
     at = int(np.asarray(state.step))
-    return Run(
+    return TrainedModel(
         run_dir=run_dir,
         apply_fn=surrogate_apply(model.apply, sigma),
         params=state.params,
@@ -334,9 +270,6 @@ def load_run(run_dir: str | Path, step: int | None = None) -> Run:
         config=config.to_dict(),
         step=at,
         model=model,
-        weight_decay=float(config.weight_decay),
-        data_paths=info.data_paths,
-        split=info.split,
         epoch=at // info.steps_per_epoch,
         info=info,
         opt_state=state.opt_state,

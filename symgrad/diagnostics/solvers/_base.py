@@ -1,45 +1,63 @@
-"""What every chi solver shares: one settings object, one solution type, one protocol.
+"""What every chi solver shares: one operator protocol, one solution type, one ``finish``.
 
 A solver approximates ``X = A^-1 B`` for a block ``B`` of right-hand sides (rows of a
-``(k, P)`` array), ``A = lambda I + G`` applied by ``GaussNewtonBlocks``. It returns a
-``ChiSolution``: the iterates, their *explicit* residuals, the corrected Gram matrix of
-every pair of right-hand sides and, per right-hand side, the energy error bound ``e`` that
-``symgrad.diagnostics.certify`` turns into bounds and flags. ``finish`` computes the parts
-that do not depend on the method, so that every solver is certified by the same code.
+``(k, P)`` array), ``A = lambda I + G`` applied by a ``ChiOperator`` (``GaussNewtonBlocks``,
+or any object with its interface: the benchmarks' exact spectral replica is one). A solver
+is a frozen dataclass of its own knobs (``BlockLanczos``, ``CG``, ``Dense``); what it must
+certify comes with each call as ``certify.Targets`` (rtol and which columns are which),
+from which it builds its own stopping rule. It returns a ``ChiSolution``: the iterates,
+their *explicit* residuals, the corrected Gram matrix of every pair of right-hand sides,
+per right-hand side the energy error bound ``e`` that ``symgrad.diagnostics.certify``
+turns into bounds and flags, and one ``result`` code that means the same for every
+solver. ``finish`` computes all of that, so every solver is certified by the same code.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, NamedTuple, Protocol
+import enum
+from typing import Any, Callable, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from symgrad.diagnostics.certify import roundoff_allowance
-from symgrad.names import DEFAULT_MAX_ITERATIONS, DEFAULT_RTOL
+from symgrad.diagnostics.certify import Targets, quadrature_carry, roundoff_allowance
 
 
-@dataclasses.dataclass(frozen=True)
-class SolverSettings:
-    """How a chi solve runs; each solver reads the fields it needs.
+class ChiOperator(Protocol):
+    """``A = lambda I + G`` on blocks of flat vectors ``(k, P)``, counting its products.
 
-    ``max_iterations``: CG steps per right-hand side (``cg``), block Lanczos steps
-    (``block``). ``safety``: the stopping margin (``None``: the solver's default).
-    ``basis_memory``: bytes of Lanczos vectors kept for reorthogonalisation (``block``;
-    ``None``: a quarter of the device or host memory). ``rank_tol``: directions of a block
-    below this fraction of the operator norm are deflated (``block``). ``dense_max_params``:
-    the largest model the ``dense`` reference forms G for.
+    The operator owns the damping and the count: ``products`` grows by k for every block
+    of k vectors it multiplies, through ``__call__`` or inside ``loop``.
     """
 
     damping: float
-    rtol: float = DEFAULT_RTOL
-    max_iterations: int = DEFAULT_MAX_ITERATIONS
-    safety: float | None = None
-    basis_memory: int | None = None
-    rank_tol: float = 1e-12
-    dense_max_params: int = 8_000
+    dtype: Any
+    n_params: int
+    products: int
+
+    def __call__(self, block) -> jax.Array: ...
+
+    def rounding(self) -> float:
+        """An a-posteriori estimate of ``||fl(A z) - A z||`` for unit vectors z (absolute,
+        cached): every bound adds ``rounding() * ||x||`` to a residual (``certify``)."""
+        ...
+
+    def loop(self, body: Callable, *args):
+        """``body(product, *args) -> (outputs, products used)`` run as one jitted program with
+        ``product`` the traced block product; adds the products used to ``products`` and
+        returns the outputs. ``body`` must be a module-level function (it is a static
+        argument of the compilation)."""
+        ...
+
+
+class Result(enum.Enum):
+    """How a chi solve ended, the same for every solver."""
+
+    CERTIFIED = "certified"  # every value the targets name is certified to rtol
+    MAX_STEPS = "max_steps_reached"  # stopped at the solver's step limit before that
+    STAGNATED = "stagnated"  # stopped because the bound no longer improved (a floor of rounding, a breakdown)
+    NOT_CERTIFIED = "not_certified"  # ended otherwise (exact solve, invariant subspace, extensions spent) without it
 
 
 class ChiSolution(NamedTuple):
@@ -51,37 +69,22 @@ class ChiSolution(NamedTuple):
     error_bound: np.ndarray  # (k,) e_i >= r_i^T A^-1 r_i: the bound every flag uses
     residual_bound: np.ndarray  # (k,) ||r_i||^2 / lambda (+ rounding allowance): rigorous in floating point
     residual_norm: np.ndarray  # (k,) ||r_i||_2
+    residual_slack: np.ndarray  # (k,) bound on ||r_i - fl(r_i)||: the exact operator's residual against the computed one
+    form_rounding: np.ndarray  # (k, k) bound on the rounding in ``gram``: its float64 forms, and the slack of the residuals
     iterations: np.ndarray  # (k,) int
-    converged: np.ndarray  # (k,) bool: the solver's stopping rule held at the end
+    converged: np.ndarray  # (k,) bool: e_i <= rtol b_i^T A^-1 b_i (this right-hand side's quadratic form certified)
     ggn_products: int  # Gauss-Newton products evaluated, the final residuals included
     null_share: np.ndarray  # (k,) lambda ||x_i||^2 / b_i^T A^-1 b_i: the share of the chi norm from null(G)
+    result: Result  # how the solve ended
     stats: dict[str, Any]  # solver-specific diagnostics (JSON-serialisable)
 
 
-class StoppingRule(Protocol):
-    """``rule(gram, e) -> (stop, worst)`` at the stopping margin; ``certified`` at rtol itself."""
-
-    def __call__(self, gram, e) -> tuple[bool, float]: ...
-
-    def certified(self, gram, e) -> bool: ...
-
-
 class ChiSolver(Protocol):
-    """``solve(operator, rhs, stop) -> ChiSolution``; ``residual_cap`` steers residual-rule solvers."""
-
-    name: str
-    settings: SolverSettings
-
-    def solve(self, operator, rhs, stop: StoppingRule, *, residual_cap=None, progress=None) -> ChiSolution: ...
-
-
-class SolverBase:
-    """What every ``ChiSolver`` shares: it is made from one ``SolverSettings``."""
+    """``solve(operator, rhs, targets) -> ChiSolution``; ``name`` is its ``--solver`` name."""
 
     name: str
 
-    def __init__(self, settings: SolverSettings):
-        self.settings = settings
+    def solve(self, operator: ChiOperator, rhs, targets: Targets, *, progress=None) -> ChiSolution: ...
 
 
 def device_memory_bytes() -> int:
@@ -98,35 +101,86 @@ def device_memory_bytes() -> int:
         return 8 << 30
 
 
-def _gram_dtype(dtype):
-    # Dot products of P terms in float64 whatever the working precision: their rounding is
-    # not part of any bound.
-    return jnp.float64 if jax.config.jax_enable_x64 else dtype
+def _float64(a):
+    """``a`` in float64 for a bilinear form: on the device where x64 is on, else on the host
+    (numpy), so that no long dot product is ever accumulated in float32."""
+    if jax.config.jax_enable_x64:
+        return jnp.asarray(a, jnp.float64)
+    return np.asarray(a, np.float64)
 
 
-@jax.jit
-def _pair_gram(b, x, r):
-    g = b @ x.T + x @ r.T
-    return 0.5 * (g + g.T)
+# The bilinear forms are summed in two levels, dots of CHUNK terms and then the sum of those,
+# so that their rounding is bounded by (gamma_C + gamma_{P/C}) |a|.|b| (any order within each
+# level) rather than gamma_P |a|.|b|: about sqrt(P) eps instead of P eps.
+FORM_PARTIALS = 1 << 22  # at most this many partial sums (k l P / C) held at once
 
 
-def corrected_gram(b, x, r) -> np.ndarray:
-    """``b_i . x_j + x_i . r_j`` for every pair, symmetrised; its exact error is ``r_i^T A^-1 r_j``."""
-    dt = _gram_dtype(x.dtype)
-    return np.asarray(_pair_gram(*(jnp.asarray(a, dt) for a in (b, x, r))), np.float64)
+def _two_level(a, b):
+    """``a @ b.T`` summed in two levels; returns ``(value, C, number of chunks)``."""
+    xp = jnp if isinstance(a, jax.Array) else np
+    k, l, p = int(a.shape[0]), int(b.shape[0]), int(a.shape[1])
+    chunks = max(1, min(int(np.sqrt(p)), FORM_PARTIALS // max(1, k * l)))
+    size = -(-p // chunks)
+    pad = chunks * size - p
+    if pad:
+        a, b = xp.pad(a, ((0, 0), (0, pad))), xp.pad(b, ((0, 0), (0, pad)))
+    partial = xp.einsum("kcj,lcj->klc", a.reshape(k, chunks, size), b.reshape(l, chunks, size))
+    return np.asarray(partial.sum(axis=-1), np.float64), size, chunks
+
+
+def row_norms(a) -> np.ndarray:
+    """Euclidean norms of the rows of ``a``, accumulated in float64 (on the device where x64 is on)."""
+    a = _float64(a)
+    return np.asarray((jnp if isinstance(a, jax.Array) else np).linalg.norm(a, axis=-1), np.float64)
+
+
+def _gamma(n: int) -> float:
+    eps = float(np.finfo(np.float64).eps)
+    return n * eps / (1 - n * eps)
+
+
+def form_gamma(p: int) -> float:
+    """The relative rounding bound of one two-level form of ``p`` terms (``bilinear_form``)."""
+    chunks = max(1, int(np.sqrt(p)))
+    g1, g2 = _gamma(-(-p // chunks)), _gamma(chunks)
+    return g1 + g2 + g1 * g2
+
+
+def bilinear_form(a, b) -> tuple[np.ndarray, np.ndarray]:
+    """``a_i . b_j`` for every pair of rows in float64, and a rigorous bound on its rounding:
+    ``(gamma_C + gamma_{P/C} + gamma_C gamma_{P/C}) |a_i| . |b_j|`` for the two-level sum,
+    ``|a|.|b|`` computed the same way and inflated by its own (one-signed) rounding."""
+    a, b = _float64(a), _float64(b)
+    value, size, chunks = _two_level(a, b)
+    mags, _, _ = _two_level(abs(a), abs(b))
+    g1, g2 = _gamma(size), _gamma(chunks)
+    gamma = g1 + g2 + g1 * g2
+    return value, gamma * (1 + 2 * gamma) * mags
+
+
+def corrected_gram(b, x, r) -> tuple[np.ndarray, np.ndarray]:
+    """``b_i . x_j + x_i . r_j`` for every pair, symmetrised (its exact error is ``r_i^T A^-1
+    r_j``), and the bound on the rounding of these float64 forms (``bilinear_form``)."""
+    bx, bx_r = bilinear_form(b, x)
+    xr, xr_r = bilinear_form(x, r)
+    g = bx + xr
+    rounding = bx_r + xr_r + np.finfo(np.float64).eps * np.abs(g)
+    return 0.5 * (g + g.T), 0.5 * (rounding + rounding.T) + np.finfo(np.float64).eps * np.abs(g)
 
 
 def euclidean_gram(a, b) -> np.ndarray:
-    """``a_i . b_j`` for every pair of rows, accumulated in float64 where x64 allows."""
-    dt = _gram_dtype(jnp.asarray(a).dtype)
-    return np.asarray(jnp.asarray(a, dt) @ jnp.asarray(b, dt).T, np.float64)
+    """``a_i . b_j`` for every pair of rows, accumulated in float64."""
+    a, b = _float64(a), _float64(b)
+    return np.asarray(a @ b.T, np.float64)
 
 
-def corrected_cross(b_a, x_a, r_b, x_b) -> np.ndarray:
-    """``b_a,i . x_b,j + x_a,i . r_b,j`` between two separately solved blocks (error ``r_a,i^T A^-1 r_b,j``)."""
-    dt = _gram_dtype(x_a.dtype)
-    b_a, x_a, r_b, x_b = (jnp.asarray(a, dt) for a in (b_a, x_a, r_b, x_b))
-    return np.asarray(b_a @ x_b.T + x_a @ r_b.T, np.float64)
+def corrected_cross(b_a, x_a, r_b, x_b) -> tuple[np.ndarray, np.ndarray]:
+    """``b_a,i . x_b,j + x_a,i . r_b,j`` between two separately solved blocks (error ``r_a,i^T
+    A^-1 r_b,j``), and the bound on the rounding of these forms."""
+    bx, bx_r = bilinear_form(b_a, x_b)
+    xr, xr_r = bilinear_form(x_a, r_b)
+    g = bx + xr
+    return g, bx_r + xr_r + 2 * np.finfo(np.float64).eps * np.abs(g)
 
 
 def null_space_share(damping: float, solution_sq_norm, quadratic_form) -> np.ndarray:
@@ -143,39 +197,70 @@ def null_space_share(damping: float, solution_sq_norm, quadratic_form) -> np.nda
         return np.clip(damping * np.asarray(solution_sq_norm) / np.asarray(quadratic_form), 0.0, 1.0)
 
 
-def finish(operator, rhs, solution, *, iterations, converged, products_before: int,
-           quadrature_bound=None, recursive_residual=None, stats=None) -> ChiSolution:
-    """Explicit residuals, the corrected Gram matrix and the error bounds of a finished solve.
+def finish(operator, rhs, solution, targets: Targets, *, iterations, products_before: int, out_of_steps: bool,
+           stagnated: bool = False, quadrature_bound=None, recursive_residual=None, notes=(),
+           stats=None) -> ChiSolution:
+    """Explicit residuals, the corrected Gram matrix, the error bounds and the result code of a
+    finished solve.
 
-    Every solver ends here. ``e_i = ||r_i||^2 / lambda`` (``||A^-1|| <= 1 / lambda``) unless
-    a solver supplies a tighter ``quadrature_bound`` on ``s_i^T A^-1 s_i`` for its
-    *recursive* residual ``s_i``; then ``e_i = min(||r||^2 / lambda, (sqrt(q_i) + ||r_i - s_i|| /
-    sqrt(lambda))^2)``, the triangle inequality in the ``A^-1`` norm carrying the bound over
-    to the explicit residual (docs/overlap.md section 3).
+    Every solver ends here. The explicit residual ``r_i`` is computed with the operator as
+    evaluated; the exact operator's residual differs from it by at most ``slack_i``: the
+    rounding of the subtraction and the product (``certify.roundoff_allowance``) and the
+    operator's own rounding ``delta ||x_i||`` (``operator.rounding()``, an a-posteriori
+    estimate). Then ``e_i = (||r_i|| + slack_i)^2 / lambda`` (``||A^-1|| <= 1 / lambda``),
+    unless a solver supplies a tighter ``quadrature_bound`` on ``s_i^T A^-1 s_i`` for its
+    *recursive* residual ``s_i`` (valid for the computed operator); then ``e_i = min(residual
+    bound, (sqrt(q_i c) + (||r_i - s_i|| + slack_i) / sqrt(lambda))^2)``, ``c`` carrying the
+    quadrature from the computed operator to the exact one and the triangle inequality in the
+    ``A^-1`` norm to the explicit residual (docs/overlap.md section 3). The quadrature is
+    not used when the operator's rounding reaches ``lambda / 2`` (it proves nothing then).
+    ``form_rounding`` bounds the rounding of the float64 bilinear forms themselves
+    (``bilinear_form``) and their use of the computed residuals: ``x_i . (r_j - fl(r_j))``
+    is at most ``||x_i|| slack_j``.
+    ``out_of_steps``: the solver stopped at its step limit; ``stagnated``: its bound stopped
+    improving before the target.
     """
     lam = operator.damping
+    delta = float(operator.rounding())
     b = jnp.asarray(rhs, operator.dtype)
     x = jnp.asarray(solution, operator.dtype)
     ax = operator(x)
     r = b - ax
-    dt = _gram_dtype(operator.dtype)
-    norms = lambda a: np.asarray(jnp.linalg.norm(jnp.asarray(a, dt), axis=-1), np.float64)  # noqa: E731
-    r_norm = norms(r)
-    slack = roundoff_allowance(norms(b), norms(ax), operator.n_params, operator.dtype)
+    r_norm, b_norm, x_norm = row_norms(r), row_norms(b), row_norms(x)
+    slack = roundoff_allowance(b_norm, row_norms(ax), operator.n_params, operator.dtype) + delta * x_norm
     residual_bound = (r_norm + slack) ** 2 / lam
     error_bound = residual_bound
+    notes = list(notes)
     if quadrature_bound is not None:
-        drift = norms(r - jnp.asarray(recursive_residual, operator.dtype)) + slack
-        quad = (np.sqrt(np.maximum(np.asarray(quadrature_bound, np.float64), 0.0)) + drift / np.sqrt(lam)) ** 2
-        error_bound = np.minimum(residual_bound, quad)
+        carry = quadrature_carry(lam, delta)
+        if carry is None:
+            notes.append(f"the operator's rounding {delta:.2g} is not below lambda / 2 = {lam / 2:.2g}: "
+                         "Gauss-Radau bounds not used, values bounded by their residuals alone")
+        else:
+            drift = row_norms(r - jnp.asarray(recursive_residual, operator.dtype)) + slack
+            q = np.asarray(quadrature_bound, np.float64)
+            quad = (np.sqrt(np.maximum(q, 0.0) * carry) + drift / np.sqrt(lam)) ** 2
+            error_bound = np.where(q >= 0, np.minimum(residual_bound, quad), residual_bound)
     k = b.shape[0]
-    gram = corrected_gram(b, x, r)
+    gram, rounding = corrected_gram(b, x, r)
+    # The forms use the computed residuals: x_i . (r_j - fl(r_j)) is at most ||x_i|| slack_j.
+    first_order = np.outer(x_norm, slack)
+    rounding = rounding + 0.5 * (first_order + first_order.T)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        converged = error_bound + np.diagonal(rounding) <= targets.rtol * np.abs(np.diagonal(gram))
+    if targets.certified(gram, error_bound, rounding):
+        result = Result.CERTIFIED
+    elif stagnated:
+        result = Result.STAGNATED
+    else:
+        result = Result.MAX_STEPS if out_of_steps else Result.NOT_CERTIFIED
     return ChiSolution(
         solution=x, residual=r, gram=gram, error_bound=error_bound,
-        residual_bound=residual_bound, residual_norm=r_norm,
+        residual_bound=residual_bound, residual_norm=r_norm, residual_slack=slack, form_rounding=rounding,
         iterations=np.broadcast_to(np.asarray(iterations, np.int64), (k,)).copy(),
-        converged=np.broadcast_to(np.asarray(converged, bool), (k,)).copy(),
+        converged=np.asarray(converged, bool),
         ggn_products=int(operator.products - products_before),
-        null_share=null_space_share(lam, norms(x) ** 2, np.diagonal(gram)),
-        stats=dict(stats or {}),
+        null_share=null_space_share(lam, x_norm ** 2, np.diagonal(gram)),
+        result=result,
+        stats=dict(stats or {}, operator_rounding=delta, **({"notes": notes} if notes else {})),
     )

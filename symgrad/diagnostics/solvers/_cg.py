@@ -11,14 +11,15 @@ the explicit residual when the recursive one drifted.
 
 from __future__ import annotations
 
-from functools import partial
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from symgrad.diagnostics.certify import CG_SAFETY, energy_residual_eta
-from symgrad.diagnostics.solvers._base import ChiSolution, SolverBase, finish
+from symgrad.diagnostics.certify import CG_SAFETY, Targets, energy_residual_eta
+from symgrad.diagnostics.solvers._base import ChiSolution, finish
+from symgrad.names import DEFAULT_MAX_ITERATIONS
 
 # Recompute the residual b - A y explicitly every this many CG steps ("residual
 # replacement"), so that the recursive residual that drives the stopping rule does not
@@ -71,9 +72,11 @@ def _block_cg(mv, b, y0, r0, eta, cap2, max_steps, replace_every):
     return y, iters, step, step // replace_every
 
 
-@partial(jax.jit, static_argnums=(0, 1))
-def _restarted_cg(traced_product, replace_every, state, b, eta, cap2, max_steps):
-    mv = partial(traced_product, state)
+def _restarted_cg(product, b, eta, cap2, max_steps):
+    """CG with restarts from the explicit residual; a ``ChiOperator.loop`` body:
+    returns ``((y, iterations, loop trips, met), products used)``."""
+    replace_every = RESIDUAL_REPLACEMENT_EVERY
+    mv = product
     k_rhs = b.shape[0]
 
     def cond(s):
@@ -92,30 +95,34 @@ def _restarted_cg(traced_product, replace_every, state, b, eta, cap2, max_steps)
     init = (jnp.zeros_like(b), b, jnp.zeros((k_rhs,), jnp.int32), zero, zero, zero, jnp.asarray(False))
     y, r, iters, steps, extra, _, _ = jax.lax.while_loop(cond, body, init)
     rr = _dot(r, r)
-    return y, iters, steps, extra, _stop(rr, _dot(b, y), eta, cap2)
+    # every loop trip is one product per right-hand side of the block, frozen ones included
+    return (y, iters, steps, _stop(rr, _dot(b, y), eta, cap2)), k_rhs * (steps + extra)
 
 
-class CGSolver(SolverBase):
-    """``--solver cg``: independent CG per right-hand side with the residual rule (baseline)."""
+@dataclasses.dataclass(frozen=True)
+class CG:
+    """``--solver cg``: independent CG per right-hand side with the residual rule (baseline).
 
+    ``max_steps``: CG steps per right-hand side at most. ``safety``: the residual rule's
+    margin (``certify.CG_SAFETY``).
+    """
+
+    max_steps: int = DEFAULT_MAX_ITERATIONS
+    safety: float = CG_SAFETY
     name = "cg"
 
-    def solve(self, operator, rhs, stop=None, *, residual_cap=None, progress=None) -> ChiSolution:
-        st = self.settings
-        safety = CG_SAFETY if st.safety is None else st.safety
+    def solve(self, operator, rhs, targets: Targets, *, progress=None) -> ChiSolution:
+        operator.rounding()  # estimated once, before this solve's count starts
         products_before = operator.products
         dtype = operator.dtype
         b = jnp.asarray(rhs, dtype)
         k = b.shape[0]
-        cap2 = jnp.full((k,), jnp.inf, dtype) if residual_cap is None else (
-            jnp.broadcast_to(jnp.asarray(residual_cap, dtype), (k,)) ** 2)
-        eta = jnp.asarray(energy_residual_eta(st.rtol, operator.damping, safety), dtype)
-        y, iters, steps, extra, met = _restarted_cg(
-            operator.traced_product, RESIDUAL_REPLACEMENT_EVERY, operator.state, b, eta, cap2,
-            jnp.asarray(st.max_iterations, jnp.int32))
-        # every loop trip is one product per right-hand side of the block, frozen ones included
-        operator.products += int(k * (int(steps) + int(extra)))
+        caps = targets.residual_caps(k, operator.damping, self.safety)
+        cap2 = jnp.full((k,), jnp.inf, dtype) if caps is None else jnp.asarray(caps, dtype) ** 2
+        eta = jnp.asarray(energy_residual_eta(targets.rtol, operator.damping, self.safety), dtype)
+        y, iters, steps, met = operator.loop(_restarted_cg, b, eta, cap2, jnp.asarray(self.max_steps, jnp.int32))
         if progress is not None:
             progress(int(steps), operator.products - products_before, np.nan)
-        return finish(operator, b, y, iterations=np.asarray(iters), converged=np.asarray(met),
-                      products_before=products_before, stats={"loop_trips": int(steps)})
+        return finish(operator, b, y, targets, iterations=np.asarray(iters), products_before=products_before,
+                      out_of_steps=int(steps) >= self.max_steps,
+                      stats={"loop_trips": int(steps), "residual_rule_met": int(np.sum(np.asarray(met)))})

@@ -4,19 +4,22 @@ Forms ``A = lambda I + G`` column by column with the same matrix-free products t
 solvers use (P products), factorises it with ``lineax.Cholesky`` and solves every
 right-hand side. The certificate is the same as everyone's: explicit residuals through the matrix-free operator
 and ``e = ||r||^2 / lambda``, so the dense answer is checked against the operator the
-iterative solvers see. Refuses models above ``SolverSettings.dense_max_params``: it is
-never chosen for the user, only asked for.
+iterative solvers see. Refuses models above ``Dense.max_params``: it is never chosen for
+the user, only asked for.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 
-from symgrad.diagnostics.solvers._base import ChiSolution, SolverBase, finish
-from symgrad.errors import SymgradError
+from symgrad.diagnostics.certify import Targets
+from symgrad.diagnostics.solvers._base import ChiSolution, finish
+from symgrad.errors import SettingError
 
 # Columns of A formed per batched product.
 _COLUMN_BLOCK = 256
@@ -34,18 +37,21 @@ def dense_matrix(operator) -> np.ndarray:
     return 0.5 * (a + a.T)
 
 
-class DenseSolver(SolverBase):
-    """``--solver dense``: Cholesky of the formed ``lambda I + G`` (small models only)."""
+@dataclasses.dataclass(frozen=True)
+class Dense:
+    """``--solver dense``: Cholesky of the formed ``lambda I + G`` (models up to ``max_params``)."""
 
+    max_params: int = 8_000
     name = "dense"
 
-    def solve(self, operator, rhs, stop=None, *, residual_cap=None, progress=None) -> ChiSolution:
+    def solve(self, operator, rhs, targets: Targets, *, progress=None) -> ChiSolution:
         n = operator.n_params
-        if n > self.settings.dense_max_params:
-            raise SymgradError(
-                f"--solver dense forms the {n} x {n} Gauss-Newton matrix, more than the limit of "
-                f"{self.settings.dense_max_params} parameters; use --solver block (the matrix-free default)"
+        if n > self.max_params:
+            raise SettingError(
+                f"the dense chi solver forms the {n} x {n} Gauss-Newton matrix, more than its limit of "
+                f"{self.max_params} parameters; choose {{solver}} block (matrix-free, the default)"
             )
+        operator.rounding()  # estimated once, before this solve's count starts
         products_before = operator.products
         a = dense_matrix(operator)
         if progress is not None:
@@ -55,5 +61,5 @@ class DenseSolver(SolverBase):
         state = solver.init(op, {})
         b = jnp.asarray(rhs, operator.dtype)
         x = jax.vmap(lambda bk: lx.linear_solve(op, jnp.asarray(bk, a.dtype), solver, state=state).value)(b)
-        return finish(operator, b, x.astype(operator.dtype), iterations=1, converged=True,
-                      products_before=products_before)
+        return finish(operator, b, x.astype(operator.dtype), targets, iterations=1, products_before=products_before,
+                      out_of_steps=False)

@@ -95,7 +95,7 @@ def rank_revealing_rows(w, tol_abs: float):
     return v, beta, s
 
 
-class BlockLanczos:
+class BlockLanczosProcess:
     """The block Lanczos process on ``matvec`` (``(s, n) -> (s, n)``), started from ``start``.
 
     After construction ``V`` is the first block and ``rho0`` (``s_1 x k``) satisfies

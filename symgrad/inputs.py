@@ -1,0 +1,157 @@
+"""A trained run's held-out data, for the diagnostics: the run, its data selection, its test
+transitions and the provenance of a result.
+
+``load(run_dir, data=None, step=None) -> RunInputs`` loads the run (its latest checkpoint
+unless ``step``) and opens its data, or other ``data`` files; ``test_transitions(inputs,
+n_samples, time_index)`` gives the first held-out transitions ``T -> T+1``; ``provenance``
+the attributes that tie a result to them. The commands and the benchmarks call these; the
+errors name these parameters (``run_dir``, ``data``, ``n_samples``, ``time_index``), which
+the command line shows as its flags (``symgrad.commands._arguments.INPUT_FLAGS``).
+
+Which samples are held out: the run's test split indexes the concatenation of its training
+files. Reading those files, the split applies unchanged; reading one of them, the split is
+mapped into that file; a file the run never saw is held out entirely. Training
+trajectories are never evaluated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from symgrad import names
+from symgrad.errors import SettingError, SymgradError
+
+
+class RunInputs(NamedTuple):
+    trained: object  # symgrad.train.TrainedModel
+    run_dir: Path
+    data_paths: list[str]
+    dataset: object  # symgrad.data.TrajectoryDataset
+
+
+def resolved(paths) -> list[str]:
+    return [str(Path(p).expanduser().resolve()) for p in paths]
+
+
+def load(run_dir, data=None, step: int | None = None) -> RunInputs:
+    """Load the run in ``run_dir`` (latest checkpoint unless ``step``) and open its data or ``data``."""
+    run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise SettingError("{run_dir} " + f"{run_dir} is a file; pass the run directory (the --out of 'symgrad train')")
+    if not run_dir.is_dir():
+        raise SettingError("{run_dir} " + f"{run_dir} does not exist; pass the --out directory of 'symgrad train'")
+    from symgrad.data import open_dataset
+    from symgrad.train import load_run
+
+    try:
+        trained = load_run(run_dir) if step is None else load_run(run_dir, step=step)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise SymgradError(
+            f"cannot load a checkpoint from {run_dir} ({type(exc).__name__}: {first}); "
+            "pass a run directory written by 'symgrad train' that holds a checkpoint"
+        ) from None
+
+    data_paths = list(data) if data else list(trained.info.data_paths)
+    if not data_paths:
+        raise SettingError("the run does not record its data files; pass {data} FILE.nc")
+    for p in data_paths:
+        if not Path(p).exists():
+            raise SettingError("{data} " + f"file {p} does not exist; pass an existing netCDF file")
+    dataset = open_dataset(data_paths)
+    model_resolution = trained.model.config.get("resolution")
+    if model_resolution is not None and int(model_resolution) != int(dataset.resolution):
+        raise SettingError(
+            f"the model was built for {model_resolution}x{model_resolution} states but {data_paths[0]} "
+            f"holds {dataset.resolution}x{dataset.resolution}; pass {{data}} at the model's resolution"
+        )
+    return RunInputs(trained, run_dir, data_paths, dataset)
+
+
+def default_transition(inputs: RunInputs, group: str | None) -> int:
+    """The transition a diagnostic of ``group`` measures by default (``names.default_transition``)."""
+    return names.default_transition(group, inputs.dataset.n_times, inputs.trained.info.time_indices)
+
+
+def check_transition(time_index: int, dataset) -> None:
+    if not 0 <= time_index <= dataset.n_times - 2:
+        raise SettingError(
+            "{time_index} " + f"{time_index} is not a transition of data with {dataset.n_times} times; "
+            f"choose 0..{dataset.n_times - 2}"
+        )
+
+
+def held_out_samples(inputs: RunInputs):
+    """Trajectory indices in the dataset to evaluate, and a phrase saying where they come
+    from (the module docstring says which)."""
+    from symgrad.data import open_dataset
+
+    info, data_paths, dataset = inputs.trained.info, inputs.data_paths, inputs.dataset
+    run_paths = resolved(info.data_paths)
+    test = np.asarray(info.split.get("test", []), dtype=np.int64)
+    ours = resolved(data_paths)
+    if set(ours) & set(run_paths) and test.size == 0:
+        raise SettingError("the run has no test trajectories (its split fractions leave none); "
+                           "pass a held-out data file as {data}")
+    if run_paths and ours == run_paths:
+        return test, "test split of the run"
+    if run_paths and len(ours) == 1 and ours[0] in run_paths:
+        offset = 0
+        for p in run_paths:
+            n = open_dataset([p]).n_samples
+            if p == ours[0]:
+                local = test[(test >= offset) & (test < offset + n)] - offset
+                if local.size == 0:
+                    raise SettingError(f"none of the run's test trajectories lies in {data_paths[0]}; "
+                                       "pass all of the run's data files as {data} (or none)")
+                return local, "test split of the run, restricted to this file"
+            offset += n
+    if set(ours) & set(run_paths):
+        raise SettingError("{data} mixes files the run was trained on with others; pass exactly the run's data "
+                           "files, one of them, or only held-out files")
+    return np.arange(dataset.n_samples), "all trajectories of a data file the run was not trained on"
+
+
+def test_samples(inputs: RunInputs, n_samples: int | None):
+    """The first ``n_samples`` held-out trajectories (all when None): ``(samples, source)``;
+    asking for more than there are is an error, never a silent cap."""
+    if n_samples is not None and n_samples < 1:
+        raise SettingError("{n_samples} must be >= 1, got " + str(n_samples))
+    samples, source = held_out_samples(inputs)
+    if n_samples is not None and len(samples) < n_samples:
+        raise SettingError("{n_samples} " + f"{n_samples} but only {len(samples)} test trajectories are available; "
+                           "ask for fewer or pass more data")
+    return np.asarray(samples if n_samples is None else samples[:n_samples]), source
+
+
+def test_transitions(inputs: RunInputs, n_samples: int | None, time_index: int):
+    """The first ``n_samples`` held-out transitions ``T -> T+1``: ``(samples, source, x, y)`` (numpy)."""
+    check_transition(time_index, inputs.dataset)
+    samples, source = test_samples(inputs, n_samples)
+    states = np.asarray(inputs.dataset.states(samples, [time_index, time_index + 1]))
+    return samples, source, states[:, 0], states[:, 1]
+
+
+def provenance(inputs: RunInputs, time_index: int, sample_source: str, **extra) -> dict:
+    """The provenance of a diagnostic result: the run it measured (model, preset, seed, family:
+    what ``symgrad merge`` stacks results by), its checkpoint, data and samples."""
+    from symgrad.io import provenance as base
+
+    trained = inputs.trained
+    return base(
+        trained.config,
+        run_dir=str(Path(inputs.run_dir).resolve()),
+        checkpoint_step=int(trained.step) if trained.step is not None else -1,
+        data_files=resolved(inputs.data_paths),
+        time_index=int(time_index),
+        sample_source=sample_source,
+        model=trained.model.name,
+        preset=trained.model.preset,
+        seed=int(trained.config.get("seed", 0)),
+        family=inputs.dataset.family,
+        sigma=[float(s) for s in np.asarray(trained.sigma)],
+        **extra,
+    )
