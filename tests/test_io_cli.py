@@ -87,7 +87,7 @@ def test_symgrad_error_becomes_one_line(monkeypatch, capsys):
     def boom(args):
         raise SymgradError(f"the file {args.path} is missing; run 'symgrad generate' first")
 
-    fake = types.SimpleNamespace(HELP="fake", register=lambda p: p.add_argument("path"), run=boom)
+    fake = types.SimpleNamespace(HELP="fake", register=lambda p: p.add_argument("path"), execute=boom)
     monkeypatch.setattr(cli, "_commands", lambda: iter([("fake", fake)]))
     assert cli.main(["fake", "x.nc"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
