@@ -50,9 +50,9 @@ from symgrad.names import DEFAULT_MAX_ITERATIONS
 # at most MAX_EXTENSIONS times.
 EXTENSION_FACTOR = 0.1
 MAX_EXTENSIONS = 3
-# The solve stagnates when its worst bound has not fallen below STALL_FACTOR times its best
-# for STALL_STEPS steps and for half of the steps so far.
-STALL_STEPS = 50
+# The solve stagnates when its largest relative energy error bound has not fallen below
+# STALL_FACTOR times its best for STALL_STEPS steps and for half of the steps so far.
+STALL_STEPS = 100
 STALL_FACTOR = 0.9
 
 
@@ -119,7 +119,10 @@ class BlockLanczos:
                     progress(lanczos.steps, operator.products - products_before, worst)
                 if worst <= margin:
                     break
-                best, since = (worst, 0) if worst < STALL_FACTOR * best else (best, since + 1)
+                # progress: the largest relative energy error, finite long before every bound is
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    measure = float(np.max(np.where(np.diagonal(quad.gauss) > 0, e / np.diagonal(quad.gauss), np.inf)))
+                best, since = (measure, 0) if measure < STALL_FACTOR * best else (best, since + 1)
                 if since >= max(STALL_STEPS, lanczos.steps // 2):
                     stalled = True
                     break
