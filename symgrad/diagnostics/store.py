@@ -144,6 +144,13 @@ def spectrum_attrs(summary) -> dict:
     }
 
 
+def _certificates(results, vv, e_v, rho_v, rtol, bound_u: str):
+    """``certify_element`` of every element, with the energy bounds ``bound_u`` of its u-solves
+    and the rounding of its forms."""
+    return [certify_element(r["overlap_matrix_chi"], r["chi_uu"], vv, r[bound_u], e_v, rtol,
+                            (r["overlap_matrix_chi_rounding"], r["chi_uu_rounding"], rho_v)) for r in results]
+
+
 def build_result_dataset(group, results: list[dict], v_side: dict, *, metric: str, rtol: float, sample_ids,
                          settings: dict, spectrum=None, chunks=None, attrs: dict | None = None) -> xr.Dataset:
     """Assemble per-element results into the overlap dataset; bounds and flags by ``certify``."""
@@ -168,11 +175,8 @@ def build_result_dataset(group, results: list[dict], v_side: dict, *, metric: st
     if metric in ("chi", "both"):
         vv, e_v, res_v, rho_v = (np.asarray(v_side[k], np.float64)
                                  for k in ("chi_vv", "error_bound_v", "residual_bound_v", "chi_vv_rounding"))
-        rounding = [(r["overlap_matrix_chi_rounding"], r["chi_uu_rounding"], rho_v) for r in results]
-        certs = [certify_element(r["overlap_matrix_chi"], r["chi_uu"], vv, r["error_bound_u"], e_v, rtol, rho)
-                 for r, rho in zip(results, rounding)]
-        rigorous = [certify_element(r["overlap_matrix_chi"], r["chi_uu"], vv, r["residual_bound_u"], res_v, rtol, rho)
-                    for r, rho in zip(results, rounding)]
+        certs = _certificates(results, vv, e_v, rho_v, rtol, "error_bound_u")
+        rigorous = _certificates(results, vv, res_v, rho_v, rtol, "residual_bound_u")
         cstack = lambda name: np.stack([getattr(c, name) for c in certs])  # noqa: E731
         flag = cstack("not_met")
         out_attrs["n_flagged"] = int(flag.sum())
