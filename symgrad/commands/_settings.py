@@ -13,7 +13,9 @@ import argparse
 import contextlib
 import dataclasses
 
-_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float}
+# The type argparse converts a flag with, by the field's annotation (also symgrad train's).
+FIELD_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float,
+               "tuple[str, ...]": str, "tuple[int, ...]": int}
 
 
 def flag_of(cls, name: str) -> str:
@@ -33,7 +35,7 @@ def add_setting_flags(parser: argparse.ArgumentParser, cls, *, skip=()) -> None:
             continue
         meta = {k: v for k, v in f.metadata.items() if k not in ("help", "flag", "shown")}
         shown = f.metadata.get("shown") or ("none" if f.default is None else f.default)
-        parser.add_argument(flag_of(cls, f.name), dest=f.name, type=_TYPES[f.type], default=argparse.SUPPRESS,
+        parser.add_argument(flag_of(cls, f.name), dest=f.name, type=FIELD_TYPES[f.type], default=argparse.SUPPRESS,
                             help=f"{f.metadata['help']} (default: {str(shown).replace('%', '%%')})", **meta)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from symgrad.commands._settings import FIELD_TYPES as _TYPES
+
 HELP = "train a surrogate (UNet, ViT, group CNN) on one-step transitions; resumes existing runs"
 DESCRIPTION = (
     "Train a one-step surrogate with SMSE and AdamW on all transitions of the training "
@@ -16,7 +18,6 @@ DESCRIPTION = (
 )
 
 
-_TYPES = {"int": int, "float": float, "str": str, "tuple[str, ...]": str, "tuple[int, ...]": int}
 
 
 def _config_flags():

@@ -166,7 +166,7 @@ def _chunk_columns(n, elements, reused, has_v):
     return v_cols, element_cols, col
 
 
-def _chunk_targets(rtol, n, us, elements, reused, v_cols, element_cols, v_side, w_v, damping, more_chunks):
+def _chunk_targets(rtol, us, elements, reused, v_cols, element_cols, v_side, w_v, damping, more_chunks):
     """What a chunk must certify: its own v's, or the v side an earlier chunk fixed."""
     if v_cols is not None:
         rule_elements = {**element_cols, **{k: v_cols for k in elements if reused[k]}}
@@ -195,7 +195,7 @@ def _solve_chunk(chi_solver: ChiSolver, op, v, us, elements, reused, has_v, v_si
     """
     n = int(v.shape[0])
     v_cols, element_cols, col = _chunk_columns(n, elements, reused, has_v)
-    targets = _chunk_targets(rtol, n, us, elements, reused, v_cols, element_cols, v_side, w_v, op.damping,
+    targets = _chunk_targets(rtol, us, elements, reused, v_cols, element_cols, v_side, w_v, op.damping,
                              more_chunks)
     blocks = ([v] if has_v else []) + [us[k] for k in element_cols]
     bar = _Progress(progress, f"{desc} ({col} right-hand sides)")
