@@ -351,19 +351,20 @@ class _Unit:
 
 
 def _units(jobs: list[Job]) -> list[_Unit]:
-    """Diagnostics that need the same training run become one array; the rest stay single."""
-    by_train: dict[tuple[str, ...], list[Job]] = {}
+    """Diagnostics of one kind that need the same training run become one array (each kind
+    asks for its own GPUs); the rest stay single."""
+    by_train: dict[tuple, list[Job]] = {}
     for job in jobs:
         if job.kind in _DIAGNOSTICS:
-            by_train.setdefault(job.depends_on, []).append(job)
+            by_train.setdefault((job.depends_on, job.kind), []).append(job)
     unit_of: dict[str, str] = {}
     units: list[_Unit] = []
     for job in jobs:
         if job.kind in _DIAGNOSTICS:
-            members = by_train[job.depends_on]
+            members = by_train[(job.depends_on, job.kind)]
             if job is not members[0]:
                 continue
-            name = "diagnostics-" + job.depends_on[0].removeprefix("train-") if len(members) > 1 else job.name
+            name = f"{job.kind}-" + job.depends_on[0].removeprefix("train-") if len(members) > 1 else job.name
         else:
             members, name = [job], job.name
         for member in members:
@@ -383,9 +384,12 @@ def slurm_script(unit: _Unit, slurm: dict, log_dir: Path, *, sweep_name: str, wo
     executable = s["executable"] or shlex.join([sys.executable, "-m", "symgrad"])
     is_train = unit.kind == "train"
     nodes = int(s["nodes"]) if is_train else 1
-    # Training takes every GPU asked for; a diagnostic or the generation one; merging and drawing none.
-    gpus = {"train": int(s["gpus_per_node"]),
-            **{d: min(1, int(s["gpus_per_node"])) for d in (*_DIAGNOSTICS, "generate")}}.get(unit.kind, 0)
+    # Training takes every GPU asked for (one process each); the overlap every GPU of its node
+    # (one process, the curvature batch sharded over them); another diagnostic or the
+    # generation one; merging and drawing none.
+    gpus = {"train": int(s["gpus_per_node"]), "overlap": int(s["gpus_per_node"]),
+            **{d: min(1, int(s["gpus_per_node"])) for d in (*_DIAGNOSTICS, "generate") if d != "overlap"}
+            }.get(unit.kind, 0)
     tasks = max(1, gpus) if is_train else 1
     lines = [
         "#!/usr/bin/env bash",

@@ -63,6 +63,37 @@ def test_user_errors_of_the_solver_flags(tiny_run, tmp_path, capsys):
     _one_line_error(capsys, "(0, 1)")
 
 
+def test_plan_prints_the_plan_and_the_forecast_without_solving(tiny_run, tmp_path, capsys):
+    run_dir, data_file = tiny_run
+    args = ["overlap", "--plan", "--run", str(run_dir), "--group", "d4", "--data", str(data_file), "--samples", "2",
+            "--probe-vectors", "2", "--lanczos-steps", "3"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "memory plan: 1 x cpu" in out and "peak per device" in out and "chunk 0:" in out
+    assert "forecast from the spectrum probe" in out and "ms per product here" in out
+    assert not list(tmp_path.iterdir())  # nothing written
+    # devices that are not here: the plan only, and a refusal in one line when nothing fits
+    assert main(args + ["--device-memory", "80GB", "--devices", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 x given (80 GiB each" in out and "1 per device" in out and "forecast: needs" in out
+    assert main(args + ["--device-memory", "1MB"]) == 2
+    _one_line_error(capsys, "GiB per device", "--devices")
+    assert main(args + ["--device-memory", "lots"]) == 2
+    _one_line_error(capsys, "--device-memory", "80GB")
+    assert main(["overlap", "--plan", "--group", "d4"]) == 2
+    _one_line_error(capsys, "--plan needs --run")
+    assert main(["overlap", "--run", str(run_dir), "--group", "d4"]) == 2
+    _one_line_error(capsys, "--out")
+
+
+def test_plan_for_an_untrained_model_splits_the_rows_when_memory_is_short(capsys):
+    # a small UNet at 32x32, N = 8, chunks of 4 right-hand sides: the v's and the elements' rows are split
+    assert main(["overlap", "--plan", "--model", "unet", "--preset", "small", "--resolution", "32", "--samples", "8",
+                 "--group", "d4", "--device-memory", "2GB", "--rhs-chunk", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "chunk 0: 4 right-hand sides: v's rows 0-3" in out and "rows 4-7" in out
+
+
 def test_overlap_command_restores_the_float_precision(tiny_run, tmp_path):
     # The command computes in float64 but must not leave x64 on for what runs after it
     # in the same process (the demo trains the next model right after).

@@ -119,13 +119,23 @@ def test_run_local_skips_finished_and_stops_dependants_of_failures(tmp_path):
     assert all("vit" in c for c in log.read_text().splitlines())
 
 
+def test_the_overlap_jobs_take_every_gpu_of_their_node(tmp_path):
+    body = BODY.format(out=tmp_path / "o") + "[slurm]\ngpus_per_node = 4\n"
+    sweep = load_sweep(_write(tmp_path, body))
+    write_slurm(expand(sweep), sweep, tmp_path / "slurm")
+    overlap = next((tmp_path / "slurm").glob("overlap-*.sbatch")).read_text()
+    equivariance = next((tmp_path / "slurm").glob("equivariance-*.sbatch")).read_text()
+    assert "#SBATCH --gpus-per-node=4" in overlap and "#SBATCH --ntasks-per-node=1" in overlap
+    assert "#SBATCH --gpus-per-node=1" in equivariance
+
+
 def test_slurm_scripts_have_dependencies(tmp_path):
     sweep = load_sweep(_write(tmp_path, BODY.format(out=tmp_path / "o")))
     submit = write_slurm(expand(sweep), sweep, tmp_path / "slurm")
     text = submit.read_text()
-    # 4 training jobs, 4 arrays (the 4 diagnostics of each run), 4 merges, the report
-    assert "--dependency=afterok" in text and text.count("sbatch --parsable") == 13
-    assert text.count('--array="${todo#,}"') == 4 and "squeue --me" in text
+    # 4 training jobs, 8 arrays (the 2 equivariance and the 2 overlap jobs of each run), 4 merges, the report
+    assert "--dependency=afterok" in text and text.count("sbatch --parsable") == 17
+    assert text.count('--array="${todo#,}"') == 8 and "squeue --me" in text
     train_script = next((tmp_path / "slurm").glob("train-*.sbatch")).read_text()
     assert f"srun {sys.executable} -m symgrad train" in train_script and "#SBATCH --signal=TERM" in train_script
     assert f"#SBATCH --chdir={Path.cwd()}" in train_script and "--kill-on-invalid-dep=yes" in train_script

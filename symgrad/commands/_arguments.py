@@ -11,10 +11,11 @@ from symgrad import names
 from symgrad.errors import SymgradError
 
 
-def add_run_arguments(parser) -> None:
+def add_run_arguments(parser, *, required: bool = True) -> None:
     """What every command that reads a trained run takes: the run, its checkpoint, the data,
     the test samples and the transition."""
-    parser.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory written by 'symgrad train'")
+    parser.add_argument("--run", required=required, metavar="RUN_DIR", help="run directory written by 'symgrad train'"
+                        + ("" if required else " (default: none; needed unless --plan)"))
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     parser.add_argument("--data", nargs="+", metavar="FILE.nc", default=None,
                         help="dataset file(s) (default: the run's data, whose test split is used)")
@@ -27,12 +28,14 @@ def add_samples_argument(parser, default: int | None, use: str = "") -> None:
                         help=f"use the first N test trajectories{use}" + ("" if default else " (default: all)"))
 
 
-def add_diagnostic_arguments(parser) -> None:
-    """The arguments every diagnostic over a group takes: the run, the group, the output."""
-    add_run_arguments(parser)
+def add_diagnostic_arguments(parser, *, run_required: bool = True) -> None:
+    """The arguments every diagnostic over a group takes: the run, the group, the output
+    (``run_required=False``: the command checks --run and --out itself)."""
+    add_run_arguments(parser, required=run_required)
     parser.add_argument("--group", required=True, choices=names.GROUPS, help="symmetry group")
-    parser.add_argument("--out", required=True, metavar="RESULT.nc",
-                        help="output netCDF file; an existing one is kept unless --overwrite")
+    parser.add_argument("--out", required=run_required, metavar="RESULT.nc",
+                        help="output netCDF file; an existing one is kept unless --overwrite"
+                        + ("" if run_required else " (default: none; needed unless --plan)"))
     parser.add_argument("--overwrite", action="store_true", help="replace RESULT.nc if it exists")
     parser.add_argument("--stride", type=int, default=1, metavar="K",
                         help="translations: shifts 0, K, 2K, ... < resolution")

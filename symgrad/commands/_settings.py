@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 
 # The type argparse converts a flag with, by the field's annotation (also symgrad train's).
-FIELD_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float,
+FIELD_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str,
                "tuple[str, ...]": str, "tuple[int, ...]": int}
 
 

@@ -26,17 +26,80 @@ DESCRIPTION = (
 def register(parser: argparse.ArgumentParser) -> None:
     from symgrad.diagnostics.config import OverlapConfig
 
-    add_diagnostic_arguments(parser)
+    add_diagnostic_arguments(parser, run_required=False)
     add_samples_argument(parser, names.DEFAULT_OVERLAP_SAMPLES, " (the N of the N x N overlap matrices)")
     add_setting_flags(parser, OverlapConfig)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    plan = parser.add_argument_group(
+        "planning", "--plan prints the memory plan per device (the right-hand-side chunks, the vectors per "
+        "product, the stored Lanczos vectors, every array counted) and the cost forecast, then stops: nothing is "
+        "solved and the devices need not be here (--device-memory 80GB --devices 8). With --run it plans for "
+        "that run's model and test batch; without, for an untrained --model --preset at --resolution.")
+    plan.add_argument("--plan", action="store_true", help="print the plan and stop (no --out needed)")
+    plan.add_argument("--model", choices=names.MODELS,
+                      help="architecture to plan for, untrained, with --plan and no --run (default: none)")
+    plan.add_argument("--preset", choices=names.PRESETS, default="paper",
+                      help="model size of that architecture (default: paper)")
+    plan.add_argument("--resolution", type=int, default=128,
+                      help="grid cells per direction of its states (default: 128)")
 
 
 def execute(args) -> int:
     from symgrad.diagnostics.config import OverlapConfig
+    from symgrad.errors import SymgradError
 
+    if args.plan:
+        with shown_as_flags(OverlapConfig):
+            return _print_plan(args)
+    if args.run is None or args.out is None:
+        raise SymgradError("symgrad overlap needs --run and --out (or --plan to print the plan without solving)")
     with locked_output(args.out, args.overwrite), shown_as_flags(OverlapConfig):
         return _execute(args)
+
+
+def _print_plan(args) -> int:
+    """``--plan``: the memory plan of the run's (or an untrained model's) overlap computation."""
+    import jax
+    import numpy as np
+
+    from symgrad import inputs as run_inputs
+    from symgrad.diagnostics.config import OverlapConfig
+    from symgrad.diagnostics.overlap import overlap_forecast, overlap_plan
+    from symgrad.errors import SymgradError
+    from symgrad.groups import named_group
+
+    if args.run is not None:
+        inputs = run_inputs.load(args.run, args.data, args.step)
+        config = settings_from_args(OverlapConfig, args, damping=inputs.trained.info.weight_decay)
+        _, _, x, y = run_inputs.test_transitions(inputs, args.samples, chosen_transition(args, inputs))
+        apply_fn, params, resolution = inputs.trained.apply_fn, inputs.trained.params, inputs.dataset.resolution
+        what = f"run {args.run}"
+    elif args.model is not None:
+        from symgrad.models.registry import build
+
+        config = settings_from_args(OverlapConfig, args)
+        model = build(args.model, args.preset, args.resolution)
+        params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0)))
+        apply_fn, resolution = model.apply, args.resolution
+        # random states: every element but the identity moves them
+        x = y = np.random.default_rng(0).normal(size=(args.samples or 1, resolution, resolution, 4))
+        what = f"untrained {args.model} ({args.preset}) at {resolution}x{resolution}"
+    else:
+        raise SymgradError("--plan needs --run RUN_DIR, or --model with --preset and --resolution")
+    group = named_group(args.group, resolution, stride=args.stride, factors=args.factors)
+    print(f"symgrad overlap --plan: {what}, group {group.name} ({len(group)} elements), metric {config.metric}, "
+          f"lambda {config.damping:g}, rtol {config.rtol:g}")
+    if args.run is not None and config.device_memory is None and config.wants_chi:
+        # the devices are here: the forecast too (a linearisation, the probe, a timed product)
+        plan, forecast = overlap_forecast(apply_fn, params, x, y, np.asarray(inputs.trained.sigma), group, config)
+        print(plan.describe([str(g) for g in group.elements]))
+        print(forecast.describe())
+        return 0
+    plan = overlap_plan(apply_fn, params, x, y, group, config)
+    print(plan.describe([str(g) for g in group.elements]))
+    print("forecast: needs the trained model on the devices themselves (--run, without --device-memory); "
+          "benchmarks/device_check.py times the products on a GPU")
+    return 0
 
 
 def _execute(args) -> int:

@@ -30,3 +30,18 @@ def pad_rows(a, rows: int):
 def pad_to_bucket(a):
     """``a`` with zero rows appended up to ``bucket`` of its row count."""
     return pad_rows(a, bucket(int(a.shape[0])))
+
+
+def settle(a):
+    """``a``, waited for when it lies on several CPU devices.
+
+    XLA's CPU runtime runs the collectives of every program in flight on one shared thread
+    pool; many small sharded programs dispatched ahead (a Lanczos step's projections) can
+    leave a collective waiting for a thread that never comes (measured: 4 CPU devices on 2
+    cores hang within a few hundred projections). Waiting for each result keeps one in
+    flight. Accelerators and one device dispatch ahead as usual.
+    """
+    sharding = getattr(a, "sharding", None)
+    if sharding is not None and len(sharding.device_set) > 1 and next(iter(sharding.device_set)).platform == "cpu":
+        a.block_until_ready()
+    return a

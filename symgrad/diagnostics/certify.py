@@ -57,13 +57,18 @@ class ElementCertificate(NamedTuple):
     worst: float  # the largest relative bound (compare with rtol; inf while a ratio is unbounded)
 
 
-def certify_element(m, uu, vv, e_u, e_v, rtol: float, rounding=None) -> ElementCertificate:
+def certify_element(m, uu, vv, e_u, e_v, rtol: float, rounding=None, *, rows=None,
+                    frobenius_norm=None) -> ElementCertificate:
     """Certify ``M_ij = <u_i, v_j>_chi``, ``<u_i, u_i>_chi`` and ``<v_j, v_j>_chi`` of one element.
 
     ``m`` (N, N), ``uu`` (N,), ``vv`` (N,) are the estimates; ``e_u``, ``e_v`` the energy
     error bounds of the u- and v-solves; ``rounding = (rho_m, rho_u, rho_v)`` the bounds on
     the rounding of the bilinear forms that computed ``m``, ``uu`` and ``vv``
     (``form_rounding``), added to every bound (None: not counted, as in a stopping rule).
+    ``rows``: ``m``, ``uu`` and ``e_u`` hold only these rows of the element (a chunk that
+    holds part of it; for a stopping rule): the cosines pair row i with v_i, the Frobenius
+    norm is ``frobenius_norm`` (of the whole element's estimate) and the rows' share of its
+    error bound is scaled up to N rows.
     """
     m = np.asarray(m, np.float64)
     uu, vv = np.asarray(uu, np.float64), np.asarray(vv, np.float64)
@@ -71,17 +76,19 @@ def certify_element(m, uu, vv, e_u, e_v, rtol: float, rounding=None) -> ElementC
     e_u, e_v = np.asarray(e_u, np.float64), np.asarray(e_v, np.float64)
     mb = np.sqrt(np.outer(e_u, e_v)) + rho_m
     e_u, e_v = e_u + rho_u, e_v + rho_v  # the quadratic forms' bounds
-    diag = np.diagonal(m)
+    at = np.arange(len(uu)) if rows is None else np.asarray(rows)
+    diag, diag_b = m[np.arange(len(uu)), at], mb[np.arange(len(uu)), at]
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = mb / np.sqrt(np.abs(uu)[:, None] * np.abs(vv)[None, :])
         uu_rel, vv_rel = e_u / np.abs(uu), e_v / np.abs(vv)
     matrix_flag = ~(rel <= rtol)  # NaN counts as not met
-    cos, cos_b = ratio_interval_bound(diag, np.diagonal(mb), [uu, vv], [e_u, e_v], sqrt_den=True)
-    fro_norm = np.full_like(uu, np.linalg.norm(m))
-    fro_err = np.full_like(uu, np.linalg.norm(mb))  # ||B||_F bounds | ||M_true||_F - ||M||_F |
-    fro, fro_b = ratio_interval_bound(diag, np.diagonal(mb), [fro_norm], [fro_err], sqrt_den=False)
+    cos, cos_b = ratio_interval_bound(diag, diag_b, [uu, vv[at]], [e_u, e_v[at]], sqrt_den=True)
+    fro_norm = np.full_like(uu, np.linalg.norm(m) if frobenius_norm is None else frobenius_norm)
+    # ||B||_F bounds | ||M_true||_F - ||M||_F |
+    fro_err = np.full_like(uu, np.linalg.norm(mb) * np.sqrt(len(vv) / len(uu)))
+    fro, fro_b = ratio_interval_bound(diag, diag_b, [fro_norm], [fro_err], sqrt_den=False)
     not_met = (
-        ~(cos_b <= rtol) | ~(fro_b <= rtol) | ~(uu_rel <= rtol) | ~(vv_rel <= rtol)
+        ~(cos_b <= rtol) | ~(fro_b <= rtol) | ~(uu_rel <= rtol) | ~(vv_rel[at] <= rtol)
         | matrix_flag.any(axis=-1) | ~np.isfinite(cos) | ~np.isfinite(fro)
     )
     parts = (cos_b, fro_b, uu_rel, vv_rel, rel)
@@ -234,11 +241,12 @@ class OverlapStopping:
     """
 
     def __init__(self, v_columns, element_columns: dict, rtol: float, *, safety: float = DEFAULT_SAFETY,
-                 solved_v: SolvedV | None = None, v_ahead: bool = False):
+                 solved_v: SolvedV | None = None, v_ahead: bool = False, element_rows: dict | None = None):
         if v_columns is None and solved_v is None:
             raise ValueError("a chunk without the v's needs solved_v")
         self.v_columns = None if v_columns is None else list(v_columns)
         self.element_columns = {k: list(c) for k, c in element_columns.items()}
+        self.element_rows = dict(element_rows or {})  # element -> its rows here, when not all (solved_v only)
         self.rtol, self.safety = float(rtol), float(safety)
         self.solved_v = solved_v
         self.v_ahead = bool(v_ahead)
@@ -252,9 +260,16 @@ class OverlapStopping:
         rho_d = np.diagonal(rho)
         worst = 0.0
         for k, cols in self.element_columns.items():
-            m = gram[np.ix_(cols, v)] if v is not None else self.solved_v.cross[k]
+            rows, fro = self.element_rows.get(k), None
+            if v is not None:
+                m = gram[np.ix_(cols, v)]
+            else:
+                m = self.solved_v.cross[k]
+                if rows is not None:
+                    m, fro = m[list(rows)], float(np.linalg.norm(m))
             parts = (rho[np.ix_(cols, v)] if v is not None else 0.0, rho_d[cols], rho_d[v] if v is not None else 0.0)
-            worst = max(worst, certify_element(m, quad[cols], vv, e[cols], e_v, target, parts).worst / target)
+            cert = certify_element(m, quad[cols], vv, e[cols], e_v, target, parts, rows=rows, frobenius_norm=fro)
+            worst = max(worst, cert.worst / target)
         if v is not None and v_goal is not None:
             with np.errstate(divide="ignore", invalid="ignore"):
                 rel = e_v / np.abs(vv)
@@ -289,13 +304,14 @@ class Targets(NamedTuple):
     element_columns: dict | None = None
     solved_v: SolvedV | None = None
     v_ahead: bool = False
+    element_rows: dict | None = None  # element -> the rows of its u's in this chunk, when not all
 
     def stopping(self, safety: float):
         """The rule a solver stops on: every value certified at ``safety * rtol``."""
         if self.v_columns is None and self.element_columns is None:
             return EnergyStopping(self.rtol, safety)
         return OverlapStopping(self.v_columns, self.element_columns or {}, self.rtol, safety=safety,
-                               solved_v=self.solved_v, v_ahead=self.v_ahead)
+                               solved_v=self.solved_v, v_ahead=self.v_ahead, element_rows=self.element_rows)
 
     def certified(self, gram, e, rounding=None) -> bool:
         """Whether every value these targets name is certified at ``rtol`` itself."""

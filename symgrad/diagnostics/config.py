@@ -66,12 +66,13 @@ class OverlapConfig(_Settings):
                                    metavar="K")
     curvature_samples: int | None = _setting(None, "curvature batch: the first B of the N samples", metavar="B",
                                              shown="all N")
-    rhs_chunk: int | None = _setting(None, "right-hand sides solved together, bounding memory", metavar="K",
-                                     shown="all that fit half the device memory")
+    rhs_chunk: int | None = _setting(None, "right-hand sides solved together, bounding memory (below 2 N the v's "
+                                     "are solved first and elements are split by rows)", metavar="K",
+                                     shown="the memory plan's")
     basis_memory: float | None = _setting(None, "GB of Lanczos vectors kept for reorthogonalisation", metavar="GB",
-                                          shown="a quarter of the device memory")
+                                          shown="what the memory plan leaves")
     product_chunk: int | None = _setting(None, "vectors per vmapped Gauss-Newton product, bounding activation "
-                                         "memory on big models", metavar="V", shown="the whole block")
+                                         "memory on big models", metavar="V", shown="the memory plan's")
     grad_chunk: int = _setting(names.DEFAULT_GRAD_CHUNK, "per-example gradients computed C at a time (bounds memory)",
                                metavar="C")
     probe_vectors: int = _setting(names.DEFAULT_PROBE_VECTORS,
@@ -80,9 +81,23 @@ class OverlapConfig(_Settings):
     probe_steps: int = _setting(names.DEFAULT_PROBE_STEPS, "block Lanczos steps of that probe", flag="--lanczos-steps",
                                 metavar="S")
     precision: str = _setting("float64", names.PRECISION_HELP, choices=names.PRECISIONS)
+    devices: int | None = _setting(None, "devices the curvature batch is sharded over (the memory plan is per "
+                                   "device)", metavar="D", shown="every device of this process")
+    device_memory: str | None = _setting(None, "memory of each device to plan for, like 80GB (GB = GiB; XLA's "
+                                         "pool, XLA_PYTHON_CLIENT_MEM_FRACTION or 0.75, of it is used)",
+                                         metavar="SIZE", shown="what the device reports, or the host's free memory")
 
     def __post_init__(self):
         _choice(self, "metric", names.METRICS)
+        _positive_int(self, "devices")
+        if self.device_memory is not None:
+            from symgrad.diagnostics.plan import parse_memory
+
+            try:
+                parse_memory(self.device_memory)
+            except SymgradError:
+                raise SettingError("cannot read {device_memory} {value!r}; write it like 80GB or 512MB",
+                                   value=self.device_memory) from None
         _choice(self, "solver", names.SOLVERS)
         _choice(self, "precision", names.PRECISIONS)
         if self.wants_chi and not self.damping > 0:
@@ -106,12 +121,14 @@ class OverlapConfig(_Settings):
     def basis_bytes(self) -> int | None:
         return None if self.basis_memory is None else int(self.basis_memory * 2**30)
 
-    def chi_solver(self):
-        """The chi solver these settings name, with their step limit and basis memory."""
+    def chi_solver(self, basis_bytes: int | None = None):
+        """The chi solver these settings name, with their step limit and the bytes of Lanczos
+        vectors it may store (``basis_bytes``: the memory plan's; else ``basis_memory``)."""
         from symgrad.diagnostics.solvers import BlockLanczos, CG, Dense
 
         if self.solver == "block":
-            return BlockLanczos(max_steps=self.max_iterations, basis_bytes=self.basis_bytes)
+            return BlockLanczos(max_steps=self.max_iterations,
+                                basis_bytes=self.basis_bytes if basis_bytes is None else int(basis_bytes))
         if self.solver == "cg":
             return CG(max_steps=self.max_iterations)
         return Dense()

@@ -19,6 +19,7 @@ which is where the fast path's factor comes from.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from typing import Callable, Sequence
@@ -30,11 +31,14 @@ from jax.flatten_util import ravel_pytree
 from symgrad import preemption
 from symgrad.diagnostics import certify, store
 from symgrad.diagnostics.config import OverlapConfig, checked
+from symgrad.diagnostics._rows import bucket
+from symgrad.diagnostics.forecast import Forecast, time_products
 from symgrad.diagnostics.ggn import GaussNewtonBlocks
 from symgrad.diagnostics.gradients import per_example_gradients
+from symgrad.diagnostics.plan import Chunk, Devices, MemoryPlan, PlanError, host_rss, layout, plan_overlap
 from symgrad.diagnostics.precision import cast, computing_in
-from symgrad.diagnostics.solvers import ChiSolver, Targets, corrected_cross, device_memory_bytes, euclidean_gram
-from symgrad.diagnostics.solvers._base import row_norms
+from symgrad.diagnostics.solvers import ChiSolver, Targets, corrected_cross, corrected_gram, euclidean_gram
+from symgrad.diagnostics.solvers._base import device_block, host_rows, row_norms
 from symgrad.diagnostics.spectrum import KRYLOV_PER_DEFF, predicted_products, probe_spectrum
 from symgrad.errors import SymgradError
 from symgrad.groups import Group
@@ -65,44 +69,6 @@ def chi_solve(apply_fn: Callable, params, x_curvature, sigma, rhs, config: Overl
         return config.chi_solver().solve(op, jnp.asarray(rhs, dtype), Targets(config.rtol))
 
 
-def plan_chunks(n_samples: int, n_elements: int, reused: Sequence[bool], solver: str, rhs_chunk: int | None):
-    """Elements per right-hand-side chunk; the v's always go with chunk 0.
-
-    The block solver puts as many elements as ``rhs_chunk_size`` columns allow into each
-    chunk (all of them by default: one shared Krylov space); chunk 0 may hold the v's alone. The baseline CG keeps its own
-    shape: the v's alone, then one element per chunk (its u-solves need the v-solutions).
-    Elements that reuse the v-solves cost no columns and ride in chunk 0.
-    """
-    free = [k for k in range(n_elements) if reused[k]]
-    paid = [k for k in range(n_elements) if not reused[k]]
-    if solver == "cg":
-        return [free] + [[k] for k in paid]
-    budget = math.inf if not rhs_chunk else max(int(rhs_chunk), n_samples)
-    chunks, current, cols = [], list(free), n_samples  # chunk 0 starts with the v's
-    for k in paid:
-        if cols + n_samples > budget and (current or chunks):
-            chunks.append(current)
-            current, cols = [], 0
-        current.append(k)
-        cols += n_samples
-    chunks.append(current)
-    return chunks
-
-
-# The block solver holds about this many (k, P) arrays for k right-hand sides (right-hand
-# sides, iterates, search blocks, three Lanczos blocks, residuals); half the device memory
-# goes to them, a quarter to the stored basis (solvers._block.default_basis_bytes).
-WORKSPACE_ARRAYS = 8
-
-
-def default_rhs_chunk(n_params: int, dtype, n_samples: int, n_columns: int) -> int | None:
-    """None (one chunk) when every right-hand side fits half the device memory, else the
-    columns that do (at least N): memory is bounded by chunks, not by the problem."""
-    per_column = WORKSPACE_ARRAYS * n_params * np.dtype(dtype).itemsize
-    fits = int(device_memory_bytes() // 2 // per_column)
-    return None if fits >= n_columns else max(fits, n_samples)
-
-
 class _Progress:
     """One bar per chunk: certified accuracy reached, Gauss-Newton products, ETA."""
 
@@ -129,20 +95,43 @@ class _Progress:
             self.bar.close()
 
 
-def _v_side(v, sol, v_cols):
-    """What every element needs of the v-solves (numpy, float64)."""
-    pick = lambda a: np.asarray(a)[v_cols]  # noqa: E731
-    gram = sol.gram[np.ix_(v_cols, v_cols)]
-    rounding = sol.form_rounding[np.ix_(v_cols, v_cols)]
-    return {
+# The per-column results of the v-solves, kept for the v side (``_v_side``).
+_V_COLUMN_STATS = ("error_bound", "residual_bound", "residual_norm", "residual_slack", "iterations", "converged",
+                   "null_share")
+
+
+def _v_part(op, sol, cols, rows) -> dict:
+    """What a chunk's v-solves leave for the v side: their rows, solutions, residuals and stats."""
+    sl = slice(cols[0], cols[-1] + 1)  # to the host: the orchestration's (N, P) arrays live there
+    part = {"rows": np.asarray(rows), "w": host_rows(op, sol.solution[sl]), "r": host_rows(op, sol.residual[sl])}
+    part.update({name: np.asarray(getattr(sol, name))[cols] for name in _V_COLUMN_STATS})
+    return part
+
+
+def _v_side(v, parts: list[dict]):
+    """What every element needs of the v-solves (numpy, float64), from the chunks that solved them.
+
+    The corrected Gram matrix of the v's is formed here from their solutions and residuals,
+    as ``solvers._base.finish`` forms it within a chunk (the same values when one chunk
+    solved them all), with the same rounding bound. Returns ``(v side, w_v, r_v)``.
+    """
+    parts = sorted(parts, key=lambda p: int(p["rows"][0]))
+    joined = {name: np.concatenate([p[name] for p in parts]) for name in _V_COLUMN_STATS}
+    w_v = parts[0]["w"] if len(parts) == 1 else np.concatenate([p["w"] for p in parts])
+    r_v = parts[0]["r"] if len(parts) == 1 else np.concatenate([p["r"] for p in parts])
+    gram, rounding = corrected_gram(v, w_v, r_v)
+    first_order = np.outer(row_norms(w_v), joined["residual_slack"])  # w_i . (r_j - fl(r_j))
+    rounding = rounding + 0.5 * (first_order + first_order.T)
+    side = {
         "grad_norm_v": np.sqrt(np.diagonal(euclidean_gram(v, v))),
         "gram_vv": gram, "chi_vv": np.diagonal(gram).copy(),
         "form_rounding_vv": rounding, "chi_vv_rounding": np.diagonal(rounding).copy(),
-        "residual_slack_v": pick(sol.residual_slack),
-        "error_bound_v": pick(sol.error_bound), "residual_bound_v": pick(sol.residual_bound),
-        "residual_norm_v": pick(sol.residual_norm), "iterations_v": pick(sol.iterations),
-        "converged_v": pick(sol.converged), "null_space_share_v": pick(sol.null_share),
+        "residual_slack_v": joined["residual_slack"],
+        "error_bound_v": joined["error_bound"], "residual_bound_v": joined["residual_bound"],
+        "residual_norm_v": joined["residual_norm"], "iterations_v": joined["iterations"],
+        "converged_v": joined["converged"], "null_space_share_v": joined["null_share"],
     }
+    return side, w_v, r_v
 
 
 def _reused_element(v_side):
@@ -155,26 +144,30 @@ def _reused_element(v_side):
     }
 
 
-def _chunk_columns(n, elements, reused, has_v):
-    """The chunk's column layout: v columns (or None) and each paid element's u columns."""
-    v_cols = list(range(n)) if has_v else None
-    col, element_cols = (n if has_v else 0), {}
-    for k in elements:
-        if not reused[k]:
-            element_cols[k] = list(range(col, col + n))
-            col += n
-    return v_cols, element_cols, col
+def _columns(chunk: Chunk, n: int):
+    """The chunk's column layout: the v rows' columns (or None) and each part's u columns."""
+    v_cols = list(range(len(chunk.v_rows))) or None
+    col, part_cols = len(chunk.v_rows), []
+    for _, rows in chunk.parts:
+        part_cols.append(list(range(col, col + len(rows))))
+        col += len(rows)
+    return v_cols, part_cols, col
 
 
-def _chunk_targets(rtol, us, elements, reused, v_cols, element_cols, v_side, w_v, damping, more_chunks):
-    """What a chunk must certify: its own v's, or the v side an earlier chunk fixed."""
+def _targets(rtol, chunk: Chunk, n, us, v_cols, part_cols, v_side, w_v, damping, more_chunks):
+    """What a chunk must certify: its own v's (with the elements beside them when it holds all
+    of them), or the elements' rows against the v side earlier chunks fixed."""
     if v_cols is not None:
-        rule_elements = {**element_cols, **{k: v_cols for k in elements if reused[k]}}
-        return Targets(rtol, tuple(v_cols), rule_elements, None, more_chunks)
-    solved_v = certify.SolvedV(v_side["chi_vv"], v_side["error_bound_v"],
-                               {k: np.asarray(us[k] @ w_v.T, np.float64) for k in element_cols},
+        if len(chunk.v_rows) < n:  # a share of the v's, for elements solved later
+            return Targets(rtol, tuple(v_cols), {}, None, True)
+        elements = {k: cols for (k, _), cols in zip(chunk.parts, part_cols)}
+        elements.update({k: v_cols for k in chunk.free})
+        return Targets(rtol, tuple(v_cols), elements, None, more_chunks)
+    cross = {k: np.asarray(us[k] @ w_v.T, np.float64) for k, _ in chunk.parts}
+    solved_v = certify.SolvedV(v_side["chi_vv"], v_side["error_bound_v"], cross,
                                np.sqrt(v_side["residual_bound_v"] * damping))
-    return Targets(rtol, None, element_cols, solved_v, False)
+    rows = {k: tuple(r) for k, r in chunk.parts if len(r) < n}
+    return Targets(rtol, None, {k: cols for (k, _), cols in zip(chunk.parts, part_cols)}, solved_v, False, rows)
 
 
 def _element_values(sol, cols, m, m_rounding):
@@ -187,102 +180,160 @@ def _element_values(sol, cols, m, m_rounding):
                 converged_u=pick(sol.converged), null_space_share_u=pick(sol.null_share))
 
 
-def _solve_chunk(chi_solver: ChiSolver, op, v, us, elements, reused, has_v, v_side, w_v, r_v, results, *, rtol,
-                 more_chunks, progress, desc):
-    """Solve one chunk's right-hand sides and add its chi values to ``results`` (in place).
+def _put_rows(result: dict, rows, values: dict, n: int) -> None:
+    """Write an element's values for ``rows`` into its (N, ...) arrays (made on first use)."""
+    rows = np.asarray(rows)
+    for name, value in values.items():
+        value = np.asarray(value)
+        if name not in result:
+            fill = False if value.dtype == bool else (0 if value.dtype.kind in "iu" else np.nan)
+            result[name] = np.full((n,) + value.shape[1:], fill, value.dtype)
+        result[name][rows] = value
 
-    Returns ``((v_side, (w, r_v)) or None, log entry)``.
+
+def _solve_chunk(chi_solver: ChiSolver, op, v, us, chunk: Chunk, v_side, w_v, r_v, *, rtol, more_chunks, progress,
+                 desc):
+    """Solve one chunk's right-hand sides.
+
+    Returns ``(v part or None, {element: (rows, values)}, log entry)``; the values of a
+    chunk that holds every v are read from its own Gram matrix, the others' from the
+    corrected cross forms against the v side.
     """
     n = int(v.shape[0])
-    v_cols, element_cols, col = _chunk_columns(n, elements, reused, has_v)
-    targets = _chunk_targets(rtol, us, elements, reused, v_cols, element_cols, v_side, w_v, op.damping,
-                             more_chunks)
-    blocks = ([v] if has_v else []) + [us[k] for k in element_cols]
+    v_cols, part_cols, col = _columns(chunk, n)
+    targets = _targets(rtol, chunk, n, us, v_cols, part_cols, v_side, w_v, op.damping, more_chunks)
+    blocks = ([v[np.asarray(chunk.v_rows)] if len(chunk.v_rows) < n else v] if v_cols else [])
+    blocks += [us[k] if len(rows) == n else us[k][np.asarray(rows)] for k, rows in chunk.parts]
+    rhs = device_block(op, np.concatenate(blocks) if len(blocks) > 1 else blocks[0])
+    del blocks
     bar = _Progress(progress, f"{desc} ({col} right-hand sides)")
     t0 = time.perf_counter()
     try:
-        sol = chi_solver.solve(op, jnp.concatenate(blocks), targets, progress=bar)
+        sol = chi_solver.solve(op, rhs, targets, progress=bar)
     finally:
         bar.close()
+    del rhs
     log = {"right_hand_sides": int(col), "ggn_products": int(sol.ggn_products), "result": sol.result.value,
            "seconds": round(time.perf_counter() - t0, 3), **sol.stats}
-    new_v = None
-    if has_v:
-        v_side = _v_side(v, sol, v_cols)
-        w_v, r_v = sol.solution[:n], sol.residual[:n]
-        new_v = (v_side, (w_v, r_v))
-    for k in elements:
-        if reused[k]:
-            results[k].update(_reused_element(v_side))
-            continue
-        cols = element_cols[k]
-        if has_v:
+    v_part = _v_part(op, sol, v_cols, chunk.v_rows) if v_cols else None
+    values = {}
+    for (k, rows), cols in zip(chunk.parts, part_cols):
+        if v_cols is not None:  # every v is in this chunk
             m, m_rounding = sol.gram[np.ix_(cols, v_cols)], sol.form_rounding[np.ix_(cols, v_cols)]
         else:
-            z = sol.solution[cols[0]:cols[-1] + 1]
-            m, m_rounding = corrected_cross(us[k], z, r_v, w_v)
+            z = host_rows(op, sol.solution[cols[0]:cols[-1] + 1])
+            u = us[k] if len(rows) == n else us[k][np.asarray(rows)]
+            m, m_rounding = corrected_cross(u, z, r_v, w_v)
             m_rounding = m_rounding + np.outer(row_norms(z), v_side["residual_slack_v"])  # z_i . (r_vj - fl(r_vj))
-        results[k].update(_element_values(sol, cols, m, m_rounding))
-    return new_v, log
+        values[k] = (rows, _element_values(sol, cols, m, m_rounding))
+    return v_part, values, log
+
+
+class _Gradients:
+    """The gradients of the elements a chunk needs, the latest element's kept for the next
+    chunk (an element split across chunks is differentiated once)."""
+
+    def __init__(self, v, gradients_of, reused):
+        self.v, self.gradients_of, self.reused, self.kept = v, gradients_of, reused, {}
+
+    def __call__(self, elements):
+        self.kept = {k: (self.v if self.reused[k] else self.kept.get(k)) for k in elements}
+        for k, u in self.kept.items():
+            if u is None:
+                self.kept[k] = np.asarray(self.gradients_of(k))
+        return dict(self.kept)
 
 
 def solve_overlaps(operator, v, gradients_of: Callable, reused: Sequence[bool], element_names: Sequence[str], *,
-                   solver: ChiSolver | None, rtol: float, rhs_chunk: int | None = None,
-                   partials: store.Partials | None = None, stop_after: int | None = None, progress: bool = False):
+                   solver: ChiSolver | None, rtol: float, chunks: Sequence[Chunk] | None = None,
+                   partials: store.Partials | None = None, stop_after: int | None = None, progress: bool = False,
+                   forecast: Forecast | None = None):
     """The overlaps of given gradients: ``v`` (N, P) and ``gradients_of(k)`` = ``u^g`` of element k.
 
     ``operator`` is a ``solvers.ChiOperator`` applying ``lambda I + G`` to blocks
     (``ggn.GaussNewtonBlocks``, or any object with its interface) and ``solver`` the chi
     solver; both None compute the Euclidean overlaps only. ``reused[k]``: element k's
-    gradients equal ``v`` bit for bit. Returns ``(results by element, v side, chunk log,
-    number of chunks)`` for ``store.build_result_dataset``.
+    gradients equal ``v`` bit for bit. ``chunks``: the right-hand-side chunks
+    (``plan.layout``; None: one). ``forecast`` (``forecast.Forecast``) is refined after every
+    chunk from the products spent so far, printed with ``progress`` and kept in the chunk
+    log. Returns ``(results by element, v side, chunk log, number of chunks)`` for
+    ``store.build_result_dataset``.
     """
     want_chi = operator is not None
+    v = np.asarray(v)  # the orchestration's (N, P) arrays live on the host; a chunk's block moves to the device
     n, n_el = int(v.shape[0]), len(element_names)
-    plan = plan_chunks(n, n_el, reused, solver.name, rhs_chunk) if want_chi else [list(range(n_el))]
-    results: dict[int, dict] = {}
+    if not want_chi:
+        chunks = [Chunk((), tuple((k, tuple(range(n))) for k in range(n_el)))]
+    elif chunks is None:
+        chunks = layout(n, reused, solver.name, None)
+    results: dict[int, dict] = {k: {} for k in range(n_el)}
     chunks_log: list[dict] = []
+    v_parts: list[dict] = []
     v_side = w_v = r_v = None
+    gradients = _Gradients(v, gradients_of, reused)
     computed = 0
-    for c, elements in enumerate(plan):
+    if want_chi and forecast is None:
+        forecast = Forecast.unknown([c.columns for c in chunks])
+    spent = {}
+    for c, chunk in enumerate(chunks):
         saved = partials.load_chunk(c) if partials is not None else None
         if saved is not None:
-            done, saved_v, log = saved
-            results.update(done)
-            chunks_log.append(log)
-            if saved_v is not None:
-                v_side = {k: a for k, a in saved_v.items() if k not in ("w", "r_v")}
-                if "w" in saved_v:
-                    w_v, r_v = (jnp.asarray(saved_v[k], operator.dtype) for k in ("w", "r_v"))
-            continue
-        if stop_after is not None and computed >= stop_after:
-            raise OverlapInterrupted(f"stopped after {computed} new chunks")
-        if preemption.requested():  # SIGTERM: the finished chunks are saved, stop before the next
-            raise OverlapInterrupted(f"pre-empted (SIGTERM) after {c} of {len(plan)} chunks")
-        us = {k: (v if reused[k] else gradients_of(k)) for k in elements}
-        new = {k: {"overlap_matrix_euclidean": euclidean_gram(us[k], v),
-                   "grad_norm_u": np.sqrt(np.diagonal(euclidean_gram(us[k], us[k]))),
-                   "reused_v_solves": np.asarray(reused[k]), "chunk": np.asarray(c)} for k in elements}
-        has_v = want_chi and c == 0
-        log = {"chunk": c, "elements": [element_names[k] for k in elements]}
-        if want_chi:
-            new_v, log_solve = _solve_chunk(solver, operator, v, us, elements, reused, has_v, v_side, w_v, r_v,
-                                            new, rtol=rtol, more_chunks=len(plan) > 1, progress=progress,
-                                            desc=f"chi solve {c + 1}/{len(plan)}")
-            log.update(log_solve)
-            if has_v:
-                v_side, (w_v, r_v) = new_v
-        results.update(new)
+            new, v_part, log = saved
+        else:
+            if stop_after is not None and computed >= stop_after:
+                raise OverlapInterrupted(f"stopped after {computed} new chunks")
+            if preemption.requested():  # SIGTERM: the finished chunks are saved, stop before the next
+                raise OverlapInterrupted(f"pre-empted (SIGTERM) after {c} of {len(chunks)} chunks")
+            us = gradients(chunk.elements)
+            new = {k: {"overlap_matrix_euclidean": euclidean_gram(us[k], v),
+                       "grad_norm_u": np.sqrt(np.diagonal(euclidean_gram(us[k], us[k]))),
+                       "reused_v_solves": np.asarray(reused[k]), "chunk": np.asarray(c)}
+                   for k in chunk.elements if "overlap_matrix_euclidean" not in results[k]}
+            log = {"chunk": c, "elements": [element_names[k] for k in chunk.elements]}
+            v_part = None
+            if want_chi:
+                v_part, values, log_solve = _solve_chunk(
+                    solver, operator, v, us, chunk, v_side, w_v, r_v, rtol=rtol, more_chunks=len(chunks) > 1,
+                    progress=progress, desc=f"chi solve {c + 1}/{len(chunks)}")
+                log.update(log_solve)
+                for k, (rows, vals) in values.items():
+                    new.setdefault(k, {}).update(rows=np.asarray(rows), **vals)
+            if partials is not None:
+                partials.save_chunk(c, new, None if v_part is None else {a: np.asarray(b) for a, b in v_part.items()},
+                                    log)
+            computed += 1
+        _merge(results, new, n)
         chunks_log.append(log)
-        if partials is not None:
-            keep_v = None
-            if has_v:
-                keep_v = dict(v_side, **({"w": np.asarray(w_v), "r_v": np.asarray(r_v)} if len(plan) > 1 else {}))
-            partials.save_chunk(c, new, keep_v, log)
-        computed += 1
+        if not want_chi:
+            continue
+        spent[c] = int(log["ggn_products"])
+        forecast = forecast.after(c, spent)
+        log["forecast_remaining_products"] = round(forecast.remaining, 1)
+        if progress and saved is None and c + 1 < len(chunks):
+            print(f"chunk {c}: {spent[c]:,} products; {forecast.describe()}", flush=True)
+        if v_part is not None:
+            v_parts.append(v_part)
+        if v_side is None and sum(len(p["rows"]) for p in v_parts) == n:  # every v solved: the v side
+            v_side, w_v, r_v = _v_side(v, v_parts)
+            for k in chunk.free:
+                results[k].update(_reused_element(v_side))
     if not want_chi:
         v_side = {"grad_norm_v": np.sqrt(np.diagonal(euclidean_gram(v, v)))}
-    return results, v_side, chunks_log, len(plan)
+    return results, v_side, chunks_log, len(chunks)
+
+
+def _merge(results: dict, new: dict, n: int) -> None:
+    """Add a chunk's values to ``results``: rows of an element where the chunk says which."""
+    for k, value in new.items():
+        value = dict(value)
+        rows = value.pop("rows", np.arange(n))
+        _put_rows(results[k], rows, {a: b for a, b in value.items() if a in _ROW_VALUES}, n)
+        results[k].update({a: b for a, b in value.items() if a not in _ROW_VALUES})
+
+
+# The values a chunk computes for some rows of an element (the rest are whole-element values).
+_ROW_VALUES = ("overlap_matrix_chi", "chi_uu", "overlap_matrix_chi_rounding", "chi_uu_rounding", "error_bound_u",
+               "residual_bound_u", "residual_norm_u", "iterations_u", "converged_u", "null_space_share_u")
 
 
 def compute_overlaps(apply_fn: Callable, params, x, y, sigma, group: Group, config: OverlapConfig | None = None, *,
@@ -316,29 +367,125 @@ def compute_overlaps(apply_fn: Callable, params, x, y, sigma, group: Group, conf
                         attrs=attrs)
 
 
-def _settings(config: OverlapConfig, *, n_params, dtype, x_curv, rhs_chunk, solver, loss_fn, output_hessian) -> dict:
+def _name_of(f, default):
+    return default if f is None else getattr(f, "__qualname__", type(f).__name__)
+
+
+def _settings(config: OverlapConfig, *, n_params, dtype, x_curv, plan, solver, loss_fn, output_hessian) -> dict:
     """The result's provenance of how it was computed: the config, and what it resolved to."""
-    name_of = lambda f, default: default if f is None else getattr(f, "__qualname__", type(f).__name__)  # noqa: E731
-    return dict(config.to_dict(), settings_class=type(config).__name__, rhs_chunk=rhs_chunk,
-                safety=getattr(solver, "safety", None), n_params=n_params, dtype=str(np.dtype(dtype)),
-                curvature_batch_size=int(x_curv.shape[0]), loss=name_of(loss_fn, "smse"),
-                output_hessian=name_of(output_hessian, "smse"))
+    out = dict(config.to_dict(), settings_class=type(config).__name__, safety=getattr(solver, "safety", None),
+               n_params=n_params, dtype=str(np.dtype(dtype)), curvature_batch_size=int(x_curv.shape[0]),
+               loss=_name_of(loss_fn, "smse"), output_hessian=_name_of(output_hessian, "smse"))
+    if plan is not None:
+        out.update(rhs_chunk=plan.columns, product_chunk=plan.product_chunk, basis_bytes=plan.basis_bytes,
+                   memory_plan=json.dumps(plan.to_dict()))
+    return out
 
 
-def _spectrum(op, config: OverlapConfig, partials, x_curv, n_params, progress):
-    """The spectrum probe stored with the result (resumed from the partials), and its forecast."""
+def _mesh(config: OverlapConfig, curvature_batch: int):
+    """The devices the curvature batch is sharded over: ``config.devices`` of them, or as many
+    of this process's as divide the batch; None for one."""
+    import jax
+
+    available = jax.devices()
+    if config.devices is not None and config.devices > len(available):
+        raise SymgradError(f"{config.devices} devices asked for, {len(available)} here; lower --devices "
+                           "(or use --plan with --device-memory to plan for devices that are not here)")
+    count = config.devices or max(d for d in range(1, len(available) + 1) if curvature_batch % d == 0)
+    if curvature_batch % count:
+        raise PlanError(f"the curvature batch of {curvature_batch} samples does not split over {count} devices; "
+                        f"set --curvature-samples to a multiple of {count}, or use fewer --devices")
+    if count == 1:
+        return None
+    # Auto axes: XLA propagates the shardings of the inputs through the solvers' kernels
+    return jax.make_mesh((count,), ("devices",), devices=available[:count], axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def plan_devices(config: OverlapConfig) -> Devices:
+    """The devices ``config`` plans for: ``device_memory`` each if given, else those of this process."""
+    if config.device_memory is not None:
+        return Devices.given(config.device_memory, config.devices or 1)
+    return Devices.present(count=config.devices)
+
+
+def _plan(apply_fn, params, x, x_curv, reused, config: OverlapConfig, dtype, partials, progress) -> MemoryPlan:
+    """The memory plan for the devices here; a resumed computation keeps its chunks and product chunk."""
+    saved = partials.load_json("plan") if partials is not None else None
+    if saved is not None:
+        config = config.replace(rhs_chunk=saved["columns_per_chunk"], product_chunk=saved["product_chunk"])
+    devices = plan_devices(config)
+    plan = plan_overlap(apply_fn, params, samples=int(x.shape[0]), input_shape=tuple(x.shape[1:]),
+                        curvature_batch=int(x_curv.shape[0]), reused=reused, config=config, devices=devices,
+                        dtype=dtype, host_runtime=host_rss() if devices.kind.startswith("cpu") else 0)
+    if partials is not None and saved is None:
+        partials.save_json("plan", plan.to_dict())
+    if progress:
+        print(plan.describe(), flush=True)
+    return plan
+
+
+def overlap_plan(apply_fn, params, x, y, group: Group, config: OverlapConfig | None = None) -> MemoryPlan:
+    """The memory plan ``compute_overlaps`` would make for these inputs, without computing
+    anything (``params`` may be ``jax.ShapeDtypeStruct``s); ``PlanError`` when it cannot fit."""
+    config = checked(config, OverlapConfig)
+    with computing_in(config.precision) as dtype:
+        x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+        x_curv = x[:config.curvature_samples] if config.curvature_samples else x
+        reused = _reused(group, x, y)
+        devices = plan_devices(config)
+        return plan_overlap(apply_fn, params, samples=int(x.shape[0]), input_shape=tuple(x.shape[1:]),
+                            curvature_batch=int(x_curv.shape[0]), reused=reused, config=config, devices=devices,
+                            dtype=dtype)
+
+
+def overlap_forecast(apply_fn, params, x, y, sigma, group: Group, config: OverlapConfig | None = None, *,
+                     output_hessian: Callable | None = None) -> tuple[MemoryPlan, Forecast]:
+    """The plan and the forecast before any solve (``symgrad overlap --plan --run``): the
+    operator is linearised on these devices, the spectrum probe run and a product timed."""
+    config = checked(config, OverlapConfig)
+    with computing_in(config.precision) as dtype:
+        x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+        params = cast(params, dtype)
+        x_curv = x[:config.curvature_samples] if config.curvature_samples else x
+        mesh = _mesh(config, int(x_curv.shape[0]))
+        config = config.replace(devices=1 if mesh is None else int(mesh.size))
+        plan = _plan(apply_fn, params, x, x_curv, _reused(group, x, y), config, dtype, None, False)
+        op = GaussNewtonBlocks(apply_fn, params, x_curv, None if sigma is None else jnp.asarray(sigma, dtype),
+                               damping=config.damping, output_hessian=output_hessian,
+                               vectors_per_product=plan.product_chunk, mesh=mesh)
+        _, forecast = _spectrum(op, config, plan, None, x_curv, plan.n_params, False)
+        return plan, forecast
+
+
+def _reused(group, x, y, acted=None):
+    """Which elements leave the inputs unchanged bit for bit (the identity): their gradients
+    equal the v's bit for bit, and they reuse the v-solves. Decided on the inputs alone."""
+    acted = acted or [(group.act(g, x), group.act(g, y)) for g in group.elements]
+    return [bool(jnp.array_equal(gx, x) and jnp.array_equal(gy, y)) for gx, gy in acted]
+
+
+def _spectrum(op, config: OverlapConfig, plan: MemoryPlan, partials, x_curv, n_params, progress):
+    """The spectrum probe stored with the result (resumed from the partials), and the forecast
+    before any solve: the probe's products and the time of one product on these devices."""
     spectrum = partials.load_json("spectrum") if partials is not None else None
     if spectrum is None and config.probe_vectors > 0:
         spectrum = probe_spectrum(op.with_damping(0.0), n_vectors=config.probe_vectors, steps=config.probe_steps,
-                                  basis_bytes=config.basis_bytes, rank_bound=min(n_params, int(np.prod(x_curv.shape))))
+                                  basis_bytes=plan.basis_bytes, rank_bound=min(n_params, int(np.prod(x_curv.shape))))
         if partials is not None:
             partials.save_json("spectrum", spectrum)
-    if spectrum is not None and progress:
-        lo, hi = predicted_products(spectrum, config.damping)
-        print(f"spectrum probe: largest eigenvalue {spectrum['top_eigenvalues'][0]:.3g}, d_eff({config.damping:g}) in "
-              f"[{lo / KRYLOV_PER_DEFF:.0f}, {hi / KRYLOV_PER_DEFF:.0f}]: expect about {lo:.0f} to {hi:.0f} "
-              "Gauss-Newton products", flush=True)
-    return spectrum
+    seconds = time_products(op, bucket(plan.chunks[0].columns))  # the size the first step multiplies
+    columns = [c.columns for c in plan.chunks]
+    if spectrum is None:
+        forecast = Forecast.unknown(columns, seconds)
+    else:
+        forecast = Forecast.from_probe(columns, predicted_products(spectrum, config.damping), seconds)
+    if progress:
+        if spectrum is not None:
+            lo, hi = predicted_products(spectrum, config.damping)
+            print(f"spectrum probe: largest eigenvalue {spectrum['top_eigenvalues'][0]:.3g}, d_eff({config.damping:g}) "
+                  f"in [{lo / KRYLOV_PER_DEFF:.0f}, {hi / KRYLOV_PER_DEFF:.0f}]", flush=True)
+        print(forecast.describe(), flush=True)
+    return spectrum, forecast
 
 
 def _compute(apply_fn, params, x, y, sigma, group, config: OverlapConfig, *, dtype, loss_fn, output_hessian,
@@ -348,34 +495,42 @@ def _compute(apply_fn, params, x, y, sigma, group, config: OverlapConfig, *, dty
     x_curv = x[:config.curvature_samples] if config.curvature_samples else x
     if config.curvature_samples and config.curvature_samples > n:
         raise SymgradError(f"curvature_samples {config.curvature_samples} exceeds the {n} samples given")
-    # An element that leaves the inputs unchanged bit for bit (the identity) has u == v bit for
-    # bit: it reuses the v-solves. Decided on the inputs, so planning needs no gradients.
     acted = [(group.act(g, x), group.act(g, y)) for g in group.elements]
-    reused = [bool(jnp.array_equal(gx, x) and jnp.array_equal(gy, y)) for gx, gy in acted]
-    solver = config.chi_solver() if config.wants_chi else None
-    rhs_chunk = config.rhs_chunk
-    if config.wants_chi and rhs_chunk is None:
-        rhs_chunk = default_rhs_chunk(n_params, dtype, n, n * (1 + sum(not r for r in reused)))
-    settings = _settings(config, n_params=n_params, dtype=dtype, x_curv=x_curv, rhs_chunk=rhs_chunk, solver=solver,
-                         loss_fn=loss_fn, output_hessian=output_hessian)
+    reused = _reused(group, x, y, acted)
     partials = None
     if partial_dir is not None:
-        key = dict(settings, group=group.name, elements=list(group.elements))
+        key = dict(config.to_dict(), n_params=n_params, dtype=str(np.dtype(dtype)), group=group.name,
+                   elements=list(group.elements), loss=_name_of(loss_fn, "smse"),
+                   output_hessian=_name_of(output_hessian, "smse"))
         partials = store.Partials(partial_dir, store.fingerprint([flat, x, y, sigma, x_curv], key))
+    plan = solver = mesh = None
+    if config.wants_chi:
+        mesh = _mesh(config, int(x_curv.shape[0]))
+        config = config.replace(devices=1 if mesh is None else int(mesh.size))  # what the result records
+        plan = _plan(apply_fn, params, x, x_curv, reused, config, dtype, partials, progress)
+        solver = config.chi_solver(basis_bytes=plan.basis_bytes)
+    settings = _settings(config, n_params=n_params, dtype=dtype, x_curv=x_curv, plan=plan, solver=solver,
+                         loss_fn=loss_fn, output_hessian=output_hessian)
 
-    grads = lambda xs, ys: per_example_gradients(  # noqa: E731
-        apply_fn, params, xs, ys, sigma, loss_fn=loss_fn, chunk_size=config.grad_chunk)
+    def grads(xs, ys):  # on the host, grad_chunk rows at a time: the device holds a few rows only
+        c = config.grad_chunk
+        pieces = [np.asarray(per_example_gradients(apply_fn, params, xs[i:i + c], ys[i:i + c], sigma, loss_fn=loss_fn,
+                                                   chunk_size=c)) for i in range(0, int(xs.shape[0]), c)]
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
     v = grads(x, y)
-    op = spectrum = None
+    op = spectrum = forecast = None
     if config.wants_chi:
         op = GaussNewtonBlocks(apply_fn, params, x_curv, sigma, damping=config.damping, output_hessian=output_hessian,
-                               vectors_per_product=config.product_chunk)
+                               vectors_per_product=plan.product_chunk, mesh=mesh)
         settings["operator_rounding"] = op.rounding()  # every bound adds it (certify); not a chunk's cost
         settings["operator_rounding_ggn_products"] = int(op.products)
-        spectrum = _spectrum(op, config, partials, x_curv, n_params, progress)
+        spectrum, forecast = _spectrum(op, config, plan, partials, x_curv, n_params, progress)
+        settings.update(forecast.to_attrs("forecast_before"), seconds_per_product=forecast.seconds_per_product)
     results, v_side, chunks_log, n_chunks = solve_overlaps(
         op, v, lambda k: grads(*acted[k]), reused, [str(e) for e in group.elements], solver=solver, rtol=config.rtol,
-        rhs_chunk=rhs_chunk, partials=partials, stop_after=stop_after, progress=progress)
+        chunks=None if plan is None else plan.chunks, partials=partials, stop_after=stop_after, progress=progress,
+        forecast=forecast)
     settings["rhs_chunks"] = n_chunks
     return store.build_result_dataset(
         group, [results[k] for k in range(len(group))], v_side, metric=config.metric, rtol=config.rtol,

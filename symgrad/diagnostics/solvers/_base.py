@@ -87,6 +87,19 @@ class ChiSolver(Protocol):
     def solve(self, operator: ChiOperator, rhs, targets: Targets, *, progress=None) -> ChiSolution: ...
 
 
+def device_block(operator, rows):
+    """Host rows ``(k, P)`` as a block ``operator`` multiplies (its ``device_block``: padded and
+    sharded over its devices; else one device array)."""
+    move = getattr(operator, "device_block", None)
+    return move(rows) if move is not None else jnp.asarray(rows, operator.dtype)
+
+
+def host_rows(operator, block) -> np.ndarray:
+    """A block of ``operator``'s back on the host as ``(k, P)`` rows (its ``host_rows``)."""
+    move = getattr(operator, "host_rows", None)
+    return move(block) if move is not None else np.asarray(block)
+
+
 def device_memory_bytes() -> int:
     """Memory of the first device: the accelerator's limit, or the host's RAM on the CPU."""
     dev = jax.devices()[0]
@@ -102,11 +115,19 @@ def device_memory_bytes() -> int:
 
 
 def _float64(a):
-    """``a`` in float64 for a bilinear form: on the device where x64 is on, else on the host
-    (numpy), so that no long dot product is ever accumulated in float32."""
-    if jax.config.jax_enable_x64:
+    """``a`` in float64 for a bilinear form: a device array on its device where x64 is on, else
+    on the host (numpy), so that no long dot product is ever accumulated in float32. A host
+    array stays on the host (the orchestration keeps its (N, P) arrays there)."""
+    if jax.config.jax_enable_x64 and isinstance(a, jax.Array):
         return jnp.asarray(a, jnp.float64)
     return np.asarray(a, np.float64)
+
+
+def _same_place(a, b):
+    """Both in float64, on the device if both are there, else both on the host."""
+    if isinstance(a, jax.Array) and isinstance(b, jax.Array):
+        return _float64(a), _float64(b)
+    return np.asarray(a, np.float64), np.asarray(b, np.float64)
 
 
 # The bilinear forms are summed in two levels, dots of CHUNK terms and then the sum of those,
@@ -124,6 +145,9 @@ def _two_level(a, b):
     pad = chunks * size - p
     if pad:
         a, b = xp.pad(a, ((0, 0), (0, pad))), xp.pad(b, ((0, 0), (0, pad)))
+    if xp is np:  # batched BLAS products of each level-1 slab: (chunks, k, l)
+        partial = np.matmul(a.reshape(k, chunks, size).transpose(1, 0, 2), b.reshape(l, chunks, size).transpose(1, 2, 0))
+        return partial.sum(axis=0), size, chunks
     partial = xp.einsum("kcj,lcj->klc", a.reshape(k, chunks, size), b.reshape(l, chunks, size))
     return np.asarray(partial.sum(axis=-1), np.float64), size, chunks
 
@@ -150,7 +174,7 @@ def bilinear_form(a, b) -> tuple[np.ndarray, np.ndarray]:
     """``a_i . b_j`` for every pair of rows in float64, and a rigorous bound on its rounding:
     ``(gamma_C + gamma_{P/C} + gamma_C gamma_{P/C}) |a_i| . |b_j|`` for the two-level sum,
     ``|a|.|b|`` computed the same way and inflated by its own (one-signed) rounding."""
-    a, b = _float64(a), _float64(b)
+    a, b = _same_place(a, b)
     value, size, chunks = _two_level(a, b)
     mags, _, _ = _two_level(abs(a), abs(b))
     g1, g2 = _gamma(size), _gamma(chunks)
@@ -170,7 +194,7 @@ def corrected_gram(b, x, r) -> tuple[np.ndarray, np.ndarray]:
 
 def euclidean_gram(a, b) -> np.ndarray:
     """``a_i . b_j`` for every pair of rows, accumulated in float64."""
-    a, b = _float64(a), _float64(b)
+    a, b = _same_place(a, b)
     return np.asarray(a @ b.T, np.float64)
 
 

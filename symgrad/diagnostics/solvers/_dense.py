@@ -44,13 +44,17 @@ class Dense:
     max_params: int = 8_000
     name = "dense"
 
-    def solve(self, operator, rhs, targets: Targets, *, progress=None) -> ChiSolution:
-        n = operator.n_params
+    def check(self, n: int) -> None:
+        """Refuse a model of ``n`` parameters above ``max_params`` (the memory plan asks first)."""
         if n > self.max_params:
             raise SettingError(
                 f"the dense chi solver forms the {n} x {n} Gauss-Newton matrix, more than its limit of "
                 f"{self.max_params} parameters; choose {{solver}} block (matrix-free, the default)"
             )
+
+    def solve(self, operator, rhs, targets: Targets, *, progress=None) -> ChiSolution:
+        n = operator.n_params
+        self.check(n)
         operator.rounding()  # estimated once, before this solve's count starts
         products_before = operator.products
         a = dense_matrix(operator)

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from symgrad.diagnostics._rows import bucket, pad_to_bucket
+from symgrad.diagnostics._rows import bucket, pad_to_bucket, settle
 
 
 START_RANK_TOL = 1e-10
@@ -60,11 +60,11 @@ def _combine_kernel(coef, rows):
 
 def _project_out(w, q):
     """``w`` without its components along the orthonormal rows ``q``."""
-    return _project_out_kernel(pad_to_bucket(w), pad_to_bucket(q))[:w.shape[0]]
+    return settle(_project_out_kernel(pad_to_bucket(w), pad_to_bucket(q))[:w.shape[0]])
 
 
 def _gram(a, b):
-    return _gram_kernel(pad_to_bucket(a), pad_to_bucket(b))[:a.shape[0], :b.shape[0]]
+    return settle(_gram_kernel(pad_to_bucket(a), pad_to_bucket(b))[:a.shape[0], :b.shape[0]])
 
 
 def _qr_rows(w):
@@ -73,7 +73,7 @@ def _qr_rows(w):
     by column of ``w^T``)."""
     s = int(w.shape[0])
     q, r = _qr_kernel(pad_to_bucket(w))
-    return q[:s], r[:s, :s]
+    return settle(q[:s]), r[:s, :s]
 
 
 def _combine(coef, rows):
@@ -81,7 +81,7 @@ def _combine(coef, rows):
     coef = jnp.asarray(coef, rows.dtype)
     m, s = int(coef.shape[0]), int(rows.shape[0])
     padded = jnp.pad(coef, ((0, bucket(m) - m), (0, bucket(s) - s))) if (m, s) != (bucket(m), bucket(s)) else coef
-    return _combine_kernel(padded, pad_to_bucket(rows))[:m]
+    return settle(_combine_kernel(padded, pad_to_bucket(rows))[:m])
 
 
 def rank_revealing_rows(w, tol_abs: float):
@@ -109,7 +109,7 @@ class BlockLanczosProcess:
         start = jnp.asarray(start)
         self.dtype = start.dtype
         self.n = int(start.shape[1])
-        start_scale = float(np.max(np.linalg.norm(np.asarray(start, np.float64), axis=1)))
+        start_scale = float(jnp.max(jnp.linalg.norm(start, axis=1)))  # on the device: no host copy of the block
         self.V, rho0, _ = rank_revealing_rows(start, START_RANK_TOL * start_scale)
         self.rho0 = rho0
         self.V_prev = None
@@ -127,9 +127,12 @@ class BlockLanczosProcess:
         return int(self.V.shape[0])
 
     def _store(self, block):
-        if block.shape[0] and self.stored + block.shape[0] <= self.capacity:
-            self.pages.append(block)
-            self.stored += int(block.shape[0])
+        """Keep ``block`` for reorthogonalisation while the budget lasts; the last block that
+        does not fit whole is kept in part (its first rows: still orthonormal)."""
+        room = min(int(block.shape[0]), self.capacity - self.stored)
+        if room > 0:
+            self.pages.append(block if room == block.shape[0] else block[:room])
+            self.stored += room
 
     def _reorthogonalize(self, w):
         local = [b for b in (self.V_prev, self.V) if b is not None]

@@ -1,0 +1,141 @@
+"""What an overlap computation will cost, said before it starts and refined as chunks finish.
+
+Two numbers: Gauss-Newton products, and the seconds one product takes on these devices.
+
+* Seconds per product are timed here (``time_products``): a product of the plan's product
+  chunk, compiled first, then timed twice; the fastest counts.
+* Products before any solve come from the spectrum probe (``spectrum.predicted_products``:
+  ``KRYLOV_PER_DEFF`` times its interval of d_eff), spread over the chunks by the block
+  Krylov law of the records, Krylov dimension proportional to ``s ** CHUNK_EXPONENT`` for s
+  right-hand sides sharing one space (docs/overlap.md section 4). The probe cannot resolve
+  eigenvalues far below its Ritz values: an interval wider than ``UNINFORMATIVE`` is said
+  to be uninformative.
+* After a chunk: every chunk still to come is forecast from the products the finished
+  chunks actually took, by the same law (``Forecast.after``): "chunk 0: K products; about
+  7K to go".
+
+Every figure is stored with the result (``forecast_*`` attributes) next to the products
+spent, so that each forecast can be checked against what happened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+# Products of a block solve of s right-hand sides sharing one Krylov space grow like s**0.45
+# (fit of the records, docs/overlap.md section 4).
+CHUNK_EXPONENT = 0.45
+# A probe interval whose ends differ by more than this factor is reported as uninformative.
+UNINFORMATIVE = 4.0
+
+
+def time_products(operator, vectors: int, repeats: int = 2) -> float:
+    """Seconds per vector of one product of ``vectors`` random vectors (after a compiling call)."""
+    import jax
+
+    rows = np.random.default_rng(0).normal(size=(int(vectors), int(operator.n_params) - _pad(operator)))
+    move = getattr(operator, "device_block", None)
+    block = move(rows) if move is not None else jax.numpy.asarray(rows, operator.dtype)
+    count = operator.products
+    jax.block_until_ready(operator(block))
+    best = np.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(operator(block))
+        best = min(best, time.perf_counter() - t0)
+    operator.products = count  # timing is not part of any solve's count
+    return best / int(vectors)
+
+
+def _pad(operator) -> int:
+    layout = getattr(operator, "layout", None)
+    return int(getattr(layout, "pad", 0))
+
+
+def _shares(columns) -> np.ndarray:
+    weights = np.asarray(columns, np.float64) ** CHUNK_EXPONENT
+    return weights / weights.sum()
+
+
+@dataclasses.dataclass(frozen=True)
+class Forecast:
+    """Products per chunk (done ones as spent), and the seconds one product takes."""
+
+    columns: tuple[int, ...]  # right-hand sides of each chunk
+    products: tuple[float, ...]  # expected (or spent) products of each chunk
+    low: float  # the whole computation's products: range
+    high: float
+    seconds_per_product: float | None
+    done: int = 0  # chunks finished
+    source: str = "probe"
+
+    @classmethod
+    def from_probe(cls, columns, interval, seconds_per_product=None) -> "Forecast":
+        """The forecast before any solve: the probe's interval of one solve of every column,
+        shared over the chunks (module docstring)."""
+        lo, hi = (float(a) for a in interval)
+        total = np.asarray(columns, np.float64)
+        one = total.sum() ** CHUNK_EXPONENT
+        scale = float(np.sum(total ** CHUNK_EXPONENT) / one)  # chunked costs more than one space
+        mid = float(np.sqrt(max(lo, 1.0) * max(hi, 1.0))) * scale
+        return cls(tuple(int(c) for c in columns), tuple(mid * _shares(columns)), lo * scale, hi * scale,
+                   seconds_per_product)
+
+    @classmethod
+    def unknown(cls, columns, seconds_per_product=None) -> "Forecast":
+        """No forecast before the first chunk (no probe); ``after`` makes one from it."""
+        return cls(tuple(int(c) for c in columns), (0.0,) * len(columns), 0.0, 0.0, seconds_per_product,
+                   source="nothing")
+
+    def after(self, chunk: int, spent: dict) -> "Forecast":
+        """Refined once chunks ``spent`` (index -> products) are done: what is left, from them."""
+        cols = np.asarray(self.columns, np.float64)
+        done = sorted(spent)
+        per = np.mean([spent[c] / cols[c] ** CHUNK_EXPONENT for c in done if cols[c] > 0])
+        products = [float(spent[c]) if c in spent else float(per * cols[c] ** CHUNK_EXPONENT)
+                    for c in range(len(cols))]
+        total = float(sum(products))
+        return dataclasses.replace(self, products=tuple(products), low=total, high=total, done=chunk + 1,
+                                   source=f"chunks 0-{chunk}" if chunk else "chunk 0")
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.products))
+
+    @property
+    def remaining(self) -> float:
+        return float(sum(self.products[self.done:]))
+
+    @property
+    def informative(self) -> bool:
+        return self.source != "probe" or self.high <= UNINFORMATIVE * max(self.low, 1.0)
+
+    def describe(self) -> str:
+        eta = "" if self.seconds_per_product is None else f" ({_duration(self.remaining * self.seconds_per_product)})"
+        if self.source == "nothing":
+            return "no forecast before the first chunk (no spectrum probe): it will say"
+        if self.source == "probe":
+            note = "" if self.informative else (" -- the probe's interval is uninformative here: the first chunk "
+                                                "will say more")
+            per = ("" if self.seconds_per_product is None
+                   else f"; {self.seconds_per_product * 1e3:.3g} ms per product here")
+            return (f"forecast from the spectrum probe: about {self.total:,.0f} Gauss-Newton products "
+                    f"({self.low:,.0f} to {self.high:,.0f}){eta}{per}{note}")
+        return f"forecast from {self.source}: about {self.remaining:,.0f} products to go{eta}, {self.total:,.0f} in all"
+
+    def to_attrs(self, prefix: str) -> dict:
+        return {f"{prefix}_products": round(self.total, 1), f"{prefix}_low": round(self.low, 1),
+                f"{prefix}_high": round(self.high, 1), f"{prefix}_source": self.source}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"about {seconds:.0f} s"
+    if seconds < 7200:
+        return f"about {seconds / 60:.0f} min"
+    if seconds < 3 * 86400:
+        return f"about {seconds / 3600:.1f} h"
+    return f"about {seconds / 86400:.1f} days"
