@@ -36,9 +36,10 @@ def time_products(operator, vectors: int, repeats: int = 2) -> float:
     """Seconds per vector of one product of ``vectors`` random vectors (after a compiling call)."""
     import jax
 
+    from symgrad.diagnostics.solvers._base import device_block
+
     rows = np.random.default_rng(0).normal(size=(int(vectors), int(operator.n_params) - _pad(operator)))
-    move = getattr(operator, "device_block", None)
-    block = move(rows) if move is not None else jax.numpy.asarray(rows, operator.dtype)
+    block = device_block(operator, rows)
     count = operator.products
     jax.block_until_ready(operator(block))
     best = np.inf

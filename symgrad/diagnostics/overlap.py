@@ -447,14 +447,23 @@ def overlap_forecast(apply_fn, params, x, y, sigma, group: Group, config: Overla
         x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
         params = cast(params, dtype)
         x_curv = x[:config.curvature_samples] if config.curvature_samples else x
-        mesh = _mesh(config, int(x_curv.shape[0]))
-        config = config.replace(devices=1 if mesh is None else int(mesh.size))
-        plan = _plan(apply_fn, params, x, x_curv, _reused(group, x, y), config, dtype, None, False)
-        op = GaussNewtonBlocks(apply_fn, params, x_curv, None if sigma is None else jnp.asarray(sigma, dtype),
-                               damping=config.damping, output_hessian=output_hessian,
-                               vectors_per_product=plan.product_chunk, mesh=mesh)
+        sigma = None if sigma is None else jnp.asarray(sigma, dtype)
+        config, plan, op = _planned_operator(apply_fn, params, x, x_curv, sigma, _reused(group, x, y), config, dtype,
+                                             None, False, output_hessian)
         _, forecast = _spectrum(op, config, plan, None, x_curv, plan.n_params, False)
         return plan, forecast
+
+
+def _planned_operator(apply_fn, params, x, x_curv, sigma, reused, config: OverlapConfig, dtype, partials, progress,
+                      output_hessian):
+    """The devices, the memory plan for them, and the Gauss-Newton operator on them as planned.
+    Returns ``(config with the devices it resolved to, plan, operator)``."""
+    mesh = _mesh(config, int(x_curv.shape[0]))
+    config = config.replace(devices=1 if mesh is None else int(mesh.size))  # what the result records
+    plan = _plan(apply_fn, params, x, x_curv, reused, config, dtype, partials, progress)
+    op = GaussNewtonBlocks(apply_fn, params, x_curv, sigma, damping=config.damping, output_hessian=output_hessian,
+                           vectors_per_product=plan.product_chunk, mesh=mesh)
+    return config, plan, op
 
 
 def _reused(group, x, y, acted=None):
@@ -503,11 +512,10 @@ def _compute(apply_fn, params, x, y, sigma, group, config: OverlapConfig, *, dty
                    elements=list(group.elements), loss=_name_of(loss_fn, "smse"),
                    output_hessian=_name_of(output_hessian, "smse"))
         partials = store.Partials(partial_dir, store.fingerprint([flat, x, y, sigma, x_curv], key))
-    plan = solver = mesh = None
+    plan = solver = op = None
     if config.wants_chi:
-        mesh = _mesh(config, int(x_curv.shape[0]))
-        config = config.replace(devices=1 if mesh is None else int(mesh.size))  # what the result records
-        plan = _plan(apply_fn, params, x, x_curv, reused, config, dtype, partials, progress)
+        config, plan, op = _planned_operator(apply_fn, params, x, x_curv, sigma, reused, config, dtype, partials,
+                                             progress, output_hessian)
         solver = config.chi_solver(basis_bytes=plan.basis_bytes)
     settings = _settings(config, n_params=n_params, dtype=dtype, x_curv=x_curv, plan=plan, solver=solver,
                          loss_fn=loss_fn, output_hessian=output_hessian)
@@ -519,10 +527,8 @@ def _compute(apply_fn, params, x, y, sigma, group, config: OverlapConfig, *, dty
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     v = grads(x, y)
-    op = spectrum = forecast = None
+    spectrum = forecast = None
     if config.wants_chi:
-        op = GaussNewtonBlocks(apply_fn, params, x_curv, sigma, damping=config.damping, output_hessian=output_hessian,
-                               vectors_per_product=plan.product_chunk, mesh=mesh)
         settings["operator_rounding"] = op.rounding()  # every bound adds it (certify); not a chunk's cost
         settings["operator_rounding_ggn_products"] = int(op.products)
         spectrum, forecast = _spectrum(op, config, plan, partials, x_curv, n_params, progress)
