@@ -220,7 +220,9 @@ class EnergyStopping:
             rel = np.asarray(e) / np.abs(np.diagonal(np.asarray(gram)))
         return float(np.max(np.where(np.isfinite(rel), rel, np.inf)))
 
-    def __call__(self, gram, e):
+    def __call__(self, gram, e, rounding=None):
+        if rounding is not None:
+            e = np.asarray(e) + np.diagonal(np.asarray(rounding))
         worst = self._worst(gram, e) / (self.safety * self.rtol)
         return worst <= 1.0, worst
 
@@ -276,10 +278,12 @@ class OverlapStopping:
             worst = max(worst, float(np.max(np.where(np.isfinite(rel), rel, np.inf))) / v_goal)
         return worst
 
-    def __call__(self, gram, e):
+    def __call__(self, gram, e, rounding=None):
+        """``rounding``: an estimate of the rounding the final forms will carry (as ``certified``
+        counts it), so that the rule and the final certificate weigh it alike."""
         target = self.safety * self.rtol
         v_goal = V_AHEAD * target if self.v_ahead else (target if not self.element_columns else None)
-        worst = self._worst(gram, e, target, v_goal)
+        worst = self._worst(gram, e, target, v_goal, rounding)
         return worst <= 1.0, worst
 
     def certified(self, gram, e, rounding=None) -> bool:

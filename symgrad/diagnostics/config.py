@@ -71,6 +71,9 @@ class OverlapConfig(_Settings):
                                      shown="the memory plan's")
     basis_memory: float | None = _setting(None, "GB of Lanczos vectors kept for reorthogonalisation", metavar="GB",
                                           shown="what the memory plan leaves")
+    deflation_vectors: int | None = _setting(None, "top Ritz vectors of G taken out of every block solve (0: none); "
+                                             "they pay where the Lanczos basis cannot be stored whole", metavar="K",
+                                             shown="the memory plan's: none when the whole basis fits")
     product_chunk: int | None = _setting(None, "vectors per vmapped Gauss-Newton product, bounding activation "
                                          "memory on big models", metavar="V", shown="the memory plan's")
     grad_chunk: int = _setting(names.DEFAULT_GRAD_CHUNK, "per-example gradients computed C at a time (bounds memory)",
@@ -107,6 +110,10 @@ class OverlapConfig(_Settings):
             raise SettingError("{rtol} must lie in (0, 1) (a relative accuracy such as 1e-6), got {value}",
                                value=self.rtol)
         _positive_int(self, "max_iterations", "curvature_samples", "rhs_chunk", "product_chunk", "grad_chunk")
+        if self.deflation_vectors is not None and not (isinstance(self.deflation_vectors, int)
+                                                       and self.deflation_vectors >= 0):
+            raise SettingError("{deflation_vectors} must be >= 0 (0: no deflation), got {value!r}",
+                               value=self.deflation_vectors)
         if self.basis_memory is not None and not self.basis_memory >= 0:
             raise SettingError("{basis_memory} must be >= 0 GB, got {value}", value=self.basis_memory)
         if not (isinstance(self.probe_vectors, int) and self.probe_vectors >= 0):

@@ -32,13 +32,16 @@ from symgrad import preemption
 from symgrad.diagnostics import certify, store
 from symgrad.diagnostics.config import OverlapConfig, checked
 from symgrad.diagnostics._rows import bucket
-from symgrad.diagnostics.forecast import Forecast, time_products
+from symgrad.diagnostics.forecast import Forecast, Pilot, time_products
 from symgrad.diagnostics.ggn import GaussNewtonBlocks
 from symgrad.diagnostics.gradients import per_example_gradients
-from symgrad.diagnostics.plan import Chunk, Devices, MemoryPlan, PlanError, host_rss, layout, plan_overlap
+from symgrad.diagnostics.plan import (
+    RITZ_BLOCK, Chunk, Devices, MemoryPlan, PlanError, host_rss, layout, plan_overlap, ritz_steps,
+)
 from symgrad.diagnostics.precision import cast, computing_in
 from symgrad.diagnostics.solvers import ChiSolver, Targets, corrected_cross, corrected_gram, euclidean_gram
 from symgrad.diagnostics.solvers._base import device_block, host_rows, row_norms
+from symgrad.diagnostics.solvers._deflation import Deflation, ritz_space
 from symgrad.diagnostics.spectrum import KRYLOV_PER_DEFF, predicted_products, probe_spectrum
 from symgrad.errors import SymgradError
 from symgrad.groups import Group
@@ -72,10 +75,13 @@ def chi_solve(apply_fn: Callable, params, x_curvature, sigma, rhs, config: Overl
 class _Progress:
     """One bar per chunk: certified accuracy reached, Gauss-Newton products, ETA."""
 
-    def __init__(self, enabled: bool, desc: str):
+    def __init__(self, enabled: bool, desc: str, pilot=None):
         self.enabled, self.desc, self.bar, self.first = enabled, desc, None, None
+        self.pilot = pilot  # (forecast.Pilot, called with its prediction once made) or None
 
     def __call__(self, step, products, worst):
+        if self.pilot is not None and self.pilot[0].observe(step, products, worst):
+            self.pilot[1](self.pilot[0])
         if not self.enabled:
             return
         from tqdm.auto import tqdm
@@ -192,7 +198,7 @@ def _put_rows(result: dict, rows, values: dict, n: int) -> None:
 
 
 def _solve_chunk(chi_solver: ChiSolver, op, v, us, chunk: Chunk, v_side, w_v, r_v, *, rtol, more_chunks, progress,
-                 desc):
+                 desc, deflation=None, pilot=None):
     """Solve one chunk's right-hand sides.
 
     Returns ``(v part or None, {element: (rows, values)}, log entry)``; the values of a
@@ -206,10 +212,10 @@ def _solve_chunk(chi_solver: ChiSolver, op, v, us, chunk: Chunk, v_side, w_v, r_
     blocks += [us[k] if len(rows) == n else us[k][np.asarray(rows)] for k, rows in chunk.parts]
     rhs = device_block(op, np.concatenate(blocks) if len(blocks) > 1 else blocks[0])
     del blocks
-    bar = _Progress(progress, f"{desc} ({col} right-hand sides)")
+    bar = _Progress(progress, f"{desc} ({col} right-hand sides)", pilot)
     t0 = time.perf_counter()
     try:
-        sol = chi_solver.solve(op, rhs, targets, progress=bar)
+        sol = chi_solver.solve(op, rhs, targets, progress=bar, **({} if deflation is None else {"deflation": deflation}))
     finally:
         bar.close()
     del rhs
@@ -247,7 +253,7 @@ class _Gradients:
 def solve_overlaps(operator, v, gradients_of: Callable, reused: Sequence[bool], element_names: Sequence[str], *,
                    solver: ChiSolver | None, rtol: float, chunks: Sequence[Chunk] | None = None,
                    partials: store.Partials | None = None, stop_after: int | None = None, progress: bool = False,
-                   forecast: Forecast | None = None):
+                   forecast: Forecast | None = None, deflation=None):
     """The overlaps of given gradients: ``v`` (N, P) and ``gradients_of(k)`` = ``u^g`` of element k.
 
     ``operator`` is a ``solvers.ChiOperator`` applying ``lambda I + G`` to blocks
@@ -256,7 +262,8 @@ def solve_overlaps(operator, v, gradients_of: Callable, reused: Sequence[bool], 
     gradients equal ``v`` bit for bit. ``chunks``: the right-hand-side chunks
     (``plan.layout``; None: one). ``forecast`` (``forecast.Forecast``) is refined after every
     chunk from the products spent so far, printed with ``progress`` and kept in the chunk
-    log. Returns ``(results by element, v side, chunk log, number of chunks)`` for
+    log. ``deflation`` (``solvers._deflation.Deflation``, block solver only) is shared by
+    every chunk. Returns ``(results by element, v side, chunk log, number of chunks)`` for
     ``store.build_result_dataset``.
     """
     want_chi = operator is not None
@@ -274,7 +281,16 @@ def solve_overlaps(operator, v, gradients_of: Callable, reused: Sequence[bool], 
     computed = 0
     if want_chi and forecast is None:
         forecast = Forecast.unknown([c.columns for c in chunks])
-    spent = {}
+    spent, said = {}, {}
+
+    def pilot_said(pilot):  # the forecast from the first chunk's pilot, printed and kept in its log
+        said.update(pilot=Forecast.from_pilot([c.columns for c in chunks], pilot.prediction,
+                                              forecast.seconds_per_product), at=pilot.at)
+        if progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"pilot (first {pilot.at:,} products of chunk 0): {said['pilot'].describe()}")
+
     for c, chunk in enumerate(chunks):
         saved = partials.load_chunk(c) if partials is not None else None
         if saved is not None:
@@ -294,8 +310,11 @@ def solve_overlaps(operator, v, gradients_of: Callable, reused: Sequence[bool], 
             if want_chi:
                 v_part, values, log_solve = _solve_chunk(
                     solver, operator, v, us, chunk, v_side, w_v, r_v, rtol=rtol, more_chunks=len(chunks) > 1,
-                    progress=progress, desc=f"chi solve {c + 1}/{len(chunks)}")
+                    progress=progress, desc=f"chi solve {c + 1}/{len(chunks)}", deflation=deflation,
+                    pilot=(Pilot(), pilot_said) if c == 0 else None)
                 log.update(log_solve)
+                if said:
+                    log.update(forecast_pilot_products=round(said["pilot"].total, 1), forecast_pilot_at_products=said["at"])
                 for k, (rows, vals) in values.items():
                     new.setdefault(k, {}).update(rows=np.asarray(rows), **vals)
             if partials is not None:
@@ -497,6 +516,28 @@ def _spectrum(op, config: OverlapConfig, plan: MemoryPlan, partials, x_curv, n_p
     return spectrum, forecast
 
 
+def _deflation(op, plan: MemoryPlan, settings: dict, progress: bool):
+    """The deflation space the plan asks for (``solvers._deflation``), built once for every
+    chunk (again on a resume: the same seed gives the same space); None when it asks none."""
+    k = plan.deflation_vectors
+    settings["deflation_vectors"] = int(k)
+    if not k:
+        return None
+    before = op.products
+    t0 = time.perf_counter()
+    undamped = op.with_damping(0.0)
+    z, theta = ritz_space(undamped, k, block=RITZ_BLOCK, steps=ritz_steps(k))
+    deflation = Deflation(op, z)
+    deflation.rounding()
+    used = undamped.products + op.products - before
+    settings.update(deflation_vectors=int(deflation.k), deflation_ggn_products=int(used),
+                    deflation_smallest_ritz_value=float(np.min(theta)))
+    if progress:
+        print(f"deflation: {deflation.k} Ritz vectors of G (down to {np.min(theta):.3g}), "
+              f"{used:,} products, {time.perf_counter() - t0:.0f} s", flush=True)
+    return deflation
+
+
 def _compute(apply_fn, params, x, y, sigma, group, config: OverlapConfig, *, dtype, loss_fn, output_hessian,
              sample_ids, partial_dir, progress, stop_after, attrs):
     flat, _ = ravel_pytree(params)
@@ -527,17 +568,21 @@ def _compute(apply_fn, params, x, y, sigma, group, config: OverlapConfig, *, dty
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     v = grads(x, y)
-    spectrum = forecast = None
+    spectrum = forecast = deflation = None
     if config.wants_chi:
         settings["operator_rounding"] = op.rounding()  # every bound adds it (certify); not a chunk's cost
         settings["operator_rounding_ggn_products"] = int(op.products)
         spectrum, forecast = _spectrum(op, config, plan, partials, x_curv, n_params, progress)
         settings.update(forecast.to_attrs("forecast_before"), seconds_per_product=forecast.seconds_per_product)
+        deflation = _deflation(op, plan, settings, progress)
     results, v_side, chunks_log, n_chunks = solve_overlaps(
         op, v, lambda k: grads(*acted[k]), reused, [str(e) for e in group.elements], solver=solver, rtol=config.rtol,
         chunks=None if plan is None else plan.chunks, partials=partials, stop_after=stop_after, progress=progress,
-        forecast=forecast)
+        forecast=forecast, deflation=deflation)
     settings["rhs_chunks"] = n_chunks
+    if chunks_log and "forecast_pilot_products" in chunks_log[0]:
+        settings.update(forecast_pilot_products=chunks_log[0]["forecast_pilot_products"],
+                        forecast_pilot_at_products=chunks_log[0]["forecast_pilot_at_products"])
     return store.build_result_dataset(
         group, [results[k] for k in range(len(group))], v_side, metric=config.metric, rtol=config.rtol,
         sample_ids=sample_ids if sample_ids is not None else np.arange(n), settings=settings,

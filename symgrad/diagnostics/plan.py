@@ -61,6 +61,19 @@ MAX_PRODUCT_CHUNK = 32
 # (their peak and the kept executables): about 0.5 GiB on the CPU at every model size
 # measured (benchmarks/records/plan.json); compilation runs on the host with any backend.
 COMPILE_ALLOWANCE = GIB // 2
+# The deflation space (solvers._deflation): at most DEFLATION_MAX Ritz vectors, from a block
+# Lanczos run of RITZ_BLOCK vectors over about RITZ_FACTOR times as many dimensions (its
+# whole basis held once, before the solves); Z and AZ (2 k vectors) stay for every chunk and
+# take at most DEFLATION_SHARE of what the blocks leave. benchmarks/records/overlap.json.
+DEFLATION_MAX = 256
+RITZ_BLOCK = 16
+RITZ_FACTOR = 3
+DEFLATION_SHARE = 0.5
+
+
+def ritz_steps(k: int) -> int:
+    """Block Lanczos steps of the Ritz run for ``k`` deflation vectors."""
+    return max(1, -(-RITZ_FACTOR * int(k) // RITZ_BLOCK))
 
 
 class PlanError(SymgradError):
@@ -220,8 +233,10 @@ class MemoryPlan:
     chunks: tuple[Chunk, ...]
     product_chunk: int
     basis_bytes: int
+    deflation_vectors: int  # k rows of Z (and of AZ) shared by every chunk's solve; 0: none
     parts: dict  # name -> bytes per device at the peak of the solves
     gradient_parts: dict  # name -> bytes per device while gradients are computed (not at the same time)
+    ritz_parts: dict  # name -> bytes per device while the deflation space is built (once, before the solves)
     host_parts: dict  # name -> bytes of host memory (the orchestration's arrays)
     host_runtime: int  # bytes the process held when planned (0 unless planned for this host)
 
@@ -231,8 +246,8 @@ class MemoryPlan:
 
     @property
     def peak(self) -> int:
-        """Bytes per device at the peak: the solves', or the gradients' if larger."""
-        return int(max(sum(self.parts.values()), sum(self.gradient_parts.values())))
+        """Bytes per device at the peak: the solves', the gradients' or the Ritz run's."""
+        return int(max(sum(self.parts.values()), sum(self.gradient_parts.values()), sum(self.ritz_parts.values())))
 
     @property
     def host_peak(self) -> int:
@@ -250,10 +265,12 @@ class MemoryPlan:
             "device_budget_bytes": self.devices.budget, "device_kind": self.devices.kind,
             "peak_bytes_per_device": self.peak, "host_peak_bytes": self.host_peak,
             "parts_bytes": dict(self.parts), "gradient_parts_bytes": dict(self.gradient_parts),
+            "ritz_parts_bytes": dict(self.ritz_parts),
             "host_parts_bytes": dict(self.host_parts), "host_runtime_bytes": self.host_runtime,
             "columns_per_chunk": self.columns, "chunks": len(self.chunks),
             "chunk_columns": [c.columns for c in self.chunks], "product_chunk": self.product_chunk,
             "basis_bytes": self.basis_bytes, "basis_vectors": self.basis_vectors,
+            "deflation_vectors": self.deflation_vectors,
             "curvature_batch_per_device": self.curvature_batch // self.devices.count,
         }
 
@@ -266,6 +283,9 @@ class MemoryPlan:
         lines += [f"  {name:<52s} {size / GIB:9.3f} GiB" for name, size in self.parts.items()]
         lines.append("per device, while the gradients are computed (before a chunk's solve):")
         lines += [f"  {name:<52s} {size / GIB:9.3f} GiB" for name, size in self.gradient_parts.items()]
+        if self.ritz_parts:
+            lines.append("per device, while the deflation space is built (once, before the solves):")
+            lines += [f"  {name:<52s} {size / GIB:9.3f} GiB" for name, size in self.ritz_parts.items()]
         lines.append(f"  {'peak per device':<52s} {self.peak / GIB:9.3f} GiB of {d.budget / GIB:.2f} "
                      f"({100 * self.peak / max(1, d.budget):.0f}%)")
         lines.append("host:")
@@ -276,7 +296,8 @@ class MemoryPlan:
         lines.append(f"  {'host peak':<52s} {self.host_peak / GIB:9.3f} GiB")
         lines.append(f"chunks: {len(self.chunks)} of at most {self.columns} right-hand sides; "
                      f"{self.product_chunk} vector{'s' if self.product_chunk > 1 else ''} per Gauss-Newton "
-                     f"product; {self.basis_vectors:,} Lanczos vectors stored ({self.basis_bytes / GIB:.3f} GiB)")
+                     f"product; {self.basis_vectors:,} Lanczos vectors stored ({self.basis_bytes / GIB:.3f} GiB); "
+                     + (f"{self.deflation_vectors} Ritz vectors deflated" if self.deflation_vectors else "no deflation"))
         shown = self.chunks if len(self.chunks) <= max_chunks else self.chunks[:max_chunks - 2]
         for i, c in enumerate(shown):
             lines.append(f"  chunk {i}: {c.columns} right-hand sides: {c.describe(self.samples, names)}")
@@ -376,12 +397,48 @@ def plan_overlap(apply_fn, params, *, samples: int, input_shape: tuple, curvatur
         useful = min(p, int(config.max_iterations) * columns) * vec
         basis = int(min(free * d, useful))
     basis = (basis // vec) * vec
+    k = _deflation(config, p, vec, d, free, basis, budget - sum(resident.values()) - product, columns)
+    if k and config.basis_memory is None:  # the basis takes what the deflation space leaves
+        basis = (min(basis, int(free - 2 * k * vec / d) * d) // vec) * vec
     parts = dict(resident)
     parts[f"one product ({pc} vector{'s' if pc > 1 else ''} at a time)"] = product
     parts[f"solver blocks ({columns} columns x {arrays} arrays{', sharded' if d > 1 else ''})"] = blocks
     parts["stored Lanczos vectors" + (", sharded" if d > 1 else "")] = basis // d
-    return MemoryPlan(devices, p, itemsize, n, int(curvature_batch), chunks, pc, basis, parts, gradient_parts,
-                      _host_parts(chunks, n, vec), int(host_runtime))
+    if k:
+        parts[f"deflation space ({k} Ritz vectors and their products{', sharded' if d > 1 else ''})"] = int(2 * k * vec / d)
+        gradient_parts["deflation space"] = int(2 * k * vec / d)
+        ritz_parts = dict(resident)
+        ritz_parts[f"one product ({pc} vector{'s' if pc > 1 else ''} at a time)"] = product
+        ritz_parts[f"the Ritz run's basis ({RITZ_BLOCK * (ritz_steps(k) + 1)} vectors) and Z, AZ"] = int(
+            (RITZ_BLOCK * (ritz_steps(k) + 1) + 2 * k) * vec / d)
+    else:
+        ritz_parts = {}
+    return MemoryPlan(devices, p, itemsize, n, int(curvature_batch), chunks, pc, basis, k, parts, gradient_parts,
+                      ritz_parts, _host_parts(chunks, n, vec), int(host_runtime))
+
+
+def _deflation(config, p: int, vec: int, d: int, free: int, basis: int, room: int, columns: int) -> int:
+    """The deflation vectors: ``config.deflation_vectors`` if given (checked to fit), else none
+    when the whole useful basis fits, else as many as fit (``DEFLATION_MAX`` at most): Z and AZ
+    in ``DEFLATION_SHARE`` of what the blocks leave, and the Ritz run's basis in ``room``."""
+    if config.solver != "block":
+        return 0
+    fits = lambda k: (2 * k * vec / d <= free - basis / d if config.basis_memory is not None  # noqa: E731
+                      else 2 * k * vec / d <= DEFLATION_SHARE * free) and (
+        (RITZ_BLOCK * (ritz_steps(k) + 1) + 2 * k) * vec / d <= room)
+    if config.deflation_vectors is not None:
+        k = min(int(config.deflation_vectors), p // 4)
+        if k and not fits(k):
+            raise PlanError(f"--deflation-vectors {config.deflation_vectors} does not fit beside the solver's blocks "
+                            f"({RITZ_BLOCK * (ritz_steps(k) + 1)} vectors for its Ritz run, then {2 * k}): lower it")
+        return k
+    useful = min(p, int(config.max_iterations) * columns) * vec
+    if basis >= useful:
+        return 0
+    k = min(DEFLATION_MAX, p // 4)
+    while k >= RITZ_BLOCK and not fits(k):
+        k //= 2
+    return k if k >= RITZ_BLOCK else 0
 
 
 def _product_chunk(lin: int, vec: int, left: int, total_columns: int) -> int:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from symgrad.diagnostics.certify import MU_FRACTION
-from symgrad.diagnostics.solvers._lanczos import BlockLanczosProcess
+from symgrad.diagnostics.solvers._lanczos import run_lanczos
 from symgrad.names import DEFAULT_PROBE_STEPS, DEFAULT_PROBE_VECTORS
 
 DEFAULT_DAMPINGS = (1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -89,15 +89,8 @@ def probe_spectrum(operator, *, n_vectors: int = DEFAULT_VECTORS, steps: int = D
     products_before = operator.products
     key = jax.random.PRNGKey(seed)
     z = jax.random.rademacher(key, (n_vectors, n), dtype=operator.dtype)
-    lanczos = BlockLanczosProcess(operator, z, basis_bytes=default_basis_bytes() if basis_bytes is None else basis_bytes,
-                           rank_tol=1e-12)
-    omegas, betas = [], []
-    for _ in range(steps):
-        if lanczos.block_size == 0:
-            break
-        omega, beta = lanczos.step()
-        omegas.append(omega)
-        betas.append(beta)
+    lanczos, omegas, betas = run_lanczos(operator, z, steps=steps,
+                                         basis_bytes=default_basis_bytes() if basis_bytes is None else basis_bytes)
     t = block_tridiagonal(omegas, betas)
     rho0 = lanczos.rho0
     s1 = rho0.shape[0]

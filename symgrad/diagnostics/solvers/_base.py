@@ -222,8 +222,8 @@ def null_space_share(damping: float, solution_sq_norm, quadratic_form) -> np.nda
 
 
 def finish(operator, rhs, solution, targets: Targets, *, iterations, products_before: int, out_of_steps: bool,
-           stagnated: bool = False, quadrature_bound=None, recursive_residual=None, notes=(),
-           stats=None) -> ChiSolution:
+           stagnated: bool = False, quadrature_bound=None, recursive_residual=None, quadrature_rounding=None,
+           notes=(), stats=None) -> ChiSolution:
     """Explicit residuals, the corrected Gram matrix, the error bounds and the result code of a
     finished solve.
 
@@ -237,7 +237,9 @@ def finish(operator, rhs, solution, targets: Targets, *, iterations, products_be
     bound, (sqrt(q_i c) + (||r_i - s_i|| + slack_i) / sqrt(lambda))^2)``, ``c`` carrying the
     quadrature from the computed operator to the exact one and the triangle inequality in the
     ``A^-1`` norm to the explicit residual (docs/overlap.md section 3). The quadrature is
-    not used when the operator's rounding reaches ``lambda / 2`` (it proves nothing then).
+    not used when the operator's rounding reaches ``lambda / 2`` (it proves nothing then);
+    ``quadrature_rounding`` is the rounding of the operator the quadrature ran on, when that
+    is not ``operator`` (a deflated solve runs on a Schur complement of it).
     ``form_rounding`` bounds the rounding of the float64 bilinear forms themselves
     (``bilinear_form``) and their use of the computed residuals: ``x_i . (r_j - fl(r_j))``
     is at most ``||x_i|| slack_j``.
@@ -256,7 +258,7 @@ def finish(operator, rhs, solution, targets: Targets, *, iterations, products_be
     error_bound = residual_bound
     notes = list(notes)
     if quadrature_bound is not None:
-        carry = quadrature_carry(lam, delta)
+        carry = quadrature_carry(lam, delta if quadrature_rounding is None else float(quadrature_rounding))
         if carry is None:
             notes.append(f"the operator's rounding {delta:.2g} is not below lambda / 2 = {lam / 2:.2g}: "
                          "Gauss-Radau bounds not used, values bounded by their residuals alone")

@@ -83,17 +83,25 @@ class BlockLanczos:
     rank_tol: float = 1e-12
     name = "block"
 
-    def solve(self, operator, rhs, targets: Targets, *, progress=None) -> ChiSolution:
+    def solve(self, operator, rhs, targets: Targets, *, progress=None, deflation=None) -> ChiSolution:
+        """``deflation``: a ``_deflation.Deflation`` of ``operator`` shared by every chunk (the
+        process then runs on its Schur complement S; the bounds are the same, docs/overlap.md
+        section 3.9), or None."""
         stop = targets.stopping(self.safety)
-        lam, delta = float(operator.damping), float(operator.rounding())
+        lam = float(operator.damping)
+        # the quadrature runs on S when deflating: its rounding carries the bounds
+        delta = float((deflation or operator).rounding())
         products_before = operator.products
         b = jnp.asarray(rhs, operator.dtype)
         k = int(b.shape[0])
         norms = np.asarray(jnp.linalg.norm(b, axis=1), np.float64)
         safe = np.where(norms > 0, norms, 1.0)
         scale2 = np.outer(safe, safe)
+        unit = b / jnp.asarray(safe, b.dtype)[:, None]
+        start, coarse_gram = deflation.prepare(unit) if deflation is not None else (unit, 0.0)
+        coarse_sq = 0.0 if deflation is None else np.sum(deflation.coarse(unit, jnp.zeros_like(unit)) ** 2, axis=1)
         lanczos = BlockLanczosProcess(
-            operator, b / jnp.asarray(safe, b.dtype)[:, None],
+            deflation or operator, start,
             basis_bytes=self.basis_bytes if self.basis_bytes is not None else default_basis_bytes(),
             rank_tol=self.rank_tol,
         )
@@ -111,10 +119,16 @@ class BlockLanczos:
                     breakdowns += 1
                     break
                 x_norm = np.asarray(jnp.linalg.norm(quad.x, axis=1), np.float64)  # of the unit right-hand sides
-                # what rounding puts under the final bounds (finish): the residual's slack and the forms'
-                floor = (delta * x_norm) ** 2 / lam + delta * x_norm**2 + 2 * form_gamma(lanczos.n) * x_norm
-                e = e_gr * (carry or 1.0) + floor
-                _, worst = stop(0.5 * (quad.gauss + quad.gauss.T) * scale2, np.nan_to_num(e, nan=np.inf) * safe**2)
+                if deflation is not None:  # and its part in span(Z) (orthogonal to y), at y = 0: a stopping
+                    x_norm = np.sqrt(x_norm**2 + coarse_sq)  # estimate only; finish bounds the exact x
+                # what rounding puts under the final bounds, where finish puts it: the residual's slack
+                # in each energy error, the forms' rounding (x_i . (r_j - fl(r_j)) and the float64
+                # sums) beside them (it enters a cross entry once, not through sqrt(e_i e_j))
+                e = e_gr * (carry or 1.0) + (delta * x_norm) ** 2 / lam
+                forms = delta * np.outer(x_norm, x_norm) + form_gamma(lanczos.n) * (x_norm[:, None] + x_norm[None, :])
+                gauss = coarse_gram + quad.gauss
+                _, worst = stop(0.5 * (gauss + gauss.T) * scale2, np.nan_to_num(e, nan=np.inf) * safe**2,
+                                forms * scale2)
                 if progress is not None:
                     progress(lanczos.steps, operator.products - products_before, worst)
                 if worst <= margin:
@@ -130,11 +144,12 @@ class BlockLanczos:
             out_of_steps = lanczos.steps >= self.max_steps
             notes = ["the Gauss-Radau quadrature broke down (a pivot or M_k not positive definite): values "
                      "bounded by their residuals alone"] if quad.broken else []
-            sol = finish(operator, b, quad.x * scale, targets, iterations=lanczos.steps,
+            x = quad.x if deflation is None else deflation.recover(unit, quad.x)
+            sol = finish(operator, b, x * scale, targets, iterations=lanczos.steps,
                          products_before=products_before, out_of_steps=out_of_steps,
                          stagnated=stalled or quad.broken, notes=notes,
                          quadrature_bound=None if quad.broken else quad.e_gr * safe**2,  # finish drops it without carry
-                         recursive_residual=quad.recursive() * scale)
+                         recursive_residual=quad.recursive() * scale, quadrature_rounding=delta)
             certified = sol.result is Result.CERTIFIED
             if (certified or out_of_steps or lanczos.block_size == 0 or stalled or quad.broken
                     or extensions >= MAX_EXTENSIONS):
@@ -152,6 +167,7 @@ class BlockLanczos:
             "extensions": int(extensions), "seconds": round(time.perf_counter() - t0, 3),
             "operator_norm_estimate": float(lanczos.norm_estimate), "gauss_radau_breakdowns": breakdowns,
             "invariant_subspace": bool(lanczos.block_size == 0),
+            "deflation_vectors": 0 if deflation is None else deflation.k,
         }
         return sol._replace(stats={**sol.stats, **stats})
 

@@ -162,5 +162,19 @@ class BlockLanczosProcess:
         return omega, beta_next
 
 
+def run_lanczos(matvec, start, *, steps: int, basis_bytes: int, rank_tol: float = 1e-12):
+    """``steps`` block steps from ``start`` (fewer at an invariant subspace): the process and
+    the blocks ``Omega_j``, ``B_{j+1}`` of its ``T`` (``spectrum.block_tridiagonal``)."""
+    lanczos = BlockLanczosProcess(matvec, start, basis_bytes=basis_bytes, rank_tol=rank_tol)
+    omegas, betas = [], []
+    for _ in range(steps):
+        if lanczos.block_size == 0:
+            break
+        omega, beta = lanczos.step()
+        omegas.append(omega)
+        betas.append(beta)
+    return lanczos, omegas, betas
+
+
 def _largest_row(w) -> float:
     return float(jnp.max(jnp.linalg.norm(w, axis=1))) if w.shape[0] else 0.0
