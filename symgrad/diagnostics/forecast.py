@@ -48,9 +48,9 @@ def time_products(operator, vectors: int, repeats: int = 2) -> float:
     """Seconds per vector of one product of ``vectors`` random vectors (after a compiling call)."""
     import jax
 
-    from symgrad.diagnostics.solvers._base import device_block
+    from symgrad.diagnostics.solvers._base import device_block, host_width
 
-    rows = np.random.default_rng(0).normal(size=(int(vectors), int(operator.n_params) - _pad(operator)))
+    rows = np.random.default_rng(0).normal(size=(int(vectors), host_width(operator)))
     block = device_block(operator, rows)
     count = operator.products
     jax.block_until_ready(operator(block))
@@ -61,11 +61,6 @@ def time_products(operator, vectors: int, repeats: int = 2) -> float:
         best = min(best, time.perf_counter() - t0)
     operator.products = count  # timing is not part of any solve's count
     return best / int(vectors)
-
-
-def _pad(operator) -> int:
-    layout = getattr(operator, "layout", None)
-    return int(getattr(layout, "pad", 0))
 
 
 def _shares(columns) -> np.ndarray:

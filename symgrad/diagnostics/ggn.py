@@ -29,6 +29,7 @@ from jaxtyping import Array
 
 from symgrad.diagnostics._rows import pad_to_bucket, settle
 from symgrad.diagnostics.certify import linearity_rounding
+from symgrad.diagnostics.solvers._base import host_width
 from symgrad.loss import smse_output_hessian_diag
 
 # output_hessian(pred, t) -> H t for a tangent t of the batched prediction.
@@ -216,7 +217,7 @@ class GaussNewtonBlocks:
                 out = _apply_blocks_jit(self._hessian, self._chunk, self.layout, undamped, pad_to_bucket(block))
                 return self.host_rows(out[:block.shape[0]])
 
-            estimate, used = linearity_rounding(apply, self.n_params - self.layout.pad, self.dtype)
+            estimate, used = linearity_rounding(apply, host_width(self), self.dtype)
             self.products += used
             self._shared["rounding"] = estimate
         return self._shared["rounding"] + float(jnp.finfo(self.dtype).eps) * self.damping

@@ -94,6 +94,13 @@ def device_block(operator, rows):
     return move(rows) if move is not None else jnp.asarray(rows, operator.dtype)
 
 
+def host_width(operator) -> int:
+    """The length of the host rows ``device_block`` takes: ``n_params`` less the padding of a
+    sharded operator's layout."""
+    layout = getattr(operator, "layout", None)
+    return int(operator.n_params) - int(getattr(layout, "pad", 0))
+
+
 def host_rows(operator, block) -> np.ndarray:
     """A block of ``operator``'s back on the host as ``(k, P)`` rows (its ``host_rows``)."""
     move = getattr(operator, "host_rows", None)

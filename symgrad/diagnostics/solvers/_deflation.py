@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from symgrad.diagnostics.certify import linearity_rounding
-from symgrad.diagnostics.solvers._base import host_rows
+from symgrad.diagnostics.solvers._base import device_block, host_rows, host_width
 from symgrad.diagnostics.solvers._block import _inv_spd
 from symgrad.diagnostics.solvers._lanczos import _combine, _gram, _project_out, rank_revealing_rows, run_lanczos
 
@@ -95,10 +95,10 @@ class Deflation:
         """An a-posteriori estimate of the rounding of the computed S (``linearity_rounding`` on
         ``S Pi``) plus the operator's: it carries the quadrature run on S."""
         if self._rounding is None:
-            def apply(block):
-                return host_rows(self.base, self(self.project(jnp.asarray(block, self.dtype))))
+            def apply(block):  # host rows in and out, moved as every block of the operator is
+                return host_rows(self.base, self(self.project(device_block(self.base, block))))
 
-            estimate, _ = linearity_rounding(apply, self.n_params, self.dtype)
+            estimate, _ = linearity_rounding(apply, host_width(self.base), self.dtype)
             self._rounding = float(estimate) + float(self.base.rounding())
         return self._rounding
 
