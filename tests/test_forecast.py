@@ -35,3 +35,20 @@ def test_forecast_from_the_pilot_spreads_over_the_chunks_by_the_krylov_law():
     np.testing.assert_allclose(f.products, [1000.0, 1000.0, 1000.0 * 0.5**CHUNK_EXPONENT])
     assert f.total == f.low == f.high and f.source == "pilot"
     assert "forecast from pilot" in f.describe() and "products" in f.describe()
+
+
+def test_the_deflation_space_is_cut_to_what_the_forecast_affords():
+    from symgrad.diagnostics.plan import (DEFLATION_COST_SHARE, RITZ_BLOCK, affordable_deflation,
+                                          deflation_products)
+
+    # the Ritz run (RITZ_BLOCK vectors, ritz_steps(k) + 1 blocks) and AZ (k)
+    assert deflation_products(256) == 16 * 49 + 256 and deflation_products(0) == 0
+    for forecast in (100.0, 900.0, 2_000.0, 3_036.0, 1e5):
+        k = affordable_deflation(256, forecast)
+        assert k == 0 or deflation_products(k) <= DEFLATION_COST_SHARE * forecast
+        if k < 256:  # the largest that pays: twice as many would not
+            assert deflation_products(2 * max(k, RITZ_BLOCK // 2)) > DEFLATION_COST_SHARE * forecast
+    # the measured cases: the small UNet at 1e-2 (forecast 897, spent 1,048) gets 64 vectors,
+    # the tiny proxy (forecasts 3,036 and 3,121) keeps its 256
+    assert [affordable_deflation(256, f) for f in (896.5, 3036.4, 3120.5)] == [64, 256, 256]
+    assert affordable_deflation(256, 40.0) == 0 and affordable_deflation(32, 1e6) == 32

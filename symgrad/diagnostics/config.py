@@ -14,6 +14,7 @@ message with the flags instead (``SettingError.message(name_of)``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -103,9 +104,9 @@ class OverlapConfig(_Settings):
                                    value=self.device_memory) from None
         _choice(self, "solver", names.SOLVERS)
         _choice(self, "precision", names.PRECISIONS)
-        if self.wants_chi and not self.damping > 0:
-            raise SettingError("the chi metric needs {damping} lambda > 0, got {damping} {value:g}; set {damping} "
-                               "> 0 (or {metric} euclidean)", value=self.damping)
+        if self.wants_chi and not 0 < self.damping < math.inf:
+            raise SettingError("the chi metric needs a finite {damping} lambda > 0, got {damping} {value:g}; set "
+                               "{damping} > 0 (or {metric} euclidean)", value=self.damping)
         if not 0 < self.rtol < 1:
             raise SettingError("{rtol} must lie in (0, 1) (a relative accuracy such as 1e-6), got {value}",
                                value=self.rtol)
@@ -169,8 +170,9 @@ class SpectrumConfig(_Settings):
     def __post_init__(self):
         _positive_int(self, "probe_vectors", "probe_steps")
         _choice(self, "precision", names.PRECISIONS)
-        if not self.damping >= 0:
-            raise SettingError("{damping} must be >= 0 (0: predict no solve), got {value}", value=self.damping)
+        if not 0 <= self.damping < math.inf:
+            raise SettingError("{damping} must be finite and >= 0 (0: predict no solve), got {value}",
+                               value=self.damping)
 
 
 def checked(config, cls):

@@ -36,7 +36,8 @@ from symgrad.diagnostics.forecast import Forecast, Pilot, time_products
 from symgrad.diagnostics.ggn import GaussNewtonBlocks
 from symgrad.diagnostics.gradients import per_example_gradients
 from symgrad.diagnostics.plan import (
-    RITZ_BLOCK, Chunk, Devices, MemoryPlan, PlanError, host_rss, layout, plan_overlap, ritz_steps,
+    RITZ_BLOCK, Chunk, Devices, MemoryPlan, PlanError, affordable_deflation, host_rss, layout, plan_overlap,
+    ritz_steps,
 )
 from symgrad.diagnostics.precision import cast, computing_in
 from symgrad.diagnostics.solvers import ChiSolver, Targets, corrected_cross, corrected_gram, euclidean_gram
@@ -80,6 +81,8 @@ class _Progress:
         self.pilot = pilot  # (forecast.Pilot, called with its prediction once made) or None
 
     def __call__(self, step, products, worst):
+        if preemption.requested():  # SIGTERM: stop within one solver step, the finished chunks kept
+            raise OverlapInterrupted("pre-empted (SIGTERM) during a chi solve; the chunks finished before it are kept")
         if self.pilot is not None and self.pilot[0].observe(step, products, worst):
             self.pilot[1](self.pilot[0])
         if not self.enabled:
@@ -516,10 +519,14 @@ def _spectrum(op, config: OverlapConfig, plan: MemoryPlan, partials, x_curv, n_p
     return spectrum, forecast
 
 
-def _deflation(op, plan: MemoryPlan, settings: dict, progress: bool):
+def _deflation(op, plan: MemoryPlan, settings: dict, progress: bool, forecast: Forecast | None, chosen: bool):
     """The deflation space the plan asks for (``solvers._deflation``), built once for every
-    chunk (again on a resume: the same seed gives the same space); None when it asks none."""
+    chunk (again on a resume: the same seed and probe give the same space); None when it asks
+    none. Unless ``chosen`` (``--deflation-vectors``), it is cut to what the probe's forecast
+    of the solves affords (``plan.affordable_deflation``)."""
     k = plan.deflation_vectors
+    if not chosen and forecast is not None and forecast.source == "probe":
+        k = affordable_deflation(k, forecast.total)
     settings["deflation_vectors"] = int(k)
     if not k:
         return None
@@ -574,7 +581,7 @@ def _compute(apply_fn, params, x, y, sigma, group, config: OverlapConfig, *, dty
         settings["operator_rounding_ggn_products"] = int(op.products)
         spectrum, forecast = _spectrum(op, config, plan, partials, x_curv, n_params, progress)
         settings.update(forecast.to_attrs("forecast_before"), seconds_per_product=forecast.seconds_per_product)
-        deflation = _deflation(op, plan, settings, progress)
+        deflation = _deflation(op, plan, settings, progress, forecast, chosen=config.deflation_vectors is not None)
     results, v_side, chunks_log, n_chunks = solve_overlaps(
         op, v, lambda k: grads(*acted[k]), reused, [str(e) for e in group.elements], solver=solver, rtol=config.rtol,
         chunks=None if plan is None else plan.chunks, partials=partials, stop_after=stop_after, progress=progress,

@@ -71,9 +71,29 @@ RITZ_FACTOR = 3
 DEFLATION_SHARE = 0.5
 
 
+# The deflation space must pay for itself: when the plan chooses it, its products (the Ritz
+# run and AZ) may take at most DEFLATION_COST_SHARE of the solves' products forecast before
+# any solve (halving k until they do). Measured: on the small UNet at lambda 1e-2 the whole
+# undeflated solve took 1,048 products, less than 256 vectors' 1,040 (records/overlap.json).
+DEFLATION_COST_SHARE = 0.5
+
+
 def ritz_steps(k: int) -> int:
     """Block Lanczos steps of the Ritz run for ``k`` deflation vectors."""
     return max(1, -(-RITZ_FACTOR * int(k) // RITZ_BLOCK))
+
+
+def deflation_products(k: int) -> int:
+    """Products that building ``k`` deflation vectors takes: the Ritz run and ``AZ``."""
+    return RITZ_BLOCK * (ritz_steps(k) + 1) + int(k) if k else 0
+
+
+def affordable_deflation(k: int, forecast_products: float) -> int:
+    """The plan's ``k`` halved while its products exceed ``DEFLATION_COST_SHARE`` of the
+    forecast products of the solves; 0 below ``RITZ_BLOCK`` vectors."""
+    while k >= RITZ_BLOCK and deflation_products(k) > DEFLATION_COST_SHARE * float(forecast_products):
+        k //= 2
+    return int(k) if k >= RITZ_BLOCK else 0
 
 
 class PlanError(SymgradError):
