@@ -95,13 +95,30 @@ def partial_dir(out: str | os.PathLike) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+def _command() -> str:
+    return _COMMAND[-1] if _COMMAND else " ".join(sys.argv)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def history(created: str | None = None) -> str:
+    """CF's ``history`` attribute of a file: the time it was created (default: now) and the
+    command line that wrote it."""
+    return f"{created or _now()} {_command()}"
+
+
 def provenance(config: dict | None = None, **extra) -> dict:
-    """Provenance attributes for a result or data file (netCDF-safe, :func:`encode_attr`)."""
+    """Provenance attributes for a result or data file (netCDF-safe, :func:`encode_attr`),
+    ``history`` (:func:`history`) among them."""
+    created = _now()
     attrs = {
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": created,
+        "history": history(created),
         "host": socket.gethostname(),
         "python": platform.python_version(),
-        "command": _COMMAND[-1] if _COMMAND else " ".join(sys.argv),
+        "command": _command(),
         "git_commit": git_commit(),
         "package_versions": json.dumps(package_versions(), sort_keys=True),
     }
@@ -239,8 +256,45 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
         fh.write("\n")
 
 
+# The CF version every netCDF file symgrad writes declares and follows (docs/data-format.md).
+CONVENTIONS = "CF-1.8"
+# The integer types CF-1.8 allows (byte, short, int); others are written as int.
+_CF_INTEGERS = ("int8", "int16", "int32")
+
+
+def cf_dataset(ds, path: str | os.PathLike = "the file"):
+    """``ds`` (a shallow copy; ``ds`` itself is unchanged) as CF-1.8 lets a file hold it:
+    integer variables of other types (int64, unsigned) written as int32, refused with a
+    one-line ``SymgradError`` when a value does not fit; dimension coordinates without a
+    ``_FillValue``; the attributes ``Conventions`` and ``history`` where ``ds`` lacks them."""
+    import numpy as np
+
+    from symgrad.errors import SymgradError
+
+    ds = ds.copy(deep=False)
+    limits = np.iinfo(np.int32)
+    for name, var in ds.variables.items():
+        stored = np.dtype(var.encoding.get("dtype", var.dtype))
+        if stored.kind in "iu" and stored.name not in _CF_INTEGERS:
+            values = np.asarray(var.values)
+            if values.dtype.kind in "iu" and values.size:
+                low, high = values.min(), values.max()
+                if low < limits.min or high > limits.max:
+                    bad = low if low < limits.min else high
+                    raise SymgradError(f"cannot write {path}: variable {name!r} holds {bad}, outside the int32 "
+                                       f"range that {CONVENTIONS} allows for integers")
+            var.encoding["dtype"] = np.dtype(np.int32)
+        if name in ds.dims:
+            var.encoding["_FillValue"] = None  # CF: coordinate variables have no missing values
+    ds.attrs.setdefault("Conventions", CONVENTIONS)
+    ds.attrs.setdefault("history", history())
+    return ds
+
+
 def write_netcdf_atomic(ds, path: str | os.PathLike, **to_netcdf_kwargs) -> Path:
-    """Write an ``xarray.Dataset`` to ``path`` with ``atomic_write``."""
+    """Write an ``xarray.Dataset`` to ``path`` with ``atomic_write``, as :func:`cf_dataset`
+    makes it (a CF-1.8 file)."""
+    ds = cf_dataset(ds, path)
     with atomic_write(path) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4", **to_netcdf_kwargs)
     return Path(path)

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from symgrad.errors import SymgradError
+from symgrad.io import CONVENTIONS
 
-CONVENTIONS = "CF-1.8"
 RUN_DIM = "run"
 # What a run is known by, in the order of the coordinates on ``run``.
 RUN_COORDS = ("model", "preset", "seed", "family")
@@ -46,6 +46,7 @@ _COORD_LONG_NAMES = {
 }
 SAMPLE_LONG_NAME = "test trajectory index in the data file(s)"
 _SAMPLE_DIMS = ("sample", "sample_i", "sample_j")
+POSITION_LONG_NAME = "position of the sample in each run (its trajectory index is sample_id)"
 
 #: The ``stat`` coordinate of the ``*_stats`` variables (Tukey box-plot statistics).
 TUKEY_STATS: tuple[str, ...] = ("min", "q1", "median", "q3", "max", "whisker_low", "whisker_high", "mean")
@@ -170,7 +171,7 @@ def _with_positions(ds):
     ids = ds["sample"].values if "sample" in ds.coords else None
     for dim in _SAMPLE_DIMS:
         if dim in ds.dims:
-            ds = ds.assign_coords({dim: np.arange(ds.sizes[dim])})
+            ds = ds.assign_coords({dim: (dim, np.arange(ds.sizes[dim]), {"long_name": POSITION_LONG_NAME})})
     if ids is not None:
         ds["sample_id"] = ("sample", np.asarray(ids))
         ds["sample_id"].attrs = {"long_name": "test trajectory index of the run's data"}
@@ -207,9 +208,11 @@ def merge_results(paths):
         coords = _run_coords(ds, path)
         keys.append((identity(ds, "diagnostic"), identity(ds, "group")))
         ds = _with_positions(ds)
-        ds = ds.expand_dims(RUN_DIM).assign_coords({k: (RUN_DIM, [v]) for k, v in coords.items()})
-        ds["source_file"] = (RUN_DIM, [str(path.resolve())])
-        ds["source_attrs"] = (RUN_DIM, [json.dumps(ds.attrs, sort_keys=True, default=str)])
+        ds = ds.expand_dims(RUN_DIM).assign_coords(
+            {k: (RUN_DIM, [v], {"long_name": _COORD_LONG_NAMES[k]}) for k, v in coords.items()})
+        ds["source_file"] = (RUN_DIM, [str(path.resolve())], {"long_name": "result file of the run"})
+        ds["source_attrs"] = (RUN_DIM, [json.dumps(ds.attrs, sort_keys=True, default=str)],
+                              {"long_name": "global attributes of the run's result file (JSON)"})
         datasets.append(ds)
     if len(set(keys)) > 1:
         listing = ", ".join(f"{p.name}: {d} {g}" for p, (d, g) in zip(paths, keys))

@@ -22,6 +22,9 @@ CHANNELS = ("rho", "u", "v", "p", "E")
 DEFAULT_GAMMA = 1.4
 FORMAT_NAME = "symgrad-euler-trajectories"
 FORMAT_VERSION = 1
+# The units of the ``time`` coordinate: CF-1.8 counts time from a reference; one second is
+# one unit of the nondimensional time. Readers take the numbers as they are stored.
+TIME_UNITS = "seconds since 1970-01-01 00:00:00"
 
 # Long names and units written as CF attributes on the variables.
 CHANNEL_LONG_NAMES = {

@@ -9,7 +9,7 @@ from jaxtyping import Float
 
 from symgrad.data import schema
 from symgrad.errors import SymgradError
-from symgrad.io import atomic_path, commit_file, encode_attr, write_error
+from symgrad.io import CONVENTIONS, atomic_path, commit_file, encode_attr, history, write_error
 
 
 class DatasetWriter:
@@ -43,13 +43,16 @@ class DatasetWriter:
         n_t = self.times.size
         for name, size in zip(schema.DIMS, (self.n_samples, n_t, len(schema.CHANNELS), self.nx, self.ny)):
             nc.createDimension(name, size)
-        sample = nc.createVariable("sample", "i8", ("sample",))
+        sample = nc.createVariable("sample", "i4", ("sample",))  # CF-1.8 has no int64
         sample[:] = np.arange(self.n_samples)
         sample.long_name = "trajectory index"
         time = nc.createVariable("time", "f8", ("time",))
         time[:] = self.times
-        time.long_name = "time"
-        time.units = "1"
+        time.long_name = "nondimensional simulation time"
+        # CF-1.8 wants a time coordinate counted from a reference time: one second stands for
+        # one unit of the nondimensional time (docs/data-format.md).
+        time.standard_name = "time"
+        time.units = schema.TIME_UNITS
         # A char array, not a variable-length string: netCDF-C mishandles vlen strings read
         # through a second handle of an open file (see symgrad.data.reader._HANDLES).
         width = max(len(c) for c in schema.CHANNELS)
@@ -71,7 +74,9 @@ class DatasetWriter:
         data.long_name = "primitive variables rho, u, v, p and total energy density E"
         data.units = "1"
         attrs = {
-            "Conventions": "CF-1.8",
+            "Conventions": CONVENTIONS,
+            "title": "symgrad compressible Euler trajectories",
+            "history": history(),
             "format": schema.FORMAT_NAME,
             "format_version": schema.FORMAT_VERSION,
             "gamma": self.gamma,
