@@ -25,7 +25,7 @@ from symgrad.io import ExclusiveLock
 from symgrad.train import distributed, run
 from symgrad.train.config import TrainConfig
 from symgrad.train.setup import NEW_EPOCH, Setup, setup
-from symgrad.train.state import TrainState, batch_indices
+from symgrad.train.state import TrainState, all_finite, batch_indices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +248,16 @@ def _fail_non_finite(s: Setup, state: TrainState, extra: dict, step: int, idx: n
     report = {"failed_step": step + 1, "failed_epoch": epoch + 1, "failed_batch": position,
               "transition_indices": idx.tolist(), "loss": float(distributed.fetch(metrics["loss"])),
               "grad_norm": float(distributed.fetch(metrics["grad_norm"]))}
+    if not all_finite(state.params):
+        # The guard sees the loss and the gradients; parameters made non-finite by the
+        # update before (a setting that passed its checks, a library fault) are no good
+        # state to keep: nothing is saved, and the run resumes from its last checkpoint.
+        last = s.checkpointer.latest_step()
+        raise SettingError(
+            f"non-finite parameters after step {step} (the loss at step {step + 1} is {report['loss']}); nothing "
+            f"was saved at step {step}: " + (f"a rerun resumes from the checkpoint of step {last}" if last is not None
+                                             else "the run has no checkpoint, a rerun starts again")
+            + ". Check the data and the settings, lower {learning_rate} or set {grad_clip_norm}")
     _save(s, state, extra, step, "non-finite", **report)
     raise SettingError(
         f"non-finite loss or gradient at step {step + 1} (epoch {epoch + 1}, batch {position} of the "

@@ -45,6 +45,7 @@ class TrainingData:
     times: np.ndarray  # the selected time indices
     train: TransitionSource
     val: TransitionSource | None  # None without validation trajectories
+    digests: dict[str, str]  # SHA-256 of each data file (run.RunInfo.data_digests)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +112,7 @@ def setup(config: TrainConfig, run_dir: Path, *, resume: bool | None = None, for
         first_trajectories=int(config.first_trajectories), resolution=resolution,
         data_paths=tuple(config.data), model={"name": config.model, "preset": config.preset, "config": model.config},
         n_train_transitions=len(data.train), steps_per_epoch=steps_per_epoch, weight_decay=config.weight_decay,
-        n_devices=jax.device_count(), n_processes=jax.process_count())
+        n_devices=jax.device_count(), n_processes=jax.process_count(), data_digests=data.digests)
     if primary:
         _record_start(run_dir, config, info, step if stored is not None else None)
     evaluators, baseline = _evaluators(config, data, sigma, apply_fn, mesh, primary)
@@ -162,6 +163,12 @@ def select_data(config: TrainConfig, stored: run.RunInfo | None) -> TrainingData
 
     dataset = open_dataset(list(config.data))
     if stored is not None:
+        changed = run.changed_data(stored.data_digests, dataset.paths)
+        if changed:
+            raise SettingError(
+                changed.replace("{", "{{").replace("}", "}}") + "; a resumed run must read the data it started with: restore that file, or train "
+                "on the new data into a new {run_dir} (or the same one with {overwrite})")
+        digests = dict(stored.data_digests) or run.data_digests(dataset.paths)
         if stored.n_samples != dataset.n_samples:
             raise SettingError(
                 f"the data now hold {dataset.n_samples} trajectories but the run was trained on "
@@ -171,6 +178,7 @@ def select_data(config: TrainConfig, stored: run.RunInfo | None) -> TrainingData
         selected = first_of_each(_entry_counts(config.data, dataset), config.first_trajectories)
         split = {k: selected[v] for k, v in
                  split_trajectories(selected.size, config.seed, config.split_fractions).items()}
+        digests = run.data_digests(dataset.paths)
     times = np.asarray(config.time_indices or range(dataset.n_times), dtype=np.int64)
     if times[-1] >= dataset.n_times:
         raise SymgradError(f"time_indices go up to {int(times[-1])} but the data hold {dataset.n_times} times "
@@ -180,7 +188,7 @@ def select_data(config: TrainConfig, stored: run.RunInfo | None) -> TrainingData
     states = open_cache(dataset, config.data_cache, progress=progress) if config.data_cache else None
     train_src = TransitionSource(dataset, split["train"], time_pairs, cache=states)
     val_src = TransitionSource(dataset, split["val"], time_pairs, cache=states) if len(split["val"]) else None
-    return TrainingData(dataset, split, times, train_src, val_src)
+    return TrainingData(dataset, split, times, train_src, val_src, digests)
 
 
 def initial_state(model, optimizer, sharding, seed: int) -> TrainState:

@@ -1,0 +1,256 @@
+"""The fault classes of issue 23, part 2 (docs/reliability.md): each test shows what a user
+sees when it happens, and what is kept. Tiny runs: 10 random 8x8 trajectories, a tiny
+UNet, one epoch of 4 steps; the in-process runs share a persistent compilation cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import random_euler_states
+from symgrad.cli import main
+
+N, N_TIMES, RES, BATCH = 10, 3, 8, 4  # 8 train trajectories x 2 transitions = 4 steps of 4
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("xla-cache")
+    previous = {k: getattr(jax.config, k) for k in (
+        "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes")}
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    yield path
+    for k, v in previous.items():
+        jax.config.update(k, v)
+
+
+def _write_data(path, seed=0, n=N, n_times=N_TIMES, res=RES, res_y=None):
+    from symgrad import data
+
+    states = random_euler_states(n, n_times, res, seed)
+    if res_y is not None:
+        states = np.concatenate([states] * (res_y // res), axis=3)
+    return data.write_dataset(path, states, np.linspace(0.0, 0.1, n_times), gamma=1.4)
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    return _write_data(tmp_path_factory.mktemp("faults-data") / "data.nc")
+
+
+def _args(data_file, out, *extra):
+    return ["train", "--data", str(data_file), "--out", str(out), "--model", "unet", "--preset", "tiny",
+            "--batch-size", str(BATCH), "--epochs", "1", "--no-progress", *map(str, extra)]
+
+
+def _run(capsys, argv) -> tuple[int, str]:
+    rc = main([str(a) for a in argv])
+    return rc, capsys.readouterr().err.strip()
+
+
+def _one_line(err: str, command: str, *needles) -> str:
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"symgrad {command}: error: "), err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache_dir, data_file):
+    """A finished one-epoch run (read-only for the tests: they copy it)."""
+    out = tmp_path_factory.mktemp("faults-runs") / "run"
+    assert main(_args(data_file, out)) == 0
+    return out
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def _assert_same_run(a, b):
+    from symgrad.train import load_run
+
+    ra, rb = load_run(a), load_run(b)
+    assert ra.step == rb.step
+    for x, y in zip(_leaves((ra.params, ra.opt_state)), _leaves((rb.params, rb.opt_state)), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+# -- 1. a run that dies during its first checkpoint ----------------------------------------
+
+
+def test_a_run_that_died_in_its_first_checkpoint_starts_again(tmp_path, cache_dir, data_file, trained, capsys,
+                                                              monkeypatch):
+    """The disk fills during the first save (after metrics.json of epoch 1 was written): the
+    message says to rerun the same command, and that rerun trains the run from scratch,
+    equal to the uninterrupted run."""
+    import errno
+
+    from symgrad.io import write_error
+    from symgrad.train.checkpoint import Checkpointer
+
+    def full(self, state, extra):
+        raise write_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), self.directory / "4")
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(Checkpointer, "save", full)
+        rc, err = _run(capsys, _args(data_file, out))
+    assert rc == 2
+    _one_line(err, "train", "No space left on device", "rerun the same command to start again")
+    assert (out / "metrics.json").exists()  # the first epoch's record was written before the save
+    rc, err = _run(capsys, _args(data_file, out))
+    assert rc == 0, err
+    assert json.loads((out / "status.json").read_text())["status"] == "finished"
+    _assert_same_run(trained, out)
+
+
+# -- 2. settings that would train NaN -----------------------------------------------------
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--lr", "nan"], "learning_rate must be a finite number > 0"),
+    (["--lr", "inf"], "learning_rate must be a finite number > 0"),
+    (["--weight-decay", "nan"], "weight_decay must be a finite number >= 0"),
+    (["--grad-clip", "nan"], "grad_clip_norm must be a finite number >= 0"),
+    (["--max-steps", "-1"], "max_steps must be >= 0"),
+    (["--seed", "-1"], "seed must be an integer in 0.."),
+    (["--seed", str(2**64)], "seed must be an integer in 0.."),
+])
+def test_settings_that_cannot_train_are_refused_before_anything_is_written(tmp_path, data_file, capsys,
+                                                                           flags, needle):
+    out = tmp_path / "run"
+    rc, err = _run(capsys, [*_args(data_file, out), *flags])
+    assert rc == 2
+    _one_line(err, "train", needle)
+    assert not out.exists()
+
+
+def test_a_nan_setting_in_a_config_file_is_refused(tmp_path, data_file, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text("learning_rate = nan\n")
+    rc, err = _run(capsys, [*_args(data_file, tmp_path / "run"), "--config", config])
+    assert rc == 2
+    _one_line(err, "train", "learning_rate must be a finite number > 0")
+
+
+def test_spectrum_refuses_a_nan_damping(tiny_trained_run, tmp_path, capsys):
+    run_dir, _ = tiny_trained_run
+    rc, err = _run(capsys, ["spectrum", "--run", run_dir, "--damping", "nan", "--samples", 1])
+    assert rc == 2
+    _one_line(err, "spectrum", "--damping")
+
+
+def test_generate_refuses_a_seed_out_of_range(tmp_path, capsys):
+    out = tmp_path / "d.nc"
+    rc, err = _run(capsys, ["generate", "--family", "CE-RP", "--trajectories", 1, "--resolution", 8, "--times", 2,
+                            "--seed", "99999999999999999999", "--out", out])
+    assert rc == 2
+    _one_line(err, "generate", "seed must be an integer in 0..")
+    assert not out.exists() and not Path(str(out) + ".partial").exists()
+
+
+# -- 3. damaged checkpoint bytes ------------------------------------------------------------
+
+
+def _damage_largest_state_file(run_dir: Path) -> Path:
+    from symgrad.train import Checkpointer
+
+    step = Checkpointer(run_dir, read_only=True).latest_step()
+    files = [p for p in (run_dir / "checkpoints" / str(step) / "state").rglob("*") if p.is_file()]
+    largest = max(files, key=lambda p: p.stat().st_size)
+    with open(largest, "r+b") as fh:
+        fh.seek(largest.stat().st_size // 2)
+        fh.write(b"\xff" * 8)
+    return largest
+
+
+def test_damaged_checkpoint_bytes_are_refused_by_training_and_the_diagnostics(tmp_path, data_file, trained,
+                                                                              capsys):
+    from symgrad.errors import SymgradError
+    from symgrad.train import load_run
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained, run_dir)
+    _damage_largest_state_file(run_dir)
+    with pytest.raises(SymgradError, match="damaged"):
+        load_run(run_dir)
+    result = tmp_path / "eq.nc"
+    rc, err = _run(capsys, ["equivariance", "--run", run_dir, "--group", "d4", "--samples", 1, "--out", result])
+    assert rc == 2
+    _one_line(err, "equivariance", "is damaged", "SHA-256", "retrain")
+    assert not result.exists()
+    rc, err = _run(capsys, [*_args(data_file, run_dir), "--epochs", 2])
+    assert rc == 2
+    _one_line(err, "train", "is damaged")
+
+
+def test_a_checkpoint_of_nan_parameters_never_reaches_a_diagnostic(tmp_path, trained, capsys):
+    """A checkpoint whose digests match but whose values are NaN (the "last good state" that
+    an older NaN guard saved) is refused by every reader."""
+    from symgrad.errors import SymgradError
+    from symgrad.train import load_run
+    from symgrad.train.checkpoint import Checkpointer
+    from symgrad.train.state import TrainState
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained, run_dir)
+    good = load_run(run_dir)
+    nan = TrainState(jax.tree.map(lambda x: np.full_like(np.asarray(x), np.nan), good.params), good.opt_state,
+                     np.asarray(good.step + 1, np.int32), np.zeros(2, np.uint32))
+    checkpointer = Checkpointer(run_dir, keep=10)
+    checkpointer.save(nan, {"epoch_loss_sum": 0.0, "epoch_loss_count": 0})
+    checkpointer.close()
+    with pytest.raises(SymgradError, match=f"non-finite .* delete .*{good.step + 1} to fall back to step {good.step}"):
+        load_run(run_dir)
+    rc, err = _run(capsys, ["equivariance", "--run", run_dir, "--group", "d4", "--samples", 1,
+                            "--out", tmp_path / "eq.nc"])
+    assert rc == 2
+    _one_line(err, "equivariance", "non-finite")
+    assert load_run(run_dir, step=good.step).step == good.step  # the older checkpoint is intact
+
+
+# -- 4. data changed under a run ------------------------------------------------------------
+
+
+def test_data_changed_under_a_paused_run_is_refused(tmp_path, cache_dir, capsys):
+    data = _write_data(tmp_path / "data.nc", seed=0)
+    out = tmp_path / "run"
+    rc, err = _run(capsys, [*_args(data, out), "--max-steps", 1])
+    assert rc == 0, err
+    recorded = json.loads((out / "run.json").read_text())["data_digests"]
+    assert list(recorded) == [str(data.resolve())]
+    os.unlink(data)
+    _write_data(data, seed=1)  # regenerated with another seed at the same path
+    rc, err = _run(capsys, _args(data, out))
+    assert rc == 2
+    _one_line(err, "train", str(data.resolve()), "changed since the run started")
+    assert json.loads((out / "status.json").read_text())["step"] == 1  # the run is kept as it was
+
+
+def test_a_copy_of_the_training_data_is_not_held_out(tmp_path, trained, data_file):
+    from symgrad import inputs
+
+    copy = tmp_path / "renamed.nc"
+    shutil.copyfile(data_file, copy)
+    run_inputs = inputs.load(trained, [copy])
+    samples, source = inputs.held_out_samples(run_inputs)
+    expected = json.loads((trained / "run.json").read_text())["split"]["test"]
+    assert samples.tolist() == expected and "test split of the run" in source
+    other = _write_data(tmp_path / "other.nc", seed=5)
+    samples, source = inputs.held_out_samples(inputs.load(trained, [other]))
+    assert samples.tolist() == list(range(N)) and "not trained on" in source
