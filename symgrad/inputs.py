@@ -62,6 +62,10 @@ def load(run_dir, data=None, step: int | None = None) -> RunInputs:
         if not Path(p).exists():
             raise SettingError("{data} " + f"file {p} does not exist; pass an existing netCDF file")
     dataset = open_dataset(data_paths)
+    shape = tuple(int(n) for n in np.atleast_1d(dataset.shape))
+    if len(set(shape)) != 1:
+        raise SettingError("{data} " + f"{data_paths[0]} holds a {'x'.join(map(str, shape))} grid; the diagnostics "
+                           "act with the square's symmetries: pass data on a square grid")
     model_resolution = trained.model.config.get("resolution")
     if model_resolution is not None and int(model_resolution) != int(dataset.resolution):
         raise SettingError(

@@ -254,3 +254,176 @@ def test_a_copy_of_the_training_data_is_not_held_out(tmp_path, trained, data_fil
     other = _write_data(tmp_path / "other.nc", seed=5)
     samples, source = inputs.held_out_samples(inputs.load(trained, [other]))
     assert samples.tolist() == list(range(N)) and "not trained on" in source
+
+
+# -- 5. SIGTERM during the start-up ---------------------------------------------------------
+
+
+def test_sigterm_during_the_start_up_exits_75_and_the_rerun_trains(tmp_path, cache_dir, data_file, trained,
+                                                                   capsys):
+    """TERM as soon as RUN/lock exists (the start-up: data, sigma, compilation): exit status
+    75, so that the SLURM job requeues; the rerun trains the run as if never stopped."""
+    out = tmp_path / "run"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+           "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "symgrad", *_args(data_file, out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (out / "lock").exists():
+        assert proc.poll() is None and time.time() - t0 < 120, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 75, (proc.returncode, stdout, stderr)
+    assert stdout.strip().splitlines()[-1].startswith("preempted"), stdout
+    assert not (out / "status.json").exists() or json.loads((out / "status.json").read_text())["status"] == "preempted"
+    rc, err = _run(capsys, _args(data_file, out))
+    assert rc == 0, err
+    _assert_same_run(trained, out)
+
+
+# -- 6. one line where a traceback was ------------------------------------------------------
+
+
+def test_data_that_cannot_train_is_one_line(tmp_path, capsys):
+    from symgrad import data
+
+    empty = data.write_dataset(tmp_path / "empty.nc", random_euler_states(0, N_TIMES, RES, 0),
+                               np.linspace(0.0, 0.1, N_TIMES), gamma=1.4)
+    rc, err = _run(capsys, _args(empty, tmp_path / "r0"))
+    assert rc == 2
+    _one_line(err, "train", "hold no trajectories", "--data")
+    one_time = _write_data(tmp_path / "one.nc", n_times=1)
+    rc, err = _run(capsys, _args(one_time, tmp_path / "r1"))
+    assert rc == 2
+    _one_line(err, "train", "hold 1 time per trajectory", "at least 2")
+    assert not (tmp_path / "r0").exists() and not (tmp_path / "r1").exists()  # no empty run directory
+
+
+def test_an_existing_file_as_out_is_one_line_and_kept(tmp_path, data_file, capsys):
+    path = tmp_path / "notes.txt"
+    path.write_text("mine")
+    rc, err = _run(capsys, _args(data_file, path))
+    assert rc == 2
+    _one_line(err, "train", "--out", "is a file")
+    assert path.read_text() == "mine"
+
+
+def test_a_non_square_data_file_is_one_line_for_the_diagnostics(tiny_trained_run, tmp_path, capsys):
+    run_dir, _ = tiny_trained_run
+    rect = _write_data(tmp_path / "rect.nc", n=4, res_y=2 * RES)
+    rc, err = _run(capsys, ["equivariance", "--run", run_dir, "--data", rect, "--group", "d4", "--samples", 1,
+                            "--out", tmp_path / "e.nc"])
+    assert rc == 2
+    _one_line(err, "equivariance", "--data", "8x16 grid")
+
+
+@pytest.mark.parametrize("name, content", [("run.json", "null"), ("config.json", "null"), ("run.json", "[]"),
+                                           ("run.json", '{"format_version": 3}')])
+def test_run_files_of_the_wrong_shape_are_one_line(tmp_path, data_file, trained, capsys, name, content):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained, run_dir)
+    (run_dir / name).write_text(content)
+    for argv, command in ((_args(data_file, run_dir), "train"),
+                          (["equivariance", "--run", run_dir, "--group", "d4", "--out", tmp_path / "e.nc"],
+                           "equivariance")):
+        rc, err = _run(capsys, argv)
+        assert rc == 2
+        _one_line(err, command, f"{run_dir / name} is corrupt", "restore it")
+
+
+def test_truncated_overlap_chunks_are_said_and_solved_again(tmp_path, capsys):
+    from symgrad.diagnostics.store import Partials
+
+    partials = Partials(tmp_path / "p", "abc")
+    elements = {0: {"value": np.arange(3.0)}}
+    partials.save_chunk(0, elements, {"w": np.ones(2)}, {"seconds": 1})
+    partials.save_chunk(1, elements, None, {"seconds": 2})
+    again, v_side, log = partials.load_chunk(0)
+    np.testing.assert_array_equal(again[0]["value"], np.arange(3.0))
+    assert log == {"seconds": 1}
+    chunk = tmp_path / "p" / "chunk_1.npz"
+    chunk.write_bytes(chunk.read_bytes()[:50])  # cut short, digest kept
+    assert partials.load_chunk(1) is None
+    assert "chunk_1.npz is damaged" in capsys.readouterr().err and not chunk.exists()
+    (tmp_path / "p" / "chunk_0.npz.sha256").unlink()  # unverified (an older symgrad's) and cut short
+    (tmp_path / "p" / "chunk_0.npz").write_bytes(b"PK\x03\x04")
+    assert partials.load_chunk(0) is None
+    assert "chunk_0.npz is damaged" in capsys.readouterr().err
+    (tmp_path / "p" / "spectrum.json").write_text('{"top": [1, ')
+    assert partials.load_json("spectrum") is None
+
+
+# -- 7. sweep files -------------------------------------------------------------------------
+
+
+_SWEEP = '[sweep]\ndata = ["d.nc"]\nmodels = ["unet"]\ngroups = ["d4"]\n'
+
+
+@pytest.mark.parametrize("text, needles", [
+    (_SWEEP + "seed = [1]\n", ["unknown key of [sweep] 'seed'", "did you mean 'seeds'"]),
+    (_SWEEP.replace("groups", "group"), ["unknown key of [sweep] 'group'", "did you mean 'groups'"]),
+    (_SWEEP + "[overlapp]\nrtol = 1e-3\n", ["unknown table 'overlapp'", "did you mean 'overlap'"]),
+    (_SWEEP + "[equivariance]\nsampels = 3\n", ["equivariance-d4-unet-tiny-seed0", "--sampels"]),
+    (_SWEEP + 'seeds = ["zero"]\n', ["seeds must be an integer"]),
+    (_SWEEP.replace('["unet"]', "3"), ["models must be a string"]),
+    (_SWEEP.replace('["d4"]', '["so2"]'), ["unknown group 'so2'"]),
+    (_SWEEP.replace('["unet"]', '["unett"]'), ["unknown model 'unett'"]),
+    (_SWEEP + "[train]\nlr = nan\n", ["train-unet-tiny-seed0", "learning_rate must be a finite number"]),
+    (_SWEEP + "[train]\nepochs = \"two\"\n", ["train-unet-tiny-seed0", "--epochs"]),
+    (_SWEEP + "[overlap]\nrtol = 2\n", ["overlap-d4-unet-tiny-seed0", "--rtol must lie in (0, 1)"]),
+    (_SWEEP + "[slurm]\npartiton = \"gpu\"\n", ["unknown key of [slurm] 'partiton'"]),
+    (_SWEEP + "[generate]\nfamily = \"CE-RP\"\ntrajectories = 0\n", ["generate", "trajectories must be >= 1"]),
+])
+def test_sweep_files_are_validated_before_anything_runs(tmp_path, capsys, text, needles):
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    rc, err = _run(capsys, ["sweep", path, "--dry-run"])
+    assert rc == 2
+    _one_line(err, "sweep", str(path), *needles)
+    assert capsys.readouterr().out == ""  # no job was printed, none ran
+
+
+# -- 8. leftovers ---------------------------------------------------------------------------
+
+
+def test_generate_into_a_directory_is_refused_before_the_work(tmp_path, capsys):
+    out = tmp_path / "dir"
+    out.mkdir()
+    for extra in ([], ["--overwrite"]):
+        rc, err = _run(capsys, ["generate", "--family", "CE-RP", "--trajectories", 1, "--resolution", 8,
+                                "--times", 2, "--out", out, *extra])
+        assert rc == 2
+        _one_line(err, "generate", "is a directory", "give a file name")
+    assert list(out.iterdir()) == [] and not Path(f"{out}.partial").exists()  # nothing was computed
+
+
+def test_leftovers_of_killed_writers_are_removed_and_a_damaged_cache_converted_again(tmp_path, data_file, trained,
+                                                                                     capsys):
+    from symgrad.data import open_dataset
+    from symgrad.data.cache import cache_key, open_cache
+
+    dataset = open_dataset([data_file])
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    key = cache_key(dataset)
+    stale = cache / f".{key}.npy.tmp-4242"  # a conversion killed with kill -9
+    stale.write_bytes(b"\0" * 1000)
+    states = open_cache(dataset, cache)
+    np.testing.assert_array_equal(states, dataset.states(slice(0, N)))
+    assert sorted(p.name for p in cache.iterdir()) == [f"{key}.npy"]
+    truncated = cache / f"{key}.npy"
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    np.testing.assert_array_equal(open_cache(dataset, cache), dataset.states(slice(0, N)))
+    assert "is damaged" in capsys.readouterr().err
+    # a run directory's stale temporary files go when the run resumes
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained, run_dir)
+    (run_dir / ".run.json.tmp-4242").write_text("{")
+    (run_dir / "metrics.json").write_text("[1, 2]")  # damaged: the intact checkpoints still resume
+    rc, err = _run(capsys, [*_args(data_file, run_dir), "--epochs", 2])
+    assert rc == 0, err
+    assert not list(run_dir.glob(".*.tmp-*"))
+    history = json.loads((run_dir / "metrics.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1]  # epoch 0's record recovered from metrics.nc
+    assert (run_dir / "metrics.json.damaged").read_text() == "[1, 2]"

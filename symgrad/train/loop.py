@@ -60,14 +60,34 @@ def train(
     primary process holds ``LOCK_FILE`` while it trains).
     """
     run_dir = Path(run_dir).absolute()
-    if not distributed.is_primary():  # one voice per run: only the primary process logs
-        return _train(config, run_dir, resume, force, overwrite, log=lambda *args, **kwargs: None)
-    with ExclusiveLock(run_dir / run.LOCK_FILE, f"run directory {run_dir}"):
-        return _train(config, run_dir, resume, force, overwrite, log=log)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SettingError(f"{{run_dir}} {run_dir} is a file; give a directory for the run (a new one, or one "
+                           "that holds a run to continue)")
+    # SIGTERM from here on, the start-up included, stops cleanly (status "preempted").
+    with preemption.stop_on_sigterm():
+        if not distributed.is_primary():  # one voice per run: only the primary process logs
+            return _train(config, run_dir, resume, force, overwrite, log=lambda *args, **kwargs: None)
+        existed = run_dir.exists()
+        try:
+            with ExclusiveLock(run_dir / run.LOCK_FILE, f"run directory {run_dir}"):
+                return _train(config, run_dir, resume, force, overwrite, log=log)
+        finally:
+            if not existed:  # a start refused before it wrote anything leaves no empty run directory
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()
 
 
 def _train(config, run_dir: Path, resume, force, overwrite, log) -> TrainResult:
-    s = setup(config, run_dir, resume=resume, force=force, overwrite=overwrite, log=log)
+    try:
+        s = setup(config, run_dir, resume=resume, force=force, overwrite=overwrite, log=log)
+    except preemption.Preempted:  # SIGTERM during the start-up: nothing half-done was written
+        from symgrad.train.checkpoint import Checkpointer
+
+        checkpointer = Checkpointer(run_dir, read_only=True)
+        step = checkpointer.latest_step() or 0
+        checkpointer.close()
+        log(f"stopped (preempted) during the start-up, at step {step}; rerun the same command to continue")
+        return TrainResult("preempted", step, 0, run_dir, None)
     try:
         return _loop(s, log)
     except BaseException as exc:
@@ -135,14 +155,8 @@ def _every(step: int, n: int) -> bool:
 
 
 def _all_agree_to_stop(requested: bool) -> bool:
-    """Whether any process got SIGTERM, on every process alike: the signal reaches the
-    processes at different steps, and one that saved while another stepped would hang in
-    their collectives."""
-    if jax.process_count() == 1:
-        return requested
-    from jax.experimental import multihost_utils
-
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(requested))))
+    """Whether any process got SIGTERM, on every process alike."""
+    return distributed.any_process(requested)
 
 
 def _add_loss(extra: dict, loss: float) -> dict:

@@ -166,7 +166,7 @@ def write_status(run_dir: Path, status: str, **info) -> None:
 
 def discard(run_dir: Path) -> None:
     """Remove a run's files (not the lock): ``overwrite``, or a run with nothing trained."""
-    for name in (CONFIG_FILE, RUN_FILE, STATUS_FILE, METRICS_JSON, METRICS_NC, METRICS_CSV):
+    for name in (CONFIG_FILE, RUN_FILE, STATUS_FILE, METRICS_JSON, METRICS_JSON + ".damaged", METRICS_NC, METRICS_CSV):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(checkpoint_dir(run_dir), ignore_errors=True)
     shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
@@ -182,6 +182,10 @@ def prepare(run_dir: Path, config: TrainConfig, resume: bool | None, force: bool
     """Decide between a fresh start and a resume: the stored :class:`RunInfo` to resume
     with, or ``None`` for a fresh start (after discarding what ``overwrite`` or a run killed
     before its first checkpoint left). Refusals say what to do."""
+    if primary:  # temporary files of a process killed while writing (we hold the run's lock)
+        for stale in run_dir.glob(".*.tmp-*"):
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
     ckpt = Checkpointer(run_dir, keep=config.keep, read_only=True)
     has_ckpt = bool(ckpt.steps())
     ckpt.close()

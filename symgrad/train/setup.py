@@ -15,6 +15,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from symgrad import preemption
 from symgrad.data import TransitionSource, open_dataset, split_trajectories
 from symgrad.errors import SettingError, SymgradError
 from symgrad.io import provenance
@@ -88,8 +89,11 @@ def setup(config: TrainConfig, run_dir: Path, *, resume: bool | None = None, for
     config = _resolve_paths(config)
     primary = distributed.is_primary()
     stored = run.prepare(run_dir, config, resume, force, overwrite, primary)
+    _stop_point()
     data = select_data(config, stored)
+    _stop_point()
     sigma = np.asarray(stored.sigma) if stored is not None else training_sigma(data.train)
+    _stop_point()
     steps_per_epoch = _steps_per_epoch(config.batch_size, len(data.train))
     total_steps = config.epochs * steps_per_epoch
     resolution = _square_resolution(data.dataset.resolution)
@@ -113,10 +117,11 @@ def setup(config: TrainConfig, run_dir: Path, *, resume: bool | None = None, for
         data_paths=tuple(config.data), model={"name": config.model, "preset": config.preset, "config": model.config},
         n_train_transitions=len(data.train), steps_per_epoch=steps_per_epoch, weight_decay=config.weight_decay,
         n_devices=jax.device_count(), n_processes=jax.process_count(), data_digests=data.digests)
+    _stop_point()  # the last one before the run directory is written
     if primary:
         _record_start(run_dir, config, info, step if stored is not None else None)
     evaluators, baseline = _evaluators(config, data, sigma, apply_fn, mesh, primary)
-    history = read_history(run_dir, step // steps_per_epoch) if stored is not None else []
+    history = read_history(run_dir, step // steps_per_epoch, log=log if primary else None) if stored is not None else []
     attrs = provenance(config.to_dict(), run_dir=str(run_dir)) if primary else {}
     metrics = MetricsLog(run_dir, history, attrs, np.arange(1, data.times.size), baseline,
                          learning_rate_schedule(config, steps_per_epoch), primary)
@@ -131,6 +136,13 @@ def setup(config: TrainConfig, run_dir: Path, *, resume: bool | None = None, for
 
 # --------------------------------------------------------------------------------------
 # the parts
+
+
+def _stop_point() -> None:
+    """A safe point of the start-up: SIGTERM (on any process) stops here, before the run
+    directory is written, as :class:`symgrad.preemption.Preempted`."""
+    if distributed.any_process(preemption.requested()):
+        raise preemption.Preempted("stopped on SIGTERM during the start-up")
 
 
 def training_sigma(source) -> np.ndarray:
@@ -162,6 +174,12 @@ def select_data(config: TrainConfig, stored: run.RunInfo | None) -> TrainingData
     from symgrad.data.transitions import first_of_each
 
     dataset = open_dataset(list(config.data))
+    files = ", ".join(map(str, dataset.paths)).replace("{", "{{").replace("}", "}}")
+    if dataset.n_samples == 0:
+        raise SettingError(f"the data ({files}) hold no trajectories; pass files that hold some as {{data}}")
+    if dataset.n_times < 2:
+        raise SettingError(f"the data ({files}) hold {dataset.n_times} time per trajectory; training needs at least "
+                           "2 (one transition): pass as {data} data generated with more times")
     if stored is not None:
         changed = run.changed_data(stored.data_digests, dataset.paths)
         if changed:
@@ -179,6 +197,10 @@ def select_data(config: TrainConfig, stored: run.RunInfo | None) -> TrainingData
         split = {k: selected[v] for k, v in
                  split_trajectories(selected.size, config.seed, config.split_fractions).items()}
         digests = run.data_digests(dataset.paths)
+    if len(split["train"]) == 0:
+        raise SettingError(f"no training trajectories: {{split_fractions}} {list(config.split_fractions)} of "
+                           f"{sum(len(v) for v in split.values())} selected trajectories leave none for training; "
+                           "use more trajectories or a larger training fraction")
     times = np.asarray(config.time_indices or range(dataset.n_times), dtype=np.int64)
     if times[-1] >= dataset.n_times:
         raise SymgradError(f"time_indices go up to {int(times[-1])} but the data hold {dataset.n_times} times "
