@@ -148,11 +148,18 @@ def test_a_nan_setting_in_a_config_file_is_refused(tmp_path, data_file, capsys):
     _one_line(err, "train", "learning_rate must be a finite number > 0")
 
 
-def test_spectrum_refuses_a_nan_damping(tiny_trained_run, tmp_path, capsys):
-    run_dir, _ = tiny_trained_run
-    rc, err = _run(capsys, ["spectrum", "--run", run_dir, "--damping", "nan", "--samples", 1])
+@pytest.mark.parametrize("damping", [
+    "nan",  # refused already (a regression test): a NaN run weight decay, its default, is refused by train now
+    pytest.param("inf", marks=pytest.mark.xfail(strict=True, reason=(
+        "needs SpectrumConfig.__post_init__ (symgrad/diagnostics/config.py, not this change's file) to test "
+        "math.isfinite(self.damping) as well: today it prints NaN predictions"))),
+])
+def test_spectrum_refuses_a_non_finite_damping(tiny_trained_run, tmp_path, capsys, damping):
+    run_dir, data_file = tiny_trained_run
+    rc, err = _run(capsys, ["spectrum", "--run", run_dir, "--data", data_file, "--damping", damping,
+                            "--samples", 1])
     assert rc == 2
-    _one_line(err, "spectrum", "--damping")
+    _one_line(err, "spectrum", "--damping", f"got {damping}")
 
 
 def test_generate_refuses_a_seed_out_of_range(tmp_path, capsys):
@@ -232,14 +239,13 @@ def test_data_changed_under_a_paused_run_is_refused(tmp_path, cache_dir, capsys)
     out = tmp_path / "run"
     rc, err = _run(capsys, [*_args(data, out), "--max-steps", 1])
     assert rc == 0, err
-    recorded = json.loads((out / "run.json").read_text())["data_digests"]
-    assert list(recorded) == [str(data.resolve())]
     os.unlink(data)
     _write_data(data, seed=1)  # regenerated with another seed at the same path
     rc, err = _run(capsys, _args(data, out))
     assert rc == 2
     _one_line(err, "train", str(data.resolve()), "changed since the run started")
     assert json.loads((out / "status.json").read_text())["step"] == 1  # the run is kept as it was
+    assert list(json.loads((out / "run.json").read_text())["data_digests"]) == [str(data.resolve())]
 
 
 def test_a_copy_of_the_training_data_is_not_held_out(tmp_path, trained, data_file):
