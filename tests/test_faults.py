@@ -171,6 +171,37 @@ def test_generate_refuses_a_seed_out_of_range(tmp_path, capsys):
     assert not out.exists() and not Path(str(out) + ".partial").exists()
 
 
+def test_the_nan_guard_never_checkpoints_non_finite_parameters(tmp_path, cache_dir, data_file, monkeypatch):
+    """An update that makes the parameters NaN with a finite loss and gradient (what
+    ``--lr nan`` did): the next step's guard must not save them as the last good state."""
+    import symgrad.train.setup as train_setup
+    from symgrad.errors import SettingError
+    from symgrad.train import Checkpointer, TrainConfig, train
+
+    make = train_setup.make_train_step
+
+    def poisoned(*args, **kwargs):
+        step_fn = make(*args, **kwargs)
+
+        def step(state, x, y):
+            new, metrics = step_fn(state, x, y)
+            if int(np.asarray(new.step)) == 2:
+                new = new._replace(params=jax.tree.map(lambda p: p * np.float32(np.nan), new.params))
+            return new, metrics
+
+        return step
+
+    monkeypatch.setattr(train_setup, "make_train_step", poisoned)
+    config = TrainConfig(model="unet", preset="tiny", data=(str(data_file),), epochs=1, batch_size=BATCH,
+                         progress=False, checkpoint_every=1, rollout_trajectories=0)
+    with pytest.raises(SettingError, match="non-finite parameters or optimiser state after step 2.* resumes from the checkpoint of "
+                                           "step 1"):
+        train(config, tmp_path / "run", log=lambda *a: None)
+    checkpointer = Checkpointer(tmp_path / "run", read_only=True)
+    assert checkpointer.steps() == [1]
+    checkpointer.close()
+
+
 # -- 3. damaged checkpoint bytes ------------------------------------------------------------
 
 

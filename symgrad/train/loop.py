@@ -225,7 +225,17 @@ def _show(bar, s: Setup, step: int, loss: float, clock: _EpochClock) -> None:
 
 
 def _save(s: Setup, state: TrainState, extra: dict, step: int, status: str, **report) -> None:
-    """Checkpoint ``state`` at ``step`` and record ``status`` (with ``report``)."""
+    """Checkpoint ``state`` at ``step`` and record ``status`` (with ``report``). A state
+    with a non-finite value is never saved: the guard of each step sees the loss and the
+    gradients, not the parameters that the step's update made (a setting that passed its
+    checks, a library fault), and a checkpoint is a state to continue from."""
+    if not all_finite((state.params, state.opt_state)):
+        last = s.checkpointer.latest_step()
+        raise SettingError(
+            f"non-finite parameters or optimiser state after step {step}; nothing was saved at step {step}: "
+            + (f"a rerun resumes from the checkpoint of step {last}" if last is not None
+               else "the run has no checkpoint, a rerun starts again")
+            + ". Check the data and the settings, lower {learning_rate} or set {grad_clip_norm}")
     try:
         s.checkpointer.save(state, extra)
     except SymgradError as exc:  # the disk filled up, or the directory became unwritable
@@ -261,17 +271,7 @@ def _fail_non_finite(s: Setup, state: TrainState, extra: dict, step: int, idx: n
     report = {"failed_step": step + 1, "failed_epoch": epoch + 1, "failed_batch": position,
               "transition_indices": idx.tolist(), "loss": float(distributed.fetch(metrics["loss"])),
               "grad_norm": float(distributed.fetch(metrics["grad_norm"]))}
-    if not all_finite(state.params):
-        # The guard sees the loss and the gradients; parameters made non-finite by the
-        # update before (a setting that passed its checks, a library fault) are no good
-        # state to keep: nothing is saved, and the run resumes from its last checkpoint.
-        last = s.checkpointer.latest_step()
-        raise SettingError(
-            f"non-finite parameters after step {step} (the loss at step {step + 1} is {report['loss']}); nothing "
-            f"was saved at step {step}: " + (f"a rerun resumes from the checkpoint of step {last}" if last is not None
-                                             else "the run has no checkpoint, a rerun starts again")
-            + ". Check the data and the settings, lower {learning_rate} or set {grad_clip_norm}")
-    _save(s, state, extra, step, "non-finite", **report)
+    _save(s, state, extra, step, "non-finite", **report)  # refused if the update before made state non-finite
     raise SettingError(
         f"non-finite loss or gradient at step {step + 1} (epoch {epoch + 1}, batch {position} of the "
         f"epoch, transitions {idx[:8].tolist()}{'...' if len(idx) > 8 else ''}; loss={report['loss']}, "

@@ -55,5 +55,17 @@ def all_finite(tree) -> bool:
     leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
     if not leaves:
         return True
-    ok = jax.jit(lambda xs: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs])))(leaves)
+    ok = _finite_program()(leaves)
     return bool(np.asarray(jax.device_get(ok.addressable_data(0) if hasattr(ok, "addressable_data") else ok)))
+
+
+_FINITE = []  # the compiled check, made once (jit caches its programs per tree structure)
+
+
+def _finite_program():
+    if not _FINITE:
+        import jax
+        import jax.numpy as jnp
+
+        _FINITE.append(jax.jit(lambda xs: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]))))
+    return _FINITE[0]
