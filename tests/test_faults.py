@@ -194,8 +194,8 @@ def test_the_nan_guard_never_checkpoints_non_finite_parameters(tmp_path, cache_d
     monkeypatch.setattr(train_setup, "make_train_step", poisoned)
     config = TrainConfig(model="unet", preset="tiny", data=(str(data_file),), epochs=1, batch_size=BATCH,
                          progress=False, checkpoint_every=1, rollout_trajectories=0)
-    with pytest.raises(SettingError, match="non-finite parameters or optimiser state after step 2.* resumes from the checkpoint of "
-                                           "step 1"):
+    with pytest.raises(SettingError, match="non-finite parameters or optimiser state after step 2.* resumes "
+                                           "from the checkpoint of step 1"):
         train(config, tmp_path / "run", log=lambda *a: None)
     checkpointer = Checkpointer(tmp_path / "run", read_only=True)
     assert checkpointer.steps() == [1]

@@ -184,8 +184,9 @@ def select_data(config: TrainConfig, stored: run.RunInfo | None) -> TrainingData
         changed = run.changed_data(stored.data_digests, dataset.paths)
         if changed:
             raise SettingError(
-                changed.replace("{", "{{").replace("}", "}}") + "; a resumed run must read the data it started with: restore that file, or train "
-                "on the new data into a new {run_dir} (or the same one with {overwrite})")
+                changed.replace("{", "{{").replace("}", "}}") + "; a resumed run must read the data it started "
+                "with: restore that file, or train on the new data into a new {run_dir} (or the same one with "
+                "{overwrite})")
         digests = dict(stored.data_digests) or run.data_digests(dataset.paths)
         if stored.n_samples != dataset.n_samples:
             raise SettingError(
