@@ -62,6 +62,10 @@ def load(run_dir, data=None, step: int | None = None) -> RunInputs:
         if not Path(p).exists():
             raise SettingError("{data} " + f"file {p} does not exist; pass an existing netCDF file")
     dataset = open_dataset(data_paths)
+    shape = tuple(int(n) for n in np.atleast_1d(dataset.shape))
+    if len(set(shape)) != 1:
+        raise SettingError("{data} " + f"{data_paths[0]} holds a {'x'.join(map(str, shape))} grid; the diagnostics "
+                           "act with the square's symmetries: pass data on a square grid")
     model_resolution = trained.model.config.get("resolution")
     if model_resolution is not None and int(model_resolution) != int(dataset.resolution):
         raise SettingError(
@@ -93,6 +97,25 @@ def held_out_samples(inputs: RunInputs):
     run_paths = resolved(info.data_paths)
     test = np.asarray(info.split.get("test", []), dtype=np.int64)
     ours = resolved(data_paths)
+    if info.data_digests:
+        # The run's files are recognised by their contents (run.json holds their SHA-256): a
+        # renamed copy of a training file is no held-out data, and a changed file no test data.
+        from symgrad.train.run import changed_data, data_digests
+
+        files = resolved(dataset.paths)
+        digests = data_digests(files)
+        recorded = list(info.data_digests)
+        if set(files) & set(recorded) or set(ours) & set(run_paths):
+            changed = changed_data(info.data_digests, files) if len(files) == len(recorded) else None
+            same_path_changed = [p for p in files if p in info.data_digests and digests[p] != info.data_digests[p]]
+            if changed or same_path_changed:
+                why = changed or f"{same_path_changed[0]} has changed since the run was trained on it"
+                raise SettingError(
+                    why.replace("{", "{{").replace("}", "}}") + "; the run's test split no longer names held-out "
+                    "trajectories: pass as {data} the data the run was trained on, or a file it never saw")
+        by_content = {d: p for p, d in info.data_digests.items()}
+        ours = [by_content.get(digests[p], p) for p in files]
+        run_paths = recorded
     if set(ours) & set(run_paths) and test.size == 0:
         raise SettingError("the run has no test trajectories (its split fractions leave none); "
                            "pass a held-out data file as {data}")

@@ -77,13 +77,38 @@ class Sweep:
     compilation_cache: str | None = None  # JAX's persistent compilation cache of every job
 
 
-def _as_tuple(table: dict, key: str, path: Path, default=None) -> tuple:
+def _as_tuple(table: dict, key: str, path: Path, default=None, kind=str) -> tuple:
+    """``[sweep] key`` as a tuple of ``kind`` (one value or a list of them)."""
     if key not in table:
         if default is None:
             raise SymgradError(f"sweep file {path} lacks the key '{key}' in [sweep]; add it (see experiments/sweeps/paper.toml)")
         return tuple(default)
     value = table[key]
-    return tuple(value) if isinstance(value, list) else (value,)
+    values = tuple(value) if isinstance(value, list) else (value,)
+    what = {str: "a string", int: "an integer"}[kind]
+    for v in values:
+        if not isinstance(v, kind) or isinstance(v, bool):
+            raise SymgradError(f"sweep file {path}: [sweep] {key} must be {what} or a list of them, got {value!r}; "
+                               "see experiments/sweeps/paper.toml")
+    return values
+
+
+# What a sweep file may hold: its tables, and the keys of [sweep] and [slurm]. The options of
+# [generate], [train], [equivariance] and [overlap] are the commands' own flags, checked by
+# ``validate`` with the commands' parsers and configs.
+_TABLES = ("sweep", "generate", "train", "equivariance", "overlap", "slurm")
+_SWEEP_KEYS = ("name", "out", "data", "models", "presets", "seeds", "groups", "diagnostics", "compilation_cache")
+
+
+def _unknown(path: Path, what: str, given, known) -> None:
+    """Refuse the names in ``given`` that are not ``known``, with the nearest known one."""
+    import difflib
+
+    for name in given:
+        if name not in known:
+            near = difflib.get_close_matches(str(name), list(known), n=1)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            raise SymgradError(f"sweep file {path}: unknown {what} '{name}'; {hint}known: {', '.join(known)}")
 
 
 def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
@@ -98,14 +123,25 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
     table = raw.get("sweep")
     if not isinstance(table, dict):
         raise SymgradError(f"sweep file {path} has no [sweep] table; see experiments/sweeps/paper.toml")
+    _unknown(path, "table", raw, _TABLES)
+    _unknown(path, "key of [sweep]", table, _SWEEP_KEYS)
+    for section in ("generate", "train", "equivariance", "overlap", "slurm"):
+        if section in raw and not isinstance(raw[section], dict):
+            raise SymgradError(f"sweep file {path}: '{section}' must be a table ([{section}]) of options")
+    _unknown(path, "key of [slurm]", raw.get("slurm", {}), (*_SLURM_DEFAULTS, "account"))
     diagnostics = _as_tuple(table, "diagnostics", path, _DIAGNOSTICS)
     unknown = set(diagnostics) - set(_DIAGNOSTICS)
     if unknown:
         raise SymgradError(f"sweep file {path}: unknown diagnostics {sorted(unknown)}; choose from {list(_DIAGNOSTICS)}")
-    name = str(table.get("name", path.stem))
+    name = table.get("name", path.stem)
+    if not isinstance(name, str):
+        raise SymgradError(f"sweep file {path}: [sweep] name must be a string, got {name!r}")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise SymgradError(f"sweep file {path}: name {name!r} may hold only letters, digits, '.', '_' and '-' "
                            "(it names the SLURM jobs)")
+    for key in ("out", "compilation_cache"):
+        if key in table and not isinstance(table[key], str):
+            raise SymgradError(f"sweep file {path}: [sweep] {key} must be a path (a string), got {table[key]!r}")
     out = Path(out if out is not None else table.get("out", f"out/sweeps/{name}")).absolute()
 
     def resolve(text) -> str:  # "{out}" is the sweep's output directory
@@ -138,7 +174,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
         data=data,
         models=models,
         presets=_as_tuple(table, "presets", path, ("tiny",)),
-        seeds=tuple(int(s) for s in _as_tuple(table, "seeds", path, (0,))),
+        seeds=_as_tuple(table, "seeds", path, (0,), kind=int),
         groups=groups,
         diagnostics=diagnostics,
         train_args=_with_absolute_config(options["train"]),
@@ -148,6 +184,56 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
         generate_args=None if generate is None else dict(generate),
         compilation_cache=None if cache is None else resolve(cache),
     )
+
+
+def validate(sweep: Sweep, jobs: list[Job], path: str | Path) -> None:
+    """Check every job of the sweep as its command will, before any runs: its options
+    parsed by the command's own parser (an unknown option, a bad value, an unknown model,
+    preset or group), and the settings of ``train``, ``equivariance`` and ``overlap``
+    checked by their configs. The first problem is a one-line ``SymgradError`` naming the
+    job; nothing is read but the training ``config`` files the options name."""
+    from symgrad.cli import _UsageError, build_parser
+    from symgrad.errors import SettingError
+
+    parser = build_parser()
+    for job in jobs:
+        def refuse(message: str, job=job):
+            raise SymgradError(f"sweep file {path}: job {job.name} would fail: {message}; fix the sweep file "
+                               f"(its [{job.kind}] options become the flags of 'symgrad {job.argv[0]}')")
+
+        try:
+            args = parser.parse_args(list(job.argv))
+        except _UsageError as exc:
+            refuse(str(exc).split(": error: ", 1)[-1].split("; see '")[0])
+        except SystemExit:  # --help or --version as an option
+            refuse("an option that prints instead of running")
+        try:
+            _check_settings(job, args)
+        except SettingError as exc:
+            refuse(exc.message(lambda name: "--" + name.replace("_", "-")))
+        except SymgradError as exc:
+            refuse(str(exc))
+
+
+def _check_settings(job: Job, args) -> None:
+    """The settings of one parsed job, checked by the config of its command."""
+    if job.kind == "train":
+        from symgrad.commands.train import config_from_args
+
+        config_from_args(args)
+    elif job.kind in _DIAGNOSTICS:
+        from symgrad.commands._settings import settings_from_args
+        from symgrad.diagnostics.config import EquivarianceConfig, OverlapConfig
+
+        settings_from_args(EquivarianceConfig if job.kind == "equivariance" else OverlapConfig, args)
+    elif job.kind == "generate":
+        from symgrad.data.generate import _MAX_SEED
+
+        if not 0 <= args.seed <= _MAX_SEED:
+            raise SymgradError(f"seed must be an integer in 0..{_MAX_SEED}, got {args.seed}")
+        for name in ("trajectories", "times", "chunk_size"):
+            if getattr(args, name) < 1:
+                raise SymgradError(f"{name} must be >= 1, got {getattr(args, name)}")
 
 
 def _with_absolute_config(options: dict) -> dict:

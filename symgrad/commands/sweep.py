@@ -30,10 +30,11 @@ def execute(args) -> int:
     import subprocess
 
     from symgrad.errors import SymgradError
-    from symgrad.sweep import expand, load_sweep, run_local, use_compilation_cache, write_slurm
+    from symgrad.sweep import expand, load_sweep, run_local, use_compilation_cache, validate, write_slurm
 
     sweep = load_sweep(args.sweep_file, out=args.out)
     jobs = expand(sweep)
+    validate(sweep, jobs, args.sweep_file)  # every job checked as its command will, before any runs
     if args.dry_run:
         for job in jobs:
             print(job.command())

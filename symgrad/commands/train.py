@@ -94,6 +94,16 @@ def as_flag(name: str) -> str:
 
 
 def execute(args) -> int:
+    from symgrad import preemption
+
+    # SIGTERM from the first moment (a requeued SLURM job is pre-empted during its start-up
+    # too): the run stops at its next safe point and the command exits with status 75.
+    with preemption.stop_on_sigterm():
+        return _execute(args)
+
+
+def _execute(args) -> int:
+    from symgrad import preemption
     from symgrad.errors import EXIT_PREEMPTED, SymgradError
     from symgrad.train import distributed
     from symgrad.errors import SettingError
@@ -104,6 +114,9 @@ def execute(args) -> int:
     from symgrad.train import train
 
     config = config_from_args(args)
+    if preemption.requested():  # SIGTERM while jax started: nothing was done yet
+        print(f"preempted: before the start-up; rerun the same command to train {args.out}")
+        return EXIT_PREEMPTED
     try:
         result = train(config, args.out, resume=getattr(args, "resume", None),
                        force=getattr(args, "force", False), overwrite=getattr(args, "overwrite", False))

@@ -33,36 +33,74 @@ def cache_key(dataset) -> str:
 
 
 def open_cache(dataset, directory, *, progress: bool = False) -> np.ndarray:
-    """The memory-mapped states of ``dataset`` in ``directory``, converted first if needed."""
-    from symgrad.io import atomic_write, write_error
+    """The memory-mapped states of ``dataset`` in ``directory``, converted first if needed.
+
+    A conversion holds ``.<key>.lock``: the temporary files of a conversion killed before
+    (``.<key>.npy.tmp-PID``, as large as the cache) are removed under it. A cache that
+    cannot be read (cut short) is said so and converted again."""
+    from symgrad.io import ExclusiveLock, write_error
 
     directory = Path(directory)
     path = directory / f"{cache_key(dataset)}.npy"
     shape = (dataset.n_samples, dataset.n_times, *dataset.shape, 4)
-    if not path.exists():
-        from tqdm.auto import tqdm
-
-        nbytes = int(np.prod(shape)) * 4
+    states = _read(path, shape)
+    if states is None:
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            free = shutil.disk_usage(directory).free
         except OSError as exc:
             raise write_error(exc, directory) or exc from None
-        if free < nbytes:
-            raise SymgradError(f"the data cache needs {nbytes / 2**30:.1f} GiB in {directory}, which has "
-                               f"{free / 2**30:.1f} GiB free; free some space or choose another cache directory (data_cache)")
-        with atomic_write(path) as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-            for start in tqdm(range(0, shape[0], _BLOCK_TRAJECTORIES), desc="data cache", unit="block",
-                              disable=not progress, leave=False):
-                stop = min(start + _BLOCK_TRAJECTORIES, shape[0])
-                out[start:stop] = dataset.states(slice(start, stop))
-            out.flush()
-            del out
-    states = np.load(path, mmap_mode="r")
-    if states.shape != shape or states.dtype != np.float32:
-        raise SymgradError(f"data cache {path} holds {states.dtype}{states.shape}, expected float32{shape}; delete it")
+        with ExclusiveLock(directory / f".{path.stem}.lock", f"the data cache {path}"):
+            states = _read(path, shape)  # converted meanwhile by another run
+            if states is None:
+                for stale in directory.glob(f".{path.name}.tmp-*"):  # of a killed conversion
+                    stale.unlink(missing_ok=True)
+                _convert(dataset, path, shape, progress)
+                states = _read(path, shape)
+    if states is None:  # converted, yet unreadable: the disk, not the data
+        raise SymgradError(f"the data cache {path} cannot be read back after its conversion; check the disk, "
+                           "or choose another cache directory (data_cache)")
     return states
+
+
+def _read(path: Path, shape):
+    """The memory-mapped cache at ``path``; None when missing, or unreadable (then removed)."""
+    if not path.exists():
+        return None
+    try:
+        states = np.load(path, mmap_mode="r")
+        if states.shape == shape and states.dtype == np.float32:
+            return states
+        why = f"it holds {states.dtype}{states.shape}, expected float32{shape}"
+    except (OSError, ValueError, EOFError) as exc:  # cut short, or not an .npy file
+        why = f"{type(exc).__name__}: {str(exc)[:100]}"
+    import sys
+
+    print(f"symgrad: the data cache {path} is damaged ({why}); converting the data again", file=sys.stderr)
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _convert(dataset, path: Path, shape, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    from symgrad import preemption
+    from symgrad.io import atomic_write
+
+    directory = path.parent
+    nbytes = int(np.prod(shape)) * 4
+    free = shutil.disk_usage(directory).free
+    if free < nbytes:
+        raise SymgradError(f"the data cache needs {nbytes / 2**30:.1f} GiB in {directory}, which has "
+                           f"{free / 2**30:.1f} GiB free; free some space or choose another cache directory (data_cache)")
+    with atomic_write(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        for start in tqdm(range(0, shape[0], _BLOCK_TRAJECTORIES), desc="data cache", unit="block",
+                          disable=not progress, leave=False):
+            preemption.check()  # SIGTERM: stop within one block (the temporary file is removed)
+            stop = min(start + _BLOCK_TRAJECTORIES, shape[0])
+            out[start:stop] = dataset.states(slice(start, stop))
+        out.flush()
+        del out
 
 
 __all__ = ["cache_key", "open_cache"]

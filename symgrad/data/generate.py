@@ -38,6 +38,7 @@ from symgrad.errors import SymgradError
 from symgrad.io import DIGEST_SUFFIX, ExclusiveLock, is_intact, partial_dir, record_digest, write_json_atomic
 from symgrad.names import FAMILIES, GENERATE_CHUNK_SIZE, ON_FAILURE
 
+_MAX_SEED = 2**63 - 1  # as symgrad.train.config.MAX_SEED: numpy and jax.random take 0..int64 max
 MAX_RESAMPLE_ATTEMPTS = 5
 
 
@@ -163,6 +164,13 @@ def _run(job: _Job, out, *, overwrite: bool = False, progress: bool = True, stop
     """Compute missing chunks, then assemble ``out``. Returns ``out`` or None if stopped early."""
     out = Path(out)
     spec = _jsonable(job.spec)
+    # Checked before any work: --overwrite cannot replace a directory, and a data file
+    # cannot be written below a file.
+    if out.is_dir():
+        raise SymgradError(f"the output {out} is a directory; give a file name, such as {out / 'data.nc'}")
+    blocking = next((p for p in out.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise SymgradError(f"cannot write {out}: {blocking} is a file, not a directory; choose another output")
     if out.exists() and not overwrite:
         if _existing_output_matches(out, spec):
             # killed between the final rename and the clean-up: only the clean-up is left
@@ -303,6 +311,8 @@ def generate_dataset(
         raise SymgradError(f"resolution (grid cells per direction) must be an integer >= 4, got {resolution!r}")
     if on_failure not in ON_FAILURE:
         raise SymgradError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
+    if not (isinstance(seed, (int, np.integer)) and 0 <= seed <= _MAX_SEED):
+        raise SymgradError(f"seed must be an integer in 0..{_MAX_SEED}, got {seed!r}")
     times = _check_common(n_times, t_final, chunk_size)
     config = _euler_config(euler_config, gamma)
     if not math.isclose(config.gamma, gamma):

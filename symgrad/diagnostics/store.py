@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ import xarray as xr
 
 from symgrad.diagnostics.certify import FLAG_DEFINITION, certify_element
 from symgrad.errors import SymgradError
-from symgrad.io import atomic_write, write_json_atomic
+from symgrad.io import DIGEST_SUFFIX, atomic_write, is_intact, record_digest, write_json_atomic
 from symgrad.results import element_coord, finish_result
 
 # The per-sample overlaps that figures draw (a NAME_stats each).
@@ -49,7 +50,11 @@ class Partials:
         self.dir.mkdir(parents=True, exist_ok=True)
         stamp = self.dir / "fingerprint.json"
         if stamp.exists():
-            old = json.loads(stamp.read_text()).get("fingerprint")
+            try:
+                old = json.loads(stamp.read_text()).get("fingerprint")
+            except (ValueError, AttributeError):
+                raise SymgradError(f"{stamp} is damaged; delete {self.dir} to start afresh (its chunks cannot be "
+                                   "tied to these inputs)") from None
             if old != fingerprint_:
                 raise SymgradError(
                     f"partial results in {self.dir} were computed from different inputs or "
@@ -60,19 +65,28 @@ class Partials:
             write_json_atomic(stamp, {"fingerprint": fingerprint_})
 
     def load_chunk(self, c):
-        """``(element results by index, v-side or None, log entry)`` of chunk ``c``, or None."""
+        """``(element results by index, v-side or None, log entry)`` of chunk ``c``, or None
+        when it is not there, or damaged: a chunk whose bytes no longer match the SHA-256
+        written beside it, or that cannot be read (truncated), is said so, removed and
+        solved again, as ``symgrad generate`` does with its chunks."""
         path = self.dir / f"chunk_{c}.npz"
         if not path.exists():
             return None
+        sidecar = path.with_name(path.name + DIGEST_SUFFIX)
+        if sidecar.exists() and not is_intact(path):
+            return _damaged(path, f"its SHA-256 in {sidecar.name} does not match")
         elements, v_side = {}, {}
-        with np.load(path) as f:
-            for key in f.files:
-                head, _, name = key.partition("/")
-                if head == "v":
-                    v_side[name] = f[key]
-                elif head.startswith("e"):
-                    elements.setdefault(int(head[1:]), {})[name] = f[key]
-            log = json.loads(str(f["log"]))
+        try:
+            with np.load(path) as f:
+                for key in f.files:
+                    head, _, name = key.partition("/")
+                    if head == "v":
+                        v_side[name] = f[key]
+                    elif head.startswith("e"):
+                        elements.setdefault(int(head[1:]), {})[name] = f[key]
+                log = json.loads(str(f["log"]))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            return _damaged(path, f"{type(exc).__name__}: {str(exc)[:100]}")
         return elements, (v_side or None), log
 
     def save_chunk(self, c, elements: dict, v_side: dict | None, log: dict):
@@ -81,13 +95,28 @@ class Partials:
         arrays["log"] = np.asarray(json.dumps(log))
         with atomic_write(self.dir / f"chunk_{c}.npz") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
+        record_digest(self.dir / f"chunk_{c}.npz")
 
     def load_json(self, name):
         path = self.dir / f"{name}.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except ValueError as exc:  # cut short or damaged: computed again
+            return _damaged(path, str(exc)[:100])
 
     def save_json(self, name, payload):
         write_json_atomic(self.dir / f"{name}.json", payload)
+
+
+def _damaged(path: Path, why: str) -> None:
+    import sys
+
+    print(f"symgrad: {path} is damaged ({why}); solving it again", file=sys.stderr)
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + DIGEST_SUFFIX).unlink(missing_ok=True)
+    return None
 
 
 def remove_partials(directory) -> None:

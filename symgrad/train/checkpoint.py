@@ -8,6 +8,7 @@ is what a pre-empted or killed run relies on.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import re
@@ -19,9 +20,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from symgrad.errors import SymgradError
-from symgrad.io import write_error
+from symgrad.io import file_digest, write_error, write_json_atomic
+from symgrad.train.state import all_finite
 
 CHECKPOINT_DIR = "checkpoints"
+DIGEST_FILE = "sha256.json"  # in each step directory: the SHA-256 of its other files
 # Room a checkpoint takes beyond its arrays (orbax metadata, sharding and manifest files):
 # measured at ~60 kB for the tiny UNet; 1 MiB leaves a margin for larger trees.
 _METADATA_BYTES = 1 << 20
@@ -116,7 +119,41 @@ class Checkpointer:
             raise err from None
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
+        if saved and jax.process_index() == 0:
+            self._record_digests(target)
         return saved
+
+    # A content check of each checkpoint, as symgrad generate has for its chunks: the
+    # SHA-256 of every file of the step directory, written (atomically) after orbax
+    # finished it, and compared before a restore. A checkpoint without it (killed between
+    # the two, or written by an older symgrad) is restored unchecked; its values are
+    # still checked to be finite.
+    def _record_digests(self, step_dir: Path) -> None:
+        try:
+            write_json_atomic(step_dir / DIGEST_FILE, _digests(step_dir))
+        except (SymgradError, OSError):  # a full disk: no checkpoint rather than an unverified one
+            shutil.rmtree(step_dir, ignore_errors=True)
+            raise
+
+    def _verify(self, step: int, older: list[int]) -> None:
+        step_dir = self.directory / str(step)
+        manifest = step_dir / DIGEST_FILE
+        if not manifest.exists():
+            return
+        try:
+            expected = json.loads(manifest.read_text())
+            if not isinstance(expected, dict):
+                raise ValueError("not a table of digests")
+        except (OSError, ValueError) as exc:
+            raise SymgradError(f"checkpoint {step_dir} has an unreadable {DIGEST_FILE} ({exc}); "
+                               f"{_fall_back(step_dir, older)}, or retrain from scratch with --overwrite") from None
+        actual = _digests(step_dir)
+        changed = sorted(name for name in set(expected) | set(actual) if expected.get(name) != actual.get(name))
+        if changed:
+            raise SymgradError(
+                f"checkpoint {step_dir} is damaged: {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''} "
+                f"no longer match{'es' if len(changed) == 1 else ''} the SHA-256 written at save "
+                f"({step_dir / DIGEST_FILE}); {_fall_back(step_dir, older)}, or retrain from scratch with --overwrite")
 
     def restore(self, abstract_state, step: int | None = None):
         """Restore ``(state, extra)``; a missing or unreadable checkpoint is a SymgradError."""
@@ -130,22 +167,39 @@ class Checkpointer:
         step = steps[-1] if step is None else int(step)
         if step not in steps:
             raise SymgradError(f"no checkpoint for step {step} in {self.directory}; available: {steps}")
+        older = [s for s in steps if s < step]
+        self._verify(step, older)
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state),
                 extra=ocp.args.JsonRestore(),
             ))
         except Exception as exc:  # orbax/tensorstore raise many types for damaged files
-            older = [s for s in steps if s < step]
-            hint = (f"delete {self.directory / str(step)} to fall back to step {older[-1]}"
-                    if older else "no older checkpoint exists")
             raise SymgradError(
                 f"checkpoint {self.directory / str(step)} is unreadable or does not match "
                 f"this run's model/optimiser ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                f"{hint}, or retrain from scratch with --overwrite"
+                f"{_fall_back(self.directory / str(step), older)}, or retrain from scratch with --overwrite"
             ) from exc
-        return restored["state"], dict(restored["extra"])
+        state = restored["state"]
+        if not all_finite((state.params, state.opt_state)):
+            # Damaged bytes that no digest covers, or a state saved by an older symgrad's
+            # NaN guard: never handed to training or to a diagnostic.
+            raise SymgradError(
+                f"checkpoint {self.directory / str(step)} holds non-finite parameters or optimiser state; "
+                f"{_fall_back(self.directory / str(step), older)}, or retrain from scratch with --overwrite")
+        return state, dict(restored["extra"])
 
     def close(self):
         if self.manager is not None:
             self.manager.close()
+
+
+def _fall_back(step_dir: Path, older: list[int]) -> str:
+    return (f"delete {step_dir} to fall back to step {older[-1]}" if older
+            else "no older checkpoint exists")
+
+
+def _digests(step_dir: Path) -> dict[str, str]:
+    """SHA-256 of every file below ``step_dir`` (but the manifest), by relative path."""
+    return {str(p.relative_to(step_dir)): file_digest(p) for p in sorted(step_dir.rglob("*"))
+            if p.is_file() and p.name != DIGEST_FILE}

@@ -8,6 +8,7 @@ compared on resume (:meth:`TrainConfig.material_differences`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,6 +24,10 @@ def _flag(default, help: str, *, group: str, flag: str | None = None, **argparse
     this help and group; its default is shown from the field itself (symgrad.commands.train)."""
     return field(default=default, metadata={"help": help, "group": group, "flag": flag, **argparse_kwargs})
 
+
+# Seeds are non-negative 64-bit integers (numpy's SeedSequence takes no negative one, and
+# jax.random.key none beyond int64); symgrad generate's --seed has the same range.
+MAX_SEED = 2**63 - 1
 
 _DATA, _OPT, _RUNS = "model and data", "optimisation", "checkpoints and runs"
 
@@ -100,16 +105,26 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "keep", "checkpoint_every", "eval_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            problems.append(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.weight_decay < 0 or self.grad_clip_norm < 0 or self.warmup_steps < 0:
-            problems.append("weight_decay, grad_clip_norm and warmup_steps must be >= 0")
+        # Written so that NaN fails each test (every comparison with NaN is false): a NaN
+        # setting would train NaN parameters and checkpoint them as the "last good state".
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            problems.append(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
+        for name in ("weight_decay", "grad_clip_norm"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                problems.append(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            problems.append(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.max_steps < 0:
+            problems.append(f"max_steps must be >= 0 (0 = no limit), got {self.max_steps}")
+        if not 0 <= self.seed <= MAX_SEED:
+            problems.append(f"seed must be an integer in 0..{MAX_SEED}, got {self.seed}")
         if self.first_trajectories < 0:
             problems.append(f"first_trajectories must be >= 0 (0 = all), got {self.first_trajectories}")
         t = self.time_indices
         if t and (len(t) < 2 or min(t) < 0 or any(b <= a for a, b in zip(t, t[1:]))):
             problems.append(f"time_indices must be at least 2 increasing indices >= 0, got {list(t)}")
-        if len(self.split_fractions) != 3 or abs(sum(self.split_fractions) - 1) > 1e-6:
+        if (len(self.split_fractions) != 3 or not all(0 <= f <= 1 for f in self.split_fractions)
+                or not abs(sum(self.split_fractions) - 1) <= 1e-6):
             problems.append(f"split_fractions must be 3 numbers summing to 1, got {self.split_fractions}")
         if problems:
             raise SymgradError("invalid training config: " + "; ".join(problems))

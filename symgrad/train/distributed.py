@@ -79,3 +79,16 @@ def global_batch(sharding, local_arrays, global_size: int):
 def fetch(x) -> np.ndarray:
     """A replicated (or fully addressable) array as numpy on every process."""
     return np.asarray(jax.device_get(x.addressable_data(0) if hasattr(x, "addressable_data") else x))
+
+
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` holds on any process, on every process alike (a SIGTERM reaches the
+    processes at different moments; one that stopped while another went on would hang the
+    other in their next collective)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))

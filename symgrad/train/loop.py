@@ -16,7 +16,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from symgrad import preemption
@@ -25,7 +24,7 @@ from symgrad.io import ExclusiveLock
 from symgrad.train import distributed, run
 from symgrad.train.config import TrainConfig
 from symgrad.train.setup import NEW_EPOCH, Setup, setup
-from symgrad.train.state import TrainState, batch_indices
+from symgrad.train.state import TrainState, all_finite, batch_indices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,14 +59,34 @@ def train(
     primary process holds ``LOCK_FILE`` while it trains).
     """
     run_dir = Path(run_dir).absolute()
-    if not distributed.is_primary():  # one voice per run: only the primary process logs
-        return _train(config, run_dir, resume, force, overwrite, log=lambda *args, **kwargs: None)
-    with ExclusiveLock(run_dir / run.LOCK_FILE, f"run directory {run_dir}"):
-        return _train(config, run_dir, resume, force, overwrite, log=log)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SettingError(f"{{run_dir}} {run_dir} is a file; give a directory for the run (a new one, or one "
+                           "that holds a run to continue)")
+    # SIGTERM from here on, the start-up included, stops cleanly (status "preempted").
+    with preemption.stop_on_sigterm():
+        if not distributed.is_primary():  # one voice per run: only the primary process logs
+            return _train(config, run_dir, resume, force, overwrite, log=lambda *args, **kwargs: None)
+        existed = run_dir.exists()
+        try:
+            with ExclusiveLock(run_dir / run.LOCK_FILE, f"run directory {run_dir}"):
+                return _train(config, run_dir, resume, force, overwrite, log=log)
+        finally:
+            if not existed:  # a start refused before it wrote anything leaves no empty run directory
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()
 
 
 def _train(config, run_dir: Path, resume, force, overwrite, log) -> TrainResult:
-    s = setup(config, run_dir, resume=resume, force=force, overwrite=overwrite, log=log)
+    try:
+        s = setup(config, run_dir, resume=resume, force=force, overwrite=overwrite, log=log)
+    except preemption.Preempted:  # SIGTERM during the start-up: nothing half-done was written
+        from symgrad.train.checkpoint import Checkpointer
+
+        checkpointer = Checkpointer(run_dir, read_only=True)
+        step = checkpointer.latest_step() or 0
+        checkpointer.close()
+        log(f"stopped (preempted) during the start-up, at step {step}; rerun the same command to continue")
+        return TrainResult("preempted", step, 0, run_dir, None)
     try:
         return _loop(s, log)
     except BaseException as exc:
@@ -135,14 +154,8 @@ def _every(step: int, n: int) -> bool:
 
 
 def _all_agree_to_stop(requested: bool) -> bool:
-    """Whether any process got SIGTERM, on every process alike: the signal reaches the
-    processes at different steps, and one that saved while another stepped would hang in
-    their collectives."""
-    if jax.process_count() == 1:
-        return requested
-    from jax.experimental import multihost_utils
-
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(requested))))
+    """Whether any process got SIGTERM, on every process alike."""
+    return distributed.any_process(requested)
 
 
 def _add_loss(extra: dict, loss: float) -> dict:
@@ -212,7 +225,17 @@ def _show(bar, s: Setup, step: int, loss: float, clock: _EpochClock) -> None:
 
 
 def _save(s: Setup, state: TrainState, extra: dict, step: int, status: str, **report) -> None:
-    """Checkpoint ``state`` at ``step`` and record ``status`` (with ``report``)."""
+    """Checkpoint ``state`` at ``step`` and record ``status`` (with ``report``). A state
+    with a non-finite value is never saved: the guard of each step sees the loss and the
+    gradients, not the parameters that the step's update made (a setting that passed its
+    checks, a library fault), and a checkpoint is a state to continue from."""
+    if not all_finite((state.params, state.opt_state)):
+        last = s.checkpointer.latest_step()
+        raise SettingError(
+            f"non-finite parameters or optimiser state after step {step}; nothing was saved at step {step}: "
+            + (f"a rerun resumes from the checkpoint of step {last}" if last is not None
+               else "the run has no checkpoint, a rerun starts again")
+            + ". Check the data and the settings, lower {learning_rate} or set {grad_clip_norm}")
     try:
         s.checkpointer.save(state, extra)
     except SymgradError as exc:  # the disk filled up, or the directory became unwritable
@@ -248,7 +271,7 @@ def _fail_non_finite(s: Setup, state: TrainState, extra: dict, step: int, idx: n
     report = {"failed_step": step + 1, "failed_epoch": epoch + 1, "failed_batch": position,
               "transition_indices": idx.tolist(), "loss": float(distributed.fetch(metrics["loss"])),
               "grad_norm": float(distributed.fetch(metrics["grad_norm"]))}
-    _save(s, state, extra, step, "non-finite", **report)
+    _save(s, state, extra, step, "non-finite", **report)  # refused if the update before made state non-finite
     raise SettingError(
         f"non-finite loss or gradient at step {step + 1} (epoch {epoch + 1}, batch {position} of the "
         f"epoch, transitions {idx[:8].tolist()}{'...' if len(idx) > 8 else ''}; loss={report['loss']}, "

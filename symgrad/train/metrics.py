@@ -23,11 +23,51 @@ from symgrad.train.run import METRICS_CSV, METRICS_JSON, METRICS_NC, TENSORBOARD
 # the files
 
 
-def read_history(run_dir: Path, before_epoch: int) -> list[dict]:
-    """The epoch records of a resumed run, up to the epoch it resumes in."""
-    if not (run_dir / METRICS_JSON).exists():
+_RECORD_KEYS = ("epoch", "step", "train_smse", "val_smse", "epoch_seconds", "samples_per_second")
+
+
+def read_history(run_dir: Path, before_epoch: int, log=print) -> list[dict]:
+    """The epoch records of a resumed run, up to the epoch it resumes in.
+
+    A damaged ``metrics.json`` does not block the resume (the checkpoints are what a resume
+    needs): it is kept aside as ``metrics.json.damaged``, said so, and the records are read
+    from ``metrics.nc`` instead (or start empty when that cannot be read either)."""
+    path = run_dir / METRICS_JSON
+    if not path.exists():
         return []
-    return [h for h in read_json(run_dir / METRICS_JSON, "metrics") if h["epoch"] < before_epoch]
+    try:
+        history = read_json(path, "metrics", list)
+        if not all(isinstance(h, dict) and all(k in h for k in _RECORD_KEYS) for h in history):
+            raise SymgradError(f"{path} is corrupt (not a list of epoch records)")
+    except SymgradError as exc:
+        history = _history_from_netcdf(run_dir / METRICS_NC)
+        if log is None:  # not the primary process: it neither moves nor reports the file
+            return [h for h in history if h["epoch"] < before_epoch]
+        kept = path.with_name(path.name + ".damaged")
+        path.replace(kept)
+        log(f"warning: {exc}; kept as {kept}, " + (f"the {len(history)} epoch records of {METRICS_NC} used instead"
+                                                   if history else "the epoch records before this resume are lost"))
+    return [h for h in history if h["epoch"] < before_epoch]
+
+
+def _history_from_netcdf(path: Path) -> list[dict]:
+    """The records of ``metrics.json`` as ``metrics.nc`` holds them ([] when unreadable)."""
+    import xarray as xr
+
+    try:
+        with xr.open_dataset(path) as ds:
+            ds = ds.load()
+    except Exception:  # missing or damaged too: nothing to recover
+        return []
+    out = []
+    for i, epoch in enumerate(ds["epoch"].values):
+        rollout = ds["val_rollout_smse"].values[i] if "val_rollout_smse" in ds else np.zeros(0)
+        finite = np.flatnonzero(np.isfinite(rollout))
+        record = {"epoch": int(epoch), "step": int(ds["step"].values[i]),
+                  "val_rollout_smse": [float(v) for v in rollout[:finite[-1] + 1]] if finite.size else []}
+        record.update({k: float(ds[k].values[i]) for k in _RECORD_KEYS[2:]})
+        out.append(record)
+    return out
 
 
 def read_metrics(run_dir: str | Path):

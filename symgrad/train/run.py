@@ -38,17 +38,22 @@ RUN_FORMAT_VERSION = 3  # 2: TrainState without epoch/position (they follow from
 #                        3: first_trajectories (of each --data entry) replaces trajectories_per_file
 
 
-def read_json(path: str | Path, what: str):
+def read_json(path: str | Path, what: str, expect: type | None = None):
+    """The JSON of ``path``; ``expect`` (dict, list) is the type it must hold."""
     path = Path(path)
     try:
         with open(path) as fh:
-            return json.load(fh)
+            value = json.load(fh)
+        if expect is not None and not isinstance(value, expect):
+            raise SymgradError(f"{path} is corrupt (it holds {type(value).__name__} {str(value)[:40]}, not the "
+                               f"{what}); restore it or retrain into a new --out")
+        return value
     except FileNotFoundError:
         raise SymgradError(
             f"{path} is missing, so {path.parent} is not a complete symgrad run directory; "
             f"point to the directory given to 'symgrad train --out' ({what})"
         ) from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SymgradError(f"{path} is corrupt ({exc}); restore it or retrain into a new --out") from None
 
 
@@ -72,6 +77,10 @@ class RunInfo:
     weight_decay: float
     n_devices: int
     n_processes: int
+    # SHA-256 of each data file, by resolved path, in the order of the data (empty in runs
+    # of older symgrad versions): a resume refuses changed data, and the diagnostics
+    # recognise the training data by content (symgrad.inputs)
+    data_digests: dict[str, str] = dataclasses.field(default_factory=dict)
     format_version: int = RUN_FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,7 +89,10 @@ class RunInfo:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RunInfo:
+    def from_dict(cls, d: dict[str, Any], path: str | Path = RUN_FILE) -> RunInfo:
+        if not isinstance(d, dict):
+            raise SymgradError(f"{path} is corrupt (it holds {type(d).__name__} {str(d)[:40]}, not the run's "
+                               "description); restore it or retrain into a new --out")
         version = d.get("format_version")
         if version != RUN_FORMAT_VERSION:
             raise SymgradError(
@@ -88,17 +100,48 @@ class RunInfo:
                 "retrain the run with this version (symgrad train --overwrite)")
         names = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k in names}
-        return cls(**{**d, "sigma": tuple(float(s) for s in d["sigma"]),
-                      "split": {k: np.asarray(v, dtype=np.int64) for k, v in d["split"].items()},
-                      "time_indices": tuple(int(t) for t in d["time_indices"]),
-                      "data_paths": tuple(d["data_paths"])})
+        try:
+            return cls(**{**d, "sigma": tuple(float(s) for s in d["sigma"]),
+                          "split": {k: np.asarray(v, dtype=np.int64) for k, v in d["split"].items()},
+                          "time_indices": tuple(int(t) for t in d["time_indices"]),
+                          "data_paths": tuple(d["data_paths"]),
+                          "data_digests": dict(d.get("data_digests") or {})})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SymgradError(f"{path} is corrupt ({type(exc).__name__}: {exc}); restore it or retrain into "
+                               "a new --out") from None
 
     def write(self, run_dir: Path) -> None:
         write_json_atomic(run_dir / RUN_FILE, self.to_dict())
 
     @classmethod
     def read(cls, run_dir: Path) -> RunInfo:
-        return cls.from_dict(read_json(run_dir / RUN_FILE, "run description"))
+        return cls.from_dict(read_json(run_dir / RUN_FILE, "run description", dict), run_dir / RUN_FILE)
+
+
+def data_digests(paths) -> dict[str, str]:
+    """SHA-256 of each data file, by resolved path (what ``run.json`` records)."""
+    from symgrad.io import file_digest
+
+    return {str(Path(p).resolve()): file_digest(p) for p in paths}
+
+
+def changed_data(recorded: dict[str, str], paths) -> str | None:
+    """Why the data files ``paths`` are not the ones whose digests are ``recorded`` (the
+    same contents in the same order, wherever they now lie), or None when they are."""
+    if not recorded:  # a run of an older symgrad: only its sample count is compared
+        return None
+    now = data_digests(paths)
+    if list(now.values()) == list(recorded.values()):
+        return None
+    if len(now) != len(recorded):
+        return f"the run was trained on {len(recorded)} data files, these are {len(now)}"
+    for (old_path, old), (new_path, new) in zip(recorded.items(), now.items()):
+        if old != new:
+            same = old_path == new_path
+            return (f"{new_path} has changed since the run started (its SHA-256 differs from the one in run.json)"
+                    if same else f"{new_path} is not the file the run was trained on ({old_path}): their contents "
+                    "differ")
+    return None
 
 
 def read_config(run_dir: Path) -> TrainConfig:
@@ -106,7 +149,7 @@ def read_config(run_dir: Path) -> TrainConfig:
     with what to do, rather than by a config key this version no longer knows."""
     if (run_dir / RUN_FILE).exists():
         RunInfo.read(run_dir)
-    return TrainConfig.from_dict(read_json(run_dir / CONFIG_FILE, "training config"))
+    return TrainConfig.from_dict(read_json(run_dir / CONFIG_FILE, "training config", dict))
 
 
 def write_config(run_dir: Path, config: TrainConfig) -> None:
@@ -123,7 +166,7 @@ def write_status(run_dir: Path, status: str, **info) -> None:
 
 def discard(run_dir: Path) -> None:
     """Remove a run's files (not the lock): ``overwrite``, or a run with nothing trained."""
-    for name in (CONFIG_FILE, RUN_FILE, STATUS_FILE, METRICS_JSON, METRICS_NC, METRICS_CSV):
+    for name in (CONFIG_FILE, RUN_FILE, STATUS_FILE, METRICS_JSON, METRICS_JSON + ".damaged", METRICS_NC, METRICS_CSV):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(checkpoint_dir(run_dir), ignore_errors=True)
     shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
@@ -139,6 +182,10 @@ def prepare(run_dir: Path, config: TrainConfig, resume: bool | None, force: bool
     """Decide between a fresh start and a resume: the stored :class:`RunInfo` to resume
     with, or ``None`` for a fresh start (after discarding what ``overwrite`` or a run killed
     before its first checkpoint left). Refusals say what to do."""
+    if primary:  # temporary files of a process killed while writing (we hold the run's lock)
+        for stale in run_dir.glob(".*.tmp-*"):
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
     ckpt = Checkpointer(run_dir, keep=config.keep, read_only=True)
     has_ckpt = bool(ckpt.steps())
     ckpt.close()
@@ -159,9 +206,11 @@ def prepare(run_dir: Path, config: TrainConfig, resume: bool | None, force: bool
         if resume:
             raise SettingError(f"{{resume}} given but {checkpoint_dir(run_dir)} has no checkpoint; "
                                "drop {resume} to start a new run")
-        # status.json and metrics.json are written only with or after a checkpoint: without
-        # them the run was killed before its first save and nothing was trained.
-        trained = (run_dir / STATUS_FILE).exists() or (run_dir / METRICS_JSON).exists()
+        # status.json is written only after a checkpoint (and removed again when a run
+        # stops before its first one): without it the run died before its first save (a
+        # kill -9, a full disk) and nothing was kept. metrics.json is no such sign: the
+        # first epoch's record is written before the checkpoint that ends the epoch.
+        trained = (run_dir / STATUS_FILE).exists()
         if started and trained:
             raise SettingError(
                 f"{run_dir} holds a trained run but no checkpoint (they were deleted); pass "
@@ -195,7 +244,7 @@ def record_failure(run_dir: Path, exc: BaseException, last_step: int | None) -> 
     it is removed: a rerun then restarts or resumes from the checkpoints, as after a kill."""
     path = run_dir / STATUS_FILE
     try:
-        if read_json(path, "run status").get("status") != "running":
+        if read_json(path, "run status", dict).get("status") != "running":
             return
     except SymgradError:  # missing or unreadable: nothing to keep
         pass

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from symgrad import preemption
 from symgrad.data import TransitionSource, open_dataset, split_trajectories
 from symgrad.errors import SettingError, SymgradError
 from symgrad.io import provenance
@@ -45,6 +46,7 @@ class TrainingData:
     times: np.ndarray  # the selected time indices
     train: TransitionSource
     val: TransitionSource | None  # None without validation trajectories
+    digests: dict[str, str]  # SHA-256 of each data file (run.RunInfo.data_digests)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,8 +89,11 @@ def setup(config: TrainConfig, run_dir: Path, *, resume: bool | None = None, for
     config = _resolve_paths(config)
     primary = distributed.is_primary()
     stored = run.prepare(run_dir, config, resume, force, overwrite, primary)
+    _stop_point()
     data = select_data(config, stored)
+    _stop_point()
     sigma = np.asarray(stored.sigma) if stored is not None else training_sigma(data.train)
+    _stop_point()
     steps_per_epoch = _steps_per_epoch(config.batch_size, len(data.train))
     total_steps = config.epochs * steps_per_epoch
     resolution = _square_resolution(data.dataset.resolution)
@@ -111,11 +116,12 @@ def setup(config: TrainConfig, run_dir: Path, *, resume: bool | None = None, for
         first_trajectories=int(config.first_trajectories), resolution=resolution,
         data_paths=tuple(config.data), model={"name": config.model, "preset": config.preset, "config": model.config},
         n_train_transitions=len(data.train), steps_per_epoch=steps_per_epoch, weight_decay=config.weight_decay,
-        n_devices=jax.device_count(), n_processes=jax.process_count())
+        n_devices=jax.device_count(), n_processes=jax.process_count(), data_digests=data.digests)
+    _stop_point()  # the last one before the run directory is written
     if primary:
         _record_start(run_dir, config, info, step if stored is not None else None)
     evaluators, baseline = _evaluators(config, data, sigma, apply_fn, mesh, primary)
-    history = read_history(run_dir, step // steps_per_epoch) if stored is not None else []
+    history = read_history(run_dir, step // steps_per_epoch, log=log if primary else None) if stored is not None else []
     attrs = provenance(config.to_dict(), run_dir=str(run_dir)) if primary else {}
     metrics = MetricsLog(run_dir, history, attrs, np.arange(1, data.times.size), baseline,
                          learning_rate_schedule(config, steps_per_epoch), primary)
@@ -130,6 +136,13 @@ def setup(config: TrainConfig, run_dir: Path, *, resume: bool | None = None, for
 
 # --------------------------------------------------------------------------------------
 # the parts
+
+
+def _stop_point() -> None:
+    """A safe point of the start-up: SIGTERM (on any process) stops here, before the run
+    directory is written, as :class:`symgrad.preemption.Preempted`."""
+    if distributed.any_process(preemption.requested()):
+        raise preemption.Preempted("stopped on SIGTERM during the start-up")
 
 
 def training_sigma(source) -> np.ndarray:
@@ -161,7 +174,20 @@ def select_data(config: TrainConfig, stored: run.RunInfo | None) -> TrainingData
     from symgrad.data.transitions import first_of_each
 
     dataset = open_dataset(list(config.data))
+    files = ", ".join(map(str, dataset.paths)).replace("{", "{{").replace("}", "}}")
+    if dataset.n_samples == 0:
+        raise SettingError(f"the data ({files}) hold no trajectories; pass files that hold some as {{data}}")
+    if dataset.n_times < 2:
+        raise SettingError(f"the data ({files}) hold {dataset.n_times} time per trajectory; training needs at least "
+                           "2 (one transition): pass as {data} data generated with more times")
     if stored is not None:
+        changed = run.changed_data(stored.data_digests, dataset.paths)
+        if changed:
+            raise SettingError(
+                changed.replace("{", "{{").replace("}", "}}") + "; a resumed run must read the data it started "
+                "with: restore that file, or train on the new data into a new {run_dir} (or the same one with "
+                "{overwrite})")
+        digests = dict(stored.data_digests) or run.data_digests(dataset.paths)
         if stored.n_samples != dataset.n_samples:
             raise SettingError(
                 f"the data now hold {dataset.n_samples} trajectories but the run was trained on "
@@ -171,6 +197,11 @@ def select_data(config: TrainConfig, stored: run.RunInfo | None) -> TrainingData
         selected = first_of_each(_entry_counts(config.data, dataset), config.first_trajectories)
         split = {k: selected[v] for k, v in
                  split_trajectories(selected.size, config.seed, config.split_fractions).items()}
+        digests = run.data_digests(dataset.paths)
+    if len(split["train"]) == 0:
+        raise SettingError(f"no training trajectories: {{split_fractions}} {list(config.split_fractions)} of "
+                           f"{sum(len(v) for v in split.values())} selected trajectories leave none for training; "
+                           "use more trajectories or a larger training fraction")
     times = np.asarray(config.time_indices or range(dataset.n_times), dtype=np.int64)
     if times[-1] >= dataset.n_times:
         raise SymgradError(f"time_indices go up to {int(times[-1])} but the data hold {dataset.n_times} times "
@@ -180,7 +211,7 @@ def select_data(config: TrainConfig, stored: run.RunInfo | None) -> TrainingData
     states = open_cache(dataset, config.data_cache, progress=progress) if config.data_cache else None
     train_src = TransitionSource(dataset, split["train"], time_pairs, cache=states)
     val_src = TransitionSource(dataset, split["val"], time_pairs, cache=states) if len(split["val"]) else None
-    return TrainingData(dataset, split, times, train_src, val_src)
+    return TrainingData(dataset, split, times, train_src, val_src, digests)
 
 
 def initial_state(model, optimizer, sharding, seed: int) -> TrainState:

@@ -44,3 +44,28 @@ def batch_indices(seed: int, epoch: int, position: int, n_items: int, batch_size
     """Transition indices of batch ``position`` of ``epoch`` (incomplete last batch dropped)."""
     order = batch_order(seed, epoch, n_items)
     return order[position * batch_size:(position + 1) * batch_size]
+
+
+def all_finite(tree) -> bool:
+    """Whether every floating-point value of ``tree`` (parameters, optimiser state) is
+    finite, on every process alike (the arrays are replicated or sharded global arrays)."""
+    import jax
+    import jax.numpy as jnp
+
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
+    if not leaves:
+        return True
+    ok = _finite_program()(leaves)
+    return bool(np.asarray(jax.device_get(ok.addressable_data(0) if hasattr(ok, "addressable_data") else ok)))
+
+
+_FINITE = []  # the compiled check, made once (jit caches its programs per tree structure)
+
+
+def _finite_program():
+    if not _FINITE:
+        import jax
+        import jax.numpy as jnp
+
+        _FINITE.append(jax.jit(lambda xs: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]))))
+    return _FINITE[0]
