@@ -20,10 +20,6 @@ CHECKER = "cf:1.8"
 # The checker (6.1) crashes in this check on string-valued coordinate variables (element,
 # stat, model) instead of judging them; cf_findings makes the check itself then.
 MONOTONICITY = "check_coordinate_variables_strict_monotonicity"
-# Errors in files written by code outside this change, until it is fixed there: training's
-# metrics.nc (symgrad/train/metrics.py) gives these variables no long_name. Remove an entry
-# once that file has it (the test says when).
-PENDING = {"metrics": ("epoch", "step", "epoch_seconds", "samples_per_second")}
 
 
 def _suite():  # a new one per file: the checkers cache what they found by the dataset's text
@@ -105,11 +101,7 @@ def files(tiny_trained_run, tmp_path_factory):
 @pytest.mark.parametrize("kind", ["data", "metrics", "equivariance", "overlap", "spectrum", "merged", "statistics"])
 def test_every_kind_of_file_passes_cf_1_8(files, kind):
     errors, _ = cf_findings(files[kind])
-    pending = [e for e in errors if "long_name" in e and e.rsplit(" ", 1)[-1] in PENDING.get(kind, ())]
-    rest = [e for e in errors if e not in pending]
-    assert not rest, f"{files[kind].name}: {len(rest)} {CHECKER} errors:\n" + "\n".join(rest)
-    fixed = sorted(set(PENDING.get(kind, ())) - {e.rsplit(" ", 1)[-1] for e in pending})
-    assert not fixed, f"{kind}: {fixed} now pass; remove them from PENDING"
+    assert not errors, f"{files[kind].name}: {len(errors)} {CHECKER} errors:\n" + "\n".join(errors)
     with xr.open_dataset(files[kind], decode_times=False) as ds:
         assert ds.attrs["Conventions"] == "CF-1.8" and ds.attrs["history"].endswith(ds.attrs.get("command", ""))
         assert not [n for n, v in ds.variables.items() if v.dtype.kind in "iu" and v.dtype.itemsize > 4]

@@ -168,3 +168,35 @@ def test_sigterm_keeps_the_finished_chunks_and_the_rerun_completes_them(tiny_run
     with xr.open_dataset(reference) as a, xr.open_dataset(out) as b:
         for name in ("overlap_matrix_chi", "overlap_cosine_chi", "overlap_matrix_euclidean"):
             np.testing.assert_array_equal(a[name].values, b[name].values)
+
+
+def test_sigterm_stops_a_single_chunk_solve_within_a_block_step(tiny_run, tmp_path, capsys, monkeypatch):
+    """SIGTERM during the one chunk of a solve (the default chunking of a small problem): the
+    command stops within one block step (not when the solve ends), exits 75 and writes no
+    result (the rerun is the chunked test's above)."""
+    import os
+    import signal
+
+    from symgrad.diagnostics.ggn import GaussNewtonBlocks
+    from symgrad.errors import EXIT_PREEMPTED
+
+    run_dir, data_file = tiny_run
+    args = ["overlap", "--run", str(run_dir), "--group", "translate-x", "--stride", "2", "--data", str(data_file),
+            "--samples", "2", "--rtol", "1e-8", "--damping", "1e-4", "--probe-vectors", "0", "--no-progress",
+            "--out", str(tmp_path / "r.nc")]
+    product = GaussNewtonBlocks.__call__
+    calls = []
+
+    def product_then_preempt(self, block):
+        calls.append(int(block.shape[0]))
+        if len(calls) == 12:  # well inside the solve: the scheduler's SIGTERM arrives
+            os.kill(os.getpid(), signal.SIGTERM)
+        return product(self, block)
+
+    monkeypatch.setattr(GaussNewtonBlocks, "__call__", product_then_preempt)
+    assert main(args) == EXIT_PREEMPTED
+    err = capsys.readouterr().err
+    assert "pre-empted (SIGTERM) during a chi solve" in err and "rerun the same command" in err, err
+    assert len(calls) <= 12 + 2, len(calls)  # the products after the signal: at most the step's own
+    assert not (tmp_path / "r.nc").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again

@@ -83,6 +83,14 @@ def ritz_steps(k: int) -> int:
     return max(1, -(-RITZ_FACTOR * int(k) // RITZ_BLOCK))
 
 
+def ritz_phase_vectors(k: int) -> int:
+    """Vectors held at the peak of building ``k`` deflation vectors: the Ritz run's basis and,
+    while Z is summed from it page by page, Z, one page's part and their sum (3 k); the basis
+    is freed before Z is orthonormalised and ``AZ`` formed (measured: counting Z and AZ only,
+    2 k, let the small UNet's 256 vectors run out of host memory)."""
+    return RITZ_BLOCK * (ritz_steps(k) + 1) + 3 * int(k)
+
+
 def deflation_products(k: int) -> int:
     """Products that building ``k`` deflation vectors takes: the Ritz run and ``AZ``."""
     return RITZ_BLOCK * (ritz_steps(k) + 1) + int(k) if k else 0
@@ -429,8 +437,8 @@ def plan_overlap(apply_fn, params, *, samples: int, input_shape: tuple, curvatur
         gradient_parts["deflation space"] = int(2 * k * vec / d)
         ritz_parts = dict(resident)
         ritz_parts[f"one product ({pc} vector{'s' if pc > 1 else ''} at a time)"] = product
-        ritz_parts[f"the Ritz run's basis ({RITZ_BLOCK * (ritz_steps(k) + 1)} vectors) and Z, AZ"] = int(
-            (RITZ_BLOCK * (ritz_steps(k) + 1) + 2 * k) * vec / d)
+        ritz_parts[f"the Ritz run's basis ({RITZ_BLOCK * (ritz_steps(k) + 1)} vectors) and Z summed from it"] = int(
+            ritz_phase_vectors(k) * vec / d)
     else:
         ritz_parts = {}
     return MemoryPlan(devices, p, itemsize, n, int(curvature_batch), chunks, pc, basis, k, parts, gradient_parts,
@@ -445,12 +453,12 @@ def _deflation(config, p: int, vec: int, d: int, free: int, basis: int, room: in
         return 0
     fits = lambda k: (2 * k * vec / d <= free - basis / d if config.basis_memory is not None  # noqa: E731
                       else 2 * k * vec / d <= DEFLATION_SHARE * free) and (
-        (RITZ_BLOCK * (ritz_steps(k) + 1) + 2 * k) * vec / d <= room)
+        ritz_phase_vectors(k) * vec / d <= room)
     if config.deflation_vectors is not None:
         k = min(int(config.deflation_vectors), p // 4)
         if k and not fits(k):
             raise PlanError(f"--deflation-vectors {config.deflation_vectors} does not fit beside the solver's blocks "
-                            f"({RITZ_BLOCK * (ritz_steps(k) + 1)} vectors for its Ritz run, then {2 * k}): lower it")
+                            f"({ritz_phase_vectors(k)} vectors while it is built, then {2 * k}): lower it")
         return k
     useful = min(p, int(config.max_iterations) * columns) * vec
     if basis >= useful:

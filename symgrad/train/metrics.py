@@ -140,6 +140,11 @@ def _dataset(history: list[dict], lead_times, baseline):
         "long_name": "autoregressive validation rollout SMSE against the true trajectory",
         "units": "1"}
     ds["lead_time"].attrs = {"long_name": "number of model steps from the initial state"}
+    ds["epoch"].attrs = {"long_name": "training epoch"}
+    ds["step"].attrs = {"long_name": "optimizer steps at the end of the epoch"}
+    ds["epoch_seconds"].attrs = {"long_name": "wall-clock time of the epoch", "units": "s"}
+    ds["samples_per_second"].attrs = {"long_name": "training samples per second over the epoch", "units": "s-1"}
+    ds.attrs["title"] = "symgrad training metrics"
     if baseline is not None:
         val_p, rollout_p = baseline
         ds["val_persistence_smse"] = ((), float(val_p), {

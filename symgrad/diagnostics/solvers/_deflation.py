@@ -129,6 +129,8 @@ def ritz_space(undamped, k: int, *, block: int, steps: int, seed: int = 0):
             break
         part = _combine(jnp.asarray(coef[:, at:at + rows], undamped.dtype), page)
         z = part if z is None else z + part
+        del part
         at += rows
+    lanczos = pages = page = None  # the basis is freed before z is orthonormalised (plan.ritz_phase_vectors)
     z, _, _ = rank_revealing_rows(z, 1e-8)
     return z, theta[top]
