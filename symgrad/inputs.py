@@ -106,7 +106,7 @@ def held_out_samples(inputs: RunInputs):
         digests = data_digests(files)
         recorded = list(info.data_digests)
         if set(files) & set(recorded) or set(ours) & set(run_paths):
-            changed = changed_data(info.data_digests, files) if len(files) == len(recorded) else None
+            changed = changed_data(info.data_digests, digests) if len(files) == len(recorded) else None
             same_path_changed = [p for p in files if p in info.data_digests and digests[p] != info.data_digests[p]]
             if changed or same_path_changed:
                 why = changed or f"{same_path_changed[0]} has changed since the run was trained on it"

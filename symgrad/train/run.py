@@ -125,12 +125,12 @@ def data_digests(paths) -> dict[str, str]:
     return {str(Path(p).resolve()): file_digest(p) for p in paths}
 
 
-def changed_data(recorded: dict[str, str], paths) -> str | None:
-    """Why the data files ``paths`` are not the ones whose digests are ``recorded`` (the
-    same contents in the same order, wherever they now lie), or None when they are."""
+def changed_data(recorded: dict[str, str], now: dict[str, str]) -> str | None:
+    """Why the data files whose digests are ``now`` (``data_digests``) are not the ones whose
+    digests are ``recorded`` (the same contents in the same order, wherever they now lie), or
+    None when they are."""
     if not recorded:  # a run of an older symgrad: only its sample count is compared
         return None
-    now = data_digests(paths)
     if list(now.values()) == list(recorded.values()):
         return None
     if len(now) != len(recorded):

@@ -181,13 +181,14 @@ def select_data(config: TrainConfig, stored: run.RunInfo | None) -> TrainingData
         raise SettingError(f"the data ({files}) hold {dataset.n_times} time per trajectory; training needs at least "
                            "2 (one transition): pass as {data} data generated with more times")
     if stored is not None:
-        changed = run.changed_data(stored.data_digests, dataset.paths)
+        now = run.data_digests(dataset.paths)  # each file read once
+        changed = run.changed_data(stored.data_digests, now)
         if changed:
             raise SettingError(
                 changed.replace("{", "{{").replace("}", "}}") + "; a resumed run must read the data it started "
                 "with: restore that file, or train on the new data into a new {run_dir} (or the same one with "
                 "{overwrite})")
-        digests = dict(stored.data_digests) or run.data_digests(dataset.paths)
+        digests = dict(stored.data_digests) or now
         if stored.n_samples != dataset.n_samples:
             raise SettingError(
                 f"the data now hold {dataset.n_samples} trajectories but the run was trained on "
