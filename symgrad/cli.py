@@ -15,7 +15,7 @@ import sys
 from symgrad.errors import SymgradError
 
 # Order is the order --help lists them in.
-SUBCOMMANDS = ("generate", "solve", "info", "train", "equivariance", "overlap", "spectrum", "merge", "figures",
+SUBCOMMANDS = ("generate", "solve", "info", "export", "train", "equivariance", "overlap", "spectrum", "merge", "figures",
                "report", "sweep")
 
 

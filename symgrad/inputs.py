@@ -60,8 +60,10 @@ def load(run_dir, data=None, step: int | None = None) -> RunInputs:
         raise SettingError("the run does not record its data files; pass {data} FILE.nc")
     for p in data_paths:
         if not Path(p).exists():
-            raise SettingError("{data} " + f"file {p} does not exist; pass an existing netCDF file")
-    dataset = open_dataset(data_paths)
+            raise SettingError("{data} " + f"file {p} does not exist; pass an existing data file (netCDF, or The "
+                               "Well's HDF5)")
+    # the run's coarsening (TrainConfig.coarsen, config.json) applies to any data it is measured on
+    dataset = open_dataset(data_paths, coarsen=int(trained.config.get("coarsen", 1)))
     shape = tuple(int(n) for n in np.atleast_1d(dataset.shape))
     if len(set(shape)) != 1:
         raise SettingError("{data} " + f"{data_paths[0]} holds a {'x'.join(map(str, shape))} grid; the diagnostics "

@@ -31,7 +31,7 @@ MEANINGS = {
     "--damping": "lambda of chi = (lambda I + G)^-1",
     "--precision": "parameters and data are cast",
     "--runs": "run directories of 'symgrad train'",
-    "--format": "image formats",
+    "--format": "the format of what is written",
     "--probe-vectors": "random vectors of the spectrum probe",
     "--lanczos-steps": "block Lanczos steps",
     "--seed": "random seed",

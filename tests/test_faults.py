@@ -277,7 +277,7 @@ def test_data_changed_under_a_paused_run_is_refused(tmp_path, cache_dir, data_fi
     assert rc == 2
     _one_line(err, "train", str(data.resolve()), "changed since the run started")
     assert json.loads((out / "status.json").read_text())["step"] == 1  # the run is kept as it was
-    assert list(json.loads((out / "run.json").read_text())["data_digests"]) == [str(data.resolve())]
+    assert [p for p, _ in json.loads((out / "run.json").read_text())["data_digests"]] == [str(data.resolve())]
 
 
 def test_a_copy_of_the_training_data_is_not_held_out(tmp_path, trained, data_file):

@@ -25,7 +25,7 @@ def add_figure_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run directories of 'symgrad train' whose training curves (metrics.nc) to draw "
                              "(default: none)")
     parser.add_argument("--format", nargs="+", default=list(names.DEFAULT_FIGURE_FORMATS), choices=names.FIGURE_FORMATS,
-                        help="image formats")
+                        help="the format of what is written: image formats")
 
 
 def register(parser: argparse.ArgumentParser) -> None:

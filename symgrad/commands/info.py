@@ -68,14 +68,23 @@ def _describe_file(args) -> int:
         else:
             print(f"files:       {len(paths)}, {paths[0]} ... {paths[-1]} "
                   f"({', '.join(str(c) for c in dataset.sample_counts)} trajectories)")
-        print(f"layout:      data (sample, time, channel, x, y) = "
-              f"({dataset.n_samples}, {dataset.n_times}, 5, {nx}, {ny}), channels {', '.join(schema.CHANNELS)}")
+        layouts = dataset.layouts
+        if len(layouts) == 1:
+            print(f"layout:      {layouts[0]}")
+        else:  # one line per kind of file, with the sizes of the whole
+            kinds = dict.fromkeys(layout.split(" (")[0].split(" = ")[0] for layout in layouts)
+            print(f"layout:      {' + '.join(kinds)}: (sample, time, x, y) = "
+                  f"({dataset.n_samples}, {dataset.n_times}, {nx}, {ny})")
         print(f"family:      {dataset.family}")
         print(f"trajectories: {dataset.n_samples}")
         print(f"resolution:  {nx}x{ny}")
         note = " [no time coordinate in the file: equispaced on [0, 1] assumed]" if dataset.times_assumed else ""
         print(f"times:       {_fmt_times(dataset.times)}{note}")
-        print(f"gamma:       {dataset.gamma:g}" + ("" if "gamma" in attrs else " (default; the file has no gamma attribute)"))
+        gammas = dataset.gammas
+        if len(set(gammas)) == 1:
+            print(f"gamma:       {gammas[0]:g}" + ("" if "gamma" in attrs else " (default; the file has no gamma attribute)"))
+        else:  # The Well: one gas per file
+            print("gamma:       " + ", ".join(f"{g:g} ({p.name})" for g, p in zip(gammas, paths)))
         for key in ("seed", "t_final", "chunk_size", "float64", "on_failure"):
             if key in attrs:
                 print(f"{key + ':':<12} {attrs[key]}")
@@ -96,7 +105,7 @@ def _describe_file(args) -> int:
             values = block[:, :, c]
             print(f"  {name:<4} min {values.min(): .6g}  max {values.max(): .6g}  mean {values.mean(): .6g}")
 
-        problem = None if args.check else schema.first_unphysical(block, dataset.gamma)
+        problem = None if args.check else _first_unphysical(dataset, picks, block)
         if problem is not None:  # --check lists every problem below
             what, (s, t, i, j), affected = problem
             print(f"warning: {affected} of the {picks.size} trajectories looked at hold non-physical values "
@@ -121,6 +130,22 @@ def _describe_file(args) -> int:
     return 0
 
 
+def _gamma_of(dataset, samples):
+    """Each sample's gamma (its file's), shaped to broadcast over ``(n, t, nx, ny)``."""
+    import numpy as np
+
+    gammas = np.array([dataset.gammas[dataset.paths.index(dataset.locate(int(s))[0])] for s in samples])
+    return gammas[:, None, None, None]
+
+
+def _first_unphysical(dataset, samples, block):
+    from symgrad.data import schema
+
+    if len(set(dataset.gammas)) == 1:
+        return schema.first_unphysical(block, dataset.gammas[0])
+    return schema.first_unphysical(block, _gamma_of(dataset, samples))
+
+
 def _check(dataset, args) -> list[str]:
     """Every trajectory against every rule of ``schema.UNPHYSICAL``: counts and first places."""
     import numpy as np
@@ -137,20 +162,21 @@ def _check(dataset, args) -> list[str]:
         idx = np.arange(start, min(start + step, dataset.n_samples))
         # Raises on NaN/Inf, naming file, sample, time and cell; the physics is counted here.
         block = dataset.read_channels(idx, check_physics=False)
+        gamma = dataset.gammas[0] if len(set(dataset.gammas)) == 1 else _gamma_of(dataset, idx)
         for r, (_, _, rule) in enumerate(schema.UNPHYSICAL):
-            bad = rule(block, dataset.gamma)
+            bad = rule(block, gamma)
             if bad.any():
                 affected[r] += int(bad.reshape(bad.shape[0], -1).any(axis=1).sum())
                 if first[r] is None:
                     s, t, i, j = (int(v) for v in np.argwhere(bad)[0])
                     first[r] = (start + s, t, i, j)
-        worst_energy = max(worst_energy, float(schema.energy_mismatch(block, dataset.gamma).max()))
+        worst_energy = max(worst_energy, float(schema.energy_mismatch(block, gamma).max()))
 
     problems = []
     for (channel, what, _), n, f in zip(schema.UNPHYSICAL, affected, first):
         if n:
-            why = (f", up to {worst_energy:.3g} with gamma={dataset.gamma:g}: the 5th channel is not the "
-                   "total energy, or gamma is wrong") if channel == "E" else ""
+            why = (f", up to {worst_energy:.3g} with gamma={', '.join(f'{g:g}' for g in sorted(set(dataset.gammas)))}: "
+                   "the 5th channel is not the total energy, or gamma is wrong") if channel == "E" else ""
             problems.append(f"{n} trajectories have {what} (first at sample {f[0]}, time index {f[1]}, "
                             f"cell ({f[2]}, {f[3]}){why})")
     if not any(n for (channel, _, _), n in zip(schema.UNPHYSICAL, affected) if channel == "E"):

@@ -1,10 +1,17 @@
-"""Lazy reading of trajectory files (symgrad's and PDEGym's), sharded, into the state layout.
+"""Lazy reading of trajectory files (symgrad's, PDEGym's and The Well's), sharded, into the state layout.
 
 Nothing is loaded at open time except metadata; :meth:`TrajectoryDataset.states` reads
 exactly the requested ``(sample, time)`` slices through netCDF4/HDF5 slicing, so a 5 GB
 PDEGym shard is never read whole. Every slice read is checked, vectorised, for NaN/Inf and
 for non-physical states (``schema.UNPHYSICAL``: rho <= 0, p <= 0, E inconsistent with p), so
 bad data stops training or a diagnostic with the file, sample, time and cell, before it is used.
+
+A shard is one file: :class:`_Shard` a netCDF file here, :class:`symgrad.data.well.WellShard`
+an HDF5 file of The Well. Both have the same attributes (``path, n_samples, n_times, nx, ny,
+times, times_assumed, gamma, attrs, family, layout``) and methods (``read`` in the file
+channels ``(rho, u, v, p, E)``, ``read_states`` in the conservative state, ``close``);
+:class:`TrajectoryDataset` concatenates shards of either kind and coarsens (docs/design.md
+section 6).
 """
 
 from __future__ import annotations
@@ -205,6 +212,9 @@ class _Shard:
         if not gamma > 1.0:
             raise SymgradError(f"{self.path}: attribute gamma={gamma!r} must be > 1")
         self.gamma = gamma
+        self.family = str(self.attrs.get("family", "unknown"))
+        self.layout = (f"data (sample, time, channel, x, y) = ({n_samples}, {n_times}, 5, {nx}, {ny}), "
+                       f"channels {', '.join(schema.CHANNELS)}")
 
     def _channel_order(self, nc, dim: str):
         """Indices that put the file's channels in (rho, u, v, p, E) order; None = as stored."""
@@ -288,23 +298,35 @@ class _Shard:
             )
         return out
 
+    def read_states(self, samples: np.ndarray, times: np.ndarray, global_offset: int,
+                    check_physics: bool = True) -> np.ndarray:
+        """Conservative states ``(n, t, nx, ny, 4)`` (``schema.file_channels_to_conservative``)."""
+        return schema.file_channels_to_conservative(self.read(samples, times, global_offset, check_physics))
+
 
 class TrajectoryDataset:
     """Trajectories from one or more data files, concatenated along ``sample``; lazy.
 
-    Built by :func:`open_dataset`. All files must share times, grid and gamma.
+    Built by :func:`open_dataset`. All files must share times and grid; netCDF files also
+    gamma. Files of The Well may differ in gamma (The Well publishes one file per gas): each
+    file's gamma checks its own data.
 
     Attributes:
         n_samples, n_times: number of trajectories and of stored times per trajectory.
-        resolution: ``nx`` (int) for a square grid, else ``(nx, ny)``; ``shape`` is ``(nx, ny)``.
-        gamma: ratio of specific heats (file attribute ``gamma``, 1.4 where absent).
+        resolution: ``nx`` (int) for a square grid, else ``(nx, ny)``; ``shape`` is ``(nx, ny)``,
+            after coarsening by ``coarsen`` (``stored_shape`` as in the files).
+        gamma: ratio of specific heats (file attribute ``gamma``, 1.4 where absent in a netCDF
+            file); an error when the files hold several gases (``gammas``: each file's).
         times: ``(n_times,)`` float64 (equispaced on [0, 1] where a file has no time
             coordinate; ``times_assumed`` says so).
         paths: the files, in sample order.
         attrs: the global attributes of each file (list of dicts).
     """
 
-    def __init__(self, shards: list[_Shard]):
+    def __init__(self, shards: list, coarsen: int = 1):
+        from symgrad.data.coarsen import check_factor
+        from symgrad.data.well import WellShard
+
         if not shards:
             raise SymgradError("no data files given")
         first = shards[0]
@@ -316,13 +338,17 @@ class TrajectoryDataset:
                 )
             elif not np.allclose(other.times, first.times, rtol=1e-6, atol=1e-9):
                 problems.append(f"times {other.times.tolist()} vs {first.times.tolist()}")
-            if not np.isclose(other.gamma, first.gamma, rtol=1e-12):
+            both_well = isinstance(other, WellShard) and isinstance(first, WellShard)
+            if not both_well and not np.isclose(other.gamma, first.gamma, rtol=1e-12):
                 problems.append(f"gamma {other.gamma} vs {first.gamma}")
             if problems:
                 raise SymgradError(
                     f"data files do not fit together: {other.path} and {first.path} differ in "
                     f"{'; '.join(problems)}. Only files with the same times, grid and gamma can be combined"
+                    " (files of The Well may differ in gamma)"
                 )
+        check_factor(coarsen, (first.nx, first.ny), f"{first.path}")
+        self.coarsen = int(coarsen)
         self._shards = list(shards)
         counts = np.array([s.n_samples for s in shards], dtype=np.int64)
         self._offsets = np.concatenate([[0], np.cumsum(counts)])
@@ -337,8 +363,14 @@ class TrajectoryDataset:
         return self._shards[0].n_times
 
     @property
-    def shape(self) -> tuple[int, int]:
+    def stored_shape(self) -> tuple[int, int]:
+        """``(nx, ny)`` as stored in the files, before coarsening."""
         return self._shards[0].nx, self._shards[0].ny
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        nx, ny = self.stored_shape
+        return nx // self.coarsen, ny // self.coarsen
 
     @property
     def resolution(self):
@@ -346,8 +378,18 @@ class TrajectoryDataset:
         return nx if nx == ny else (nx, ny)
 
     @property
+    def gammas(self) -> list[float]:
+        """Each file's gamma, in the order of :attr:`paths`."""
+        return [s.gamma for s in self._shards]
+
+    @property
     def gamma(self) -> float:
-        return self._shards[0].gamma
+        values = sorted(set(self.gammas))
+        if len(values) > 1:
+            raise SymgradError(
+                f"the data hold several gases (gamma {', '.join(f'{g:g}' for g in values)}, one per file) where one "
+                "gamma is needed; pass the files of one gas")
+        return values[0]
 
     @property
     def times(self) -> np.ndarray:
@@ -366,14 +408,20 @@ class TrajectoryDataset:
         return [dict(s.attrs) for s in self._shards]
 
     @property
+    def layouts(self) -> list[str]:
+        """How each file stores its data, in one line (``symgrad info``)."""
+        return [s.layout for s in self._shards]
+
+    @property
     def sample_counts(self) -> list[int]:
         """Trajectories per file, in the order of :attr:`paths`."""
         return [s.n_samples for s in self._shards]
 
     @property
     def families(self) -> list[str]:
-        """The ``family`` attribute of each file (``"unknown"`` where absent)."""
-        return [str(s.attrs.get("family", "unknown")) for s in self._shards]
+        """The ``family`` attribute of each file (``"unknown"`` where absent; The Well's
+        ``dataset_name``)."""
+        return [s.family for s in self._shards]
 
     @property
     def family(self) -> str:
@@ -391,24 +439,19 @@ class TrajectoryDataset:
 
     def __repr__(self) -> str:
         nx, ny = self.shape
+        gammas = ", ".join(f"{g:g}" for g in sorted(set(self.gammas)))
+        coarse = f", coarsened {self.coarsen}x{self.coarsen}" if self.coarsen > 1 else ""
         return (
-            f"TrajectoryDataset({self.n_samples} trajectories x {self.n_times} times on {nx}x{ny}, "
-            f"gamma={self.gamma}, family={self.family}, {len(self._shards)} file(s))"
+            f"TrajectoryDataset({self.n_samples} trajectories x {self.n_times} times on {nx}x{ny}{coarse}, "
+            f"gamma={gammas}, family={self.family}, {len(self._shards)} file(s))"
         )
 
     # -- reading -------------------------------------------------------------------------
-    def read_channels(self, sample_indices, time_indices=None, *,
-                      check_physics: bool = True) -> Float[np.ndarray, "n t 5 nx ny"]:
-        """File-layout values ``(n, t, 5, nx, ny)`` float32, channels ``(rho, u, v, p, E)``.
-
-        Indices follow numpy semantics (int, slice, sequence, negative numbers, repeats);
-        an int gives ``n = 1``. Only the requested slices are read; they are checked for NaN/Inf
-        and, unless ``check_physics`` is False, for non-physical states (module docstring).
-        """
+    def _gather(self, sample_indices, time_indices, tail: tuple, read) -> np.ndarray:
+        """``(n, t, *tail)`` float32 from ``read(shard, local samples, times, offset)`` per file."""
         samples = _as_index(sample_indices, self.n_samples, "sample")
         times = _as_index(time_indices, self.n_times, "time index")
-        nx, ny = self.shape
-        out = np.empty((samples.size, times.size, 5, nx, ny), dtype=np.float32)
+        out = np.empty((samples.size, times.size, *tail), dtype=np.float32)
         if samples.size == 0 or times.size == 0:
             return out
         u_times, t_inverse = np.unique(times, return_inverse=True)
@@ -417,13 +460,39 @@ class TrajectoryDataset:
             positions = np.flatnonzero(shard_of == k)
             local = samples[positions] - self._offsets[k]
             u_local, s_inverse = np.unique(local, return_inverse=True)
-            block = self._shards[k].read(u_local, u_times, int(self._offsets[k]), check_physics)
+            block = read(self._shards[k], u_local, u_times, int(self._offsets[k]))
             out[positions] = block[s_inverse][:, t_inverse]
         return out
 
+    def read_channels(self, sample_indices, time_indices=None, *,
+                      check_physics: bool = True) -> Float[np.ndarray, "n t 5 nx ny"]:
+        """File-layout values ``(n, t, 5, nx, ny)`` float32, channels ``(rho, u, v, p, E)``.
+
+        Indices follow numpy semantics (int, slice, sequence, negative numbers, repeats);
+        an int gives ``n = 1``. Only the requested slices are read; they are checked for NaN/Inf
+        and, unless ``check_physics`` is False, for non-physical states (module docstring).
+        Coarsened data are the primitive channels of the coarsened state (each file's gamma
+        gives the pressure).
+        """
+        from symgrad.data.coarsen import coarsen
+
+        def read(shard, samples, times, offset):
+            if self.coarsen == 1:
+                return shard.read(samples, times, offset, check_physics)
+            states = coarsen(shard.read_states(samples, times, offset, check_physics), self.coarsen)
+            return schema.conservative_to_file_channels(states, shard.gamma)
+
+        return self._gather(sample_indices, time_indices, (5, *self.shape), read)
+
     def states(self, sample_indices, time_indices=None) -> Float[np.ndarray, "n t nx ny 4"]:
-        """Conservative states ``(n, t, nx, ny, 4)`` float32 ``(rho, m_x, m_y, E)``."""
-        return schema.file_channels_to_conservative(self.read_channels(sample_indices, time_indices))
+        """Conservative states ``(n, t, nx, ny, 4)`` float32 ``(rho, m_x, m_y, E)``, each file's
+        as read (checked at the stored resolution), then coarsened by :attr:`coarsen`."""
+        from symgrad.data.coarsen import coarsen
+
+        def read(shard, samples, times, offset):
+            return coarsen(shard.read_states(samples, times, offset), self.coarsen)
+
+        return self._gather(sample_indices, time_indices, (*self.shape, 4), read)
 
     def close(self) -> None:
         for shard in self._shards:
@@ -436,18 +505,26 @@ class TrajectoryDataset:
         self.close()
 
 
-def open_dataset(paths) -> TrajectoryDataset:
-    """Open data files lazily: a path, a directory (its ``*.nc`` in numeric order), a glob, or a list.
+def open_dataset(paths, coarsen: int = 1) -> TrajectoryDataset:
+    """Open data files lazily: a path, a directory, a glob, or a list of these.
 
-    Several files -- PDEGym's shards ``data_0.nc ... data_13.nc``, or files of different
-    families such as CE-RP, CE-RPUI and CE-CRP -- are concatenated along ``sample`` in the
-    order given (directories and globs in numeric order). Raises :class:`SymgradError`
-    naming the file for a missing file, a non-netCDF or corrupt file, a missing ``data``
-    variable, a wrong number of dims or channels, or files that do not fit together.
+    ``*.nc`` files are netCDF (symgrad's and PDEGym's layout), ``*.hdf5`` / ``*.h5`` files
+    The Well's (:mod:`symgrad.data.well`). Several files -- PDEGym's shards ``data_0.nc ...
+    data_13.nc``, files of different families such as CE-RP, CE-RPUI and CE-CRP, The Well's
+    files of several gases -- are concatenated along ``sample`` in the order given
+    (directories and globs in numeric order; The Well's split root: its ``train``, ``valid``,
+    ``test`` files in this order). ``coarsen`` averages ``coarsen x coarsen`` blocks of cells
+    (:mod:`symgrad.data.coarsen`). Raises :class:`SymgradError` naming the file for a missing
+    file, a file of neither layout, a corrupt file, or files that do not fit together.
     """
+    from symgrad.data.well import WellShard, is_well_file
+
     if isinstance(paths, TrajectoryDataset):
+        if coarsen != paths.coarsen:
+            raise ValueError(f"dataset coarsened by {paths.coarsen}, asked for {coarsen}")
         return paths
-    return TrajectoryDataset([_Shard(p) for p in schema.expand_paths(paths)])
+    shards = [WellShard(p) if is_well_file(p) else _Shard(p) for p in schema.expand_paths(paths)]
+    return TrajectoryDataset(shards, coarsen)
 
 
 __all__ = ["TrajectoryDataset", "open_dataset"]

@@ -117,18 +117,27 @@ def first_unphysical(c: np.ndarray, gamma: float) -> tuple[str, tuple[int, ...],
     return None
 
 
+# The files a directory of data is read for: netCDF (symgrad, PDEGym) and The Well's HDF5.
+DATA_SUFFIXES = (".nc", ".hdf5", ".h5")
+
+
 def natural_key(path: str | os.PathLike) -> list:
     """Sort key that orders ``data_2.nc`` before ``data_10.nc`` (numbers compared as numbers)."""
     return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", str(path))]
 
 
 def expand_paths(paths) -> list[Path]:
-    """Files named by ``paths``: a file, a directory (its ``*.nc``), a glob, or a list of these.
+    """Files named by ``paths``: a file, a directory (its ``*.nc``, ``*.hdf5`` and ``*.h5``),
+    a glob, or a list of these.
 
     Directories and globs are expanded in numeric ("natural") order, so PDEGym's shards
-    ``data_0.nc ... data_13.nc`` come in sample order. An explicit list keeps its order.
-    Nothing is checked here except that a directory or glob matches something.
+    ``data_0.nc ... data_13.nc`` come in sample order. The Well's split root (a directory
+    holding ``train/``, ``valid/``, ``test/``, directly or under ``data/``) gives the files
+    of its train, valid and test directories in this order (``symgrad.data.well.split_files``).
+    An explicit list keeps its order. Nothing is checked here except that a directory or
+    glob matches something.
     """
+    from symgrad.data.well import SUFFIXES, split_files
     from symgrad.errors import SymgradError
 
     if isinstance(paths, (str, os.PathLike)):
@@ -137,10 +146,15 @@ def expand_paths(paths) -> list[Path]:
     for entry in paths:
         text = os.fspath(entry)
         path = Path(text).expanduser()
-        if path.is_dir():
-            found = sorted((p for p in path.iterdir() if p.suffix == ".nc" and p.is_file()), key=natural_key)
+        splits = split_files(path) if path.is_dir() else None
+        if splits is not None:
+            out.extend(p for files in splits.values() for p in files)
+        elif path.is_dir():
+            found = sorted((p for p in path.iterdir() if p.suffix.lower() in DATA_SUFFIXES and p.is_file()),
+                           key=natural_key)
             if not found:
-                raise SymgradError(f"directory {path} holds no *.nc data files; pass the files or the right directory")
+                raise SymgradError(f"directory {path} holds no data files (*.nc, or The Well's "
+                                   f"{', '.join('*' + s for s in SUFFIXES)}); pass the files or the right directory")
             out.extend(found)
         elif not path.exists() and any(ch in text for ch in "*?["):
             found = sorted((Path(p) for p in _glob.glob(os.path.expanduser(text))), key=natural_key)

@@ -45,8 +45,9 @@ class TrainConfig:
     preset: str = _flag("tiny", "model size", group=_DATA, choices=PRESETS)
     model_overrides: dict[str, Any] = field(default_factory=dict)
     # data
-    data: tuple[str, ...] = _flag((), "dataset file(s), concatenated by trajectory", group=_DATA,
-                                  nargs="+", metavar="FILE.nc")
+    data: tuple[str, ...] = _flag((), "dataset file(s), concatenated by trajectory (netCDF, or The Well's "
+                                  "HDF5: a file, a split directory, a glob, or its data/ root whose train/valid/test "
+                                  "directories are the split)", group=_DATA, nargs="+", metavar="FILE.nc")
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = _flag(0, "random seed of init, split and batch order", group=_DATA)
     # "" = read batches from the files; else a directory where the data are converted once
@@ -57,6 +58,10 @@ class TrainConfig:
     first_trajectories: int = _flag(0, "use the first K trajectories of each --data entry: a file, or a "
                                     "directory or glob of shards such as one PDEGym family (the study: 5000; "
                                     "0 = all)", group=_DATA, metavar="K")
+    # 1 = the stored grid; else each state is averaged over coarsen x coarsen blocks of cells
+    # (symgrad.data.coarsen: exact and conservative), e.g. 4 for The Well's 512x512 -> 128x128
+    coarsen: int = _flag(1, "average F x F blocks of cells of every state, exactly and conservatively (The Well's "
+                         "512x512 -> 128x128: 4; 1 = as stored)", group=_DATA, metavar="F")
     # () = all stored times; else the time indices used, increasing (the study: 16 of 21),
     # whose consecutive pairs are the transitions and whose span is the rollout
     time_indices: tuple[int, ...] = _flag((), "stored time indices to use, increasing (the study: 0 ... 15); "
@@ -120,6 +125,8 @@ class TrainConfig:
             problems.append(f"seed must be an integer in 0..{MAX_SEED}, got {self.seed}")
         if self.first_trajectories < 0:
             problems.append(f"first_trajectories must be >= 0 (0 = all), got {self.first_trajectories}")
+        if self.coarsen < 1:
+            problems.append(f"coarsen must be >= 1 (1 = as stored), got {self.coarsen}")
         t = self.time_indices
         if t and (len(t) < 2 or min(t) < 0 or any(b <= a for a, b in zip(t, t[1:]))):
             problems.append(f"time_indices must be at least 2 increasing indices >= 0, got {list(t)}")

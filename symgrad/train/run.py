@@ -34,6 +34,7 @@ METRICS_NC = "metrics.nc"
 METRICS_CSV = "metrics.csv"
 TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = "lock"  # symgrad.io.ExclusiveLock: one writer per run
+SPLIT_RANDOM, SPLIT_WELL = "random", "the-well-directories"  # RunInfo.split_source
 RUN_FORMAT_VERSION = 3  # 2: TrainState without epoch/position (they follow from the step);
 #                        3: first_trajectories (of each --data entry) replaces trajectories_per_file
 
@@ -81,11 +82,17 @@ class RunInfo:
     # of older symgrad versions): a resume refuses changed data, and the diagnostics
     # recognise the training data by content (symgrad.inputs)
     data_digests: dict[str, str] = dataclasses.field(default_factory=dict)
+    # where the split comes from: SPLIT_RANDOM (seed and split_fractions over the selected
+    # trajectories) or SPLIT_WELL (The Well's own train/valid/test directories)
+    split_source: str = "random"
     format_version: int = RUN_FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["split"] = {k: np.asarray(v).tolist() for k, v in self.split.items()}
+        # [path, digest] pairs: the order is the data's, which a JSON object written with sorted
+        # keys would lose (data_10.nc before data_2.nc; The Well's test/ before train/)
+        d["data_digests"] = [[p, digest] for p, digest in self.data_digests.items()]
         return d
 
     @classmethod

@@ -47,6 +47,7 @@ class TrainingData:
     train: TransitionSource
     val: TransitionSource | None  # None without validation trajectories
     digests: dict[str, str]  # SHA-256 of each data file (run.RunInfo.data_digests)
+    split_source: str = run.SPLIT_RANDOM  # run.RunInfo.split_source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +117,8 @@ def setup(config: TrainConfig, run_dir: Path, *, resume: bool | None = None, for
         first_trajectories=int(config.first_trajectories), resolution=resolution,
         data_paths=tuple(config.data), model={"name": config.model, "preset": config.preset, "config": model.config},
         n_train_transitions=len(data.train), steps_per_epoch=steps_per_epoch, weight_decay=config.weight_decay,
-        n_devices=jax.device_count(), n_processes=jax.process_count(), data_digests=data.digests)
+        n_devices=jax.device_count(), n_processes=jax.process_count(), data_digests=data.digests,
+        split_source=data.split_source)
     _stop_point()  # the last one before the run directory is written
     if primary:
         _record_start(run_dir, config, info, step if stored is not None else None)
@@ -173,7 +175,7 @@ def select_data(config: TrainConfig, stored: run.RunInfo | None) -> TrainingData
     from symgrad.data.cache import open_cache
     from symgrad.data.transitions import first_of_each
 
-    dataset = open_dataset(list(config.data))
+    dataset = open_dataset(list(config.data), coarsen=config.coarsen)
     files = ", ".join(map(str, dataset.paths)).replace("{", "{{").replace("}", "}}")
     if dataset.n_samples == 0:
         raise SettingError(f"the data ({files}) hold no trajectories; pass files that hold some as {{data}}")
@@ -193,11 +195,13 @@ def select_data(config: TrainConfig, stored: run.RunInfo | None) -> TrainingData
             raise SettingError(
                 f"the data now hold {dataset.n_samples} trajectories but the run was trained on "
                 f"{stored.n_samples}; give the same {{data}} files to resume")
-        split = stored.split
+        split, split_source = stored.split, stored.split_source
     else:
-        selected = first_of_each(_entry_counts(config.data, dataset), config.first_trajectories)
-        split = {k: selected[v] for k, v in
-                 split_trajectories(selected.size, config.seed, config.split_fractions).items()}
+        split, split_source = well_split(config.data, dataset, config.first_trajectories)
+        if split is None:
+            selected = first_of_each(_entry_counts(config.data, dataset), config.first_trajectories)
+            split = {k: selected[v] for k, v in
+                     split_trajectories(selected.size, config.seed, config.split_fractions).items()}
         digests = run.data_digests(dataset.paths)
     if len(split["train"]) == 0:
         raise SettingError(f"no training trajectories: {{split_fractions}} {list(config.split_fractions)} of "
@@ -212,7 +216,34 @@ def select_data(config: TrainConfig, stored: run.RunInfo | None) -> TrainingData
     states = open_cache(dataset, config.data_cache, progress=progress) if config.data_cache else None
     train_src = TransitionSource(dataset, split["train"], time_pairs, cache=states)
     val_src = TransitionSource(dataset, split["val"], time_pairs, cache=states) if len(split["val"]) else None
-    return TrainingData(dataset, split, times, train_src, val_src, digests)
+    return TrainingData(dataset, split, times, train_src, val_src, digests, split_source)
+
+
+def well_split(entries, dataset, first_trajectories: int):
+    """The Well's own split when every ``data`` entry is its split root (``train/``,
+    ``valid/``, ``test/``): ``({"train", "val", "test"}: dataset indices, SPLIT_WELL)``, the
+    first ``first_trajectories`` of each split directory of each entry (all where 0);
+    ``(None, SPLIT_RANDOM)`` when no entry is one."""
+    from symgrad.data.well import split_files
+
+    parts = [split_files(entry) for entry in entries]
+    if all(p is None for p in parts):
+        return None, run.SPLIT_RANDOM
+    if any(p is None for p in parts):
+        roots = [e for e, p in zip(entries, parts) if p is not None]
+        raise SettingError(
+            f"{{data}} mixes The Well's split root {roots[0]} (its directories are the split) with files to be split "
+            "at random; pass only split roots, or only files")
+    per_file = iter(dataset.sample_counts)
+    split = {"train": [], "val": [], "test": []}
+    offset = 0
+    for entry in parts:
+        for name, files in entry.items():
+            n = sum(next(per_file) for _ in files)
+            take = n if not first_trajectories else min(n, first_trajectories)
+            split[name].extend(range(offset, offset + take))
+            offset += n
+    return {k: np.asarray(v, dtype=np.int64) for k, v in split.items()}, run.SPLIT_WELL
 
 
 def initial_state(model, optimizer, sharding, seed: int) -> TrainState:
