@@ -123,17 +123,24 @@ def held_out_samples(inputs: RunInputs):
                            "pass a held-out data file as {data}")
     if run_paths and ours == run_paths:
         return test, "test split of the run"
-    if run_paths and len(ours) == 1 and ours[0] in run_paths:
-        offset = 0
+    if run_paths and all(p in run_paths for p in ours):
+        # some of the run's files (one file; The Well's test/ directory): its test split,
+        # mapped into them in the order given
+        where, offset = {}, 0
         for p in run_paths:
             n = open_dataset([p]).n_samples
-            if p == ours[0]:
-                local = test[(test >= offset) & (test < offset + n)] - offset
-                if local.size == 0:
-                    raise SettingError(f"none of the run's test trajectories lies in {data_paths[0]}; "
-                                       "pass all of the run's data files as {data} (or none)")
-                return local, "test split of the run, restricted to this file"
+            where[p] = (offset, n)
             offset += n
+        parts, base = [], 0
+        for p in ours:
+            start, n = where[p]
+            parts.append(test[(test >= start) & (test < start + n)] - start + base)
+            base += n
+        local = np.concatenate(parts)
+        if local.size == 0:
+            raise SettingError(f"none of the run's test trajectories lies in {', '.join(map(str, data_paths))}; "
+                               "pass all of the run's data files as {data} (or none)")
+        return local, f"test split of the run, restricted to {'this file' if len(ours) == 1 else 'these files'}"
     if set(ours) & set(run_paths):
         raise SettingError("{data} mixes files the run was trained on with others; pass exactly the run's data "
                            "files, one of them, or only held-out files")

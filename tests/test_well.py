@@ -315,11 +315,13 @@ def test_the_wells_directories_are_the_split_with_first_trajectories_and_time_in
 
 @pytest.fixture(scope="module")
 def well_run(tmp_path_factory):
-    """A tiny UNet trained for one epoch on a Well split root of 16x16 files coarsened to 8x8."""
+    """A tiny UNet (one level) trained for one epoch on a Well split root of 16x16 files
+    coarsened to 8x8."""
     tmp = tmp_path_factory.mktemp("well-run")
     root, _ = well_root(tmp / "euler", {"train": 4, "valid": 1, "test": 1}, res=16)
     settings = tmp / "tiny.toml"
-    settings.write_text("rollout_trajectories = 0\neval_batch_size = 4\n")
+    # one level of the tiny UNet: the same code paths, fewer and smaller programs to compile
+    settings.write_text("rollout_trajectories = 0\neval_batch_size = 4\nmodel_overrides = {multipliers = [1]}\n")
     run_dir = tmp / "run"
     args = ["train", "--data", str(root), "--coarsen", "2", "--out", str(run_dir), "--model", "unet",
             "--preset", "tiny", "--batch-size", "4", "--epochs", "1", "--no-progress", "--config", str(settings)]
@@ -346,9 +348,11 @@ def test_equivariance_and_overlap_run_on_the_well_run(well_run, tmp_path, capsys
         assert list(ds.element.values) == ["e", "r", "r2", "r3", "s", "rs", "r2s", "r3s"]
         assert list(ds.sample.values) == [10, 11] and ds["family"].item() == "euler_multi_quadrants_periodicBC"
     ov = tmp_path / "ov.nc"
+    # The Well's test directory as --data: the run's test split mapped into its files.
     assert main(["overlap", "--run", str(run_dir), "--group", "d4", "--samples", "2", "--rtol", "1e-6",
-                 "--out", str(ov), "--no-progress"]) == 0
+                 "--data", str(root / "data" / "test"), "--out", str(ov), "--no-progress"]) == 0
     with xr.open_dataset(ov) as ds:
+        assert list(ds.sample.values) == [0, 1] and "restricted to these files" in ds.attrs["sample_source"]
         assert ds.overlap_matrix_chi.shape == (8, 2, 2) and np.isfinite(ds.overlap_matrix_chi.values).all()
         assert not ds.tolerance_not_met.values.any() and ds.attrs["max_relative_bound"] <= 1e-6
     capsys.readouterr()
