@@ -112,7 +112,7 @@ def _one_line_error(capsys, command, *needles):
 # reading the published layout
 
 
-def test_a_file_of_the_published_layout_reads_unchanged(tmp_path, capsys):
+def test_a_file_of_the_published_layout_reads_unchanged(tmp_path, capsys, monkeypatch):
     from symgrad.data import open_dataset
 
     times = np.linspace(0.0, 0.03, N_TIMES)
@@ -147,6 +147,12 @@ def test_a_file_of_the_published_layout_reads_unchanged(tmp_path, capsys):
     assert main(["info", str(root / "data" / "train"), "--check"]) == 0
     out = capsys.readouterr().out
     assert "The Well" in out and "1.4 (" in out and "1.76 (" in out and "check:       OK" in out
+    # info reads The Well's large states in blocks cut in time too: one state at a time, the same report.
+    from symgrad.commands import info
+
+    monkeypatch.setattr(info, "_BLOCK_BYTES", 5 * 6 * 6 * 4)
+    assert main(["info", str(root / "data" / "train"), "--check"]) == 0
+    assert capsys.readouterr().out == out
 
 
 def test_the_x_y_axes_are_checked_against_the_dimensions_group(tmp_path):

@@ -2,7 +2,8 @@
 
 HELP = "describe a data file (shape, family, times, gamma, ranges, provenance) or a model preset"
 DESCRIPTION = (
-    "'symgrad info FILE' prints what a data file (or a directory/glob of shards) holds; with "
+    "'symgrad info FILE' prints what a data file (netCDF, or The Well's HDF5; or a directory/glob "
+    "of them) holds; with "
     "--check it reads every trajectory and checks that values are finite, density and pressure "
     "positive, and E = p/(gamma-1) + rho |u|^2 / 2. 'symgrad info --model NAME --preset P' prints "
     "the parameter count and configuration of a surrogate."
@@ -98,18 +99,26 @@ def _describe_file(args) -> int:
 
         n_range = max(1, min(args.range_trajectories, dataset.n_samples))
         picks = np.unique(np.linspace(0, dataset.n_samples - 1, n_range).round().astype(int))
-        block = dataset.read_channels(picks, check_physics=False)  # ranges of bad data too
         print(f"ranges on {picks.size} trajectories (samples {', '.join(map(str, picks[:8]))}"
               f"{', ...' if picks.size > 8 else ''}), all times:")
+        low, high = np.full(5, np.inf), np.full(5, -np.inf)
+        total, count = np.zeros(5), 0
+        tally = _Tally()
+        for idx, t0, block in _blocks(dataset, picks):  # ranges of bad data too
+            low = np.minimum(low, block.min(axis=(0, 1, 3, 4)))
+            high = np.maximum(high, block.max(axis=(0, 1, 3, 4)))
+            total += block.sum(axis=(0, 1, 3, 4), dtype=np.float64)
+            count += block.size // 5
+            if not args.check:
+                tally.add(dataset, idx, t0, block)
         for c, name in enumerate(schema.CHANNELS):
-            values = block[:, :, c]
-            print(f"  {name:<4} min {values.min(): .6g}  max {values.max(): .6g}  mean {values.mean(): .6g}")
+            print(f"  {name:<4} min {low[c]: .6g}  max {high[c]: .6g}  mean {total[c] / count: .6g}")
 
-        problem = None if args.check else _first_unphysical(dataset, picks, block)
-        if problem is not None:  # --check lists every problem below
-            what, (s, t, i, j), affected = problem
+        problem = tally.first()  # --check lists every problem below
+        if problem is not None:
+            what, (sample, t, i, j), affected = problem
             print(f"warning: {affected} of the {picks.size} trajectories looked at hold non-physical values "
-                  f"({what}, first at sample {picks[s]}, time index {t}, cell ({i}, {j})): reading them "
+                  f"({what}, first at sample {sample}, time index {t}, cell ({i}, {j})): reading them "
                   f"for training or a diagnostic will fail; run 'symgrad info --check' to list every problem",
                   file=sys.stderr)
         for key in ("created", "git_commit", "host", "command"):
@@ -130,20 +139,74 @@ def _describe_file(args) -> int:
     return 0
 
 
+# Values read at once by the ranges and --check: The Well's 512x512 states with 101 times
+# are 530 MB per trajectory, so blocks are cut in time as well as in trajectories.
+_BLOCK_BYTES = 64 << 20
+
+
+def _blocks(dataset, samples):
+    """``(samples, first time index, channels)`` blocks of at most about ``_BLOCK_BYTES``
+    covering every time of ``samples``; unchecked for physics (NaN/Inf still raise)."""
+    import numpy as np
+
+    nx, ny = dataset.shape
+    per_state = 5 * nx * ny * 4
+    n_t = int(max(1, min(dataset.n_times, _BLOCK_BYTES // per_state)))
+    n_s = int(max(1, _BLOCK_BYTES // (per_state * dataset.n_times))) if n_t == dataset.n_times else 1
+    samples = np.asarray(samples)
+    for a in range(0, samples.size, n_s):
+        idx = samples[a:a + n_s]
+        for t0 in range(0, dataset.n_times, n_t):
+            times = np.arange(t0, min(t0 + n_t, dataset.n_times))
+            yield idx, t0, dataset.read_channels(idx, times, check_physics=False)
+
+
 def _gamma_of(dataset, samples):
     """Each sample's gamma (its file's), shaped to broadcast over ``(n, t, nx, ny)``."""
     import numpy as np
 
-    gammas = np.array([dataset.gammas[dataset.paths.index(dataset.locate(int(s))[0])] for s in samples])
-    return gammas[:, None, None, None]
+    gammas = dataset.gammas
+    if len(set(gammas)) == 1:
+        return gammas[0]
+    files = {p: g for p, g in zip(dataset.paths, gammas)}
+    return np.array([files[dataset.locate(int(s))[0]] for s in samples])[:, None, None, None]
 
 
-def _first_unphysical(dataset, samples, block):
-    from symgrad.data import schema
+class _Tally:
+    """Every rule of ``schema.UNPHYSICAL`` over blocks: the trajectories affected, the first
+    place (dataset sample, time index, cell) and the worst energy mismatch."""
 
-    if len(set(dataset.gammas)) == 1:
-        return schema.first_unphysical(block, dataset.gammas[0])
-    return schema.first_unphysical(block, _gamma_of(dataset, samples))
+    def __init__(self):
+        from symgrad.data import schema
+
+        self.affected = [set() for _ in schema.UNPHYSICAL]
+        self.places: list[tuple | None] = [None] * len(schema.UNPHYSICAL)
+        self.worst_energy = 0.0
+
+    def add(self, dataset, samples, t0: int, block) -> None:
+        import numpy as np
+
+        from symgrad.data import schema
+
+        gamma = _gamma_of(dataset, samples)
+        for r, (_, _, rule) in enumerate(schema.UNPHYSICAL):
+            bad = rule(block, gamma)
+            if bad.any():
+                self.affected[r].update(int(s) for s in samples[bad.reshape(bad.shape[0], -1).any(axis=1)])
+                s, t, i, j = (int(v) for v in np.argwhere(bad)[0])
+                place = (int(samples[s]), t0 + t, i, j)
+                if self.places[r] is None or place < self.places[r]:
+                    self.places[r] = place
+        self.worst_energy = max(self.worst_energy, float(schema.energy_mismatch(block, gamma).max()))
+
+    def first(self):
+        """``(what, place, n affected)`` of the first rule violated, or None."""
+        from symgrad.data import schema
+
+        for (_, what, _), affected, place in zip(schema.UNPHYSICAL, self.affected, self.places):
+            if affected:
+                return what, place, len(affected)
+        return None
 
 
 def _check(dataset, args) -> list[str]:
@@ -153,34 +216,22 @@ def _check(dataset, args) -> list[str]:
 
     from symgrad.data import schema
 
-    affected = [0] * len(schema.UNPHYSICAL)
-    first: list[tuple | None] = [None] * len(schema.UNPHYSICAL)
-    worst_energy = 0.0
-    step = 4
+    tally = _Tally()
+    blocks = _blocks(dataset, np.arange(dataset.n_samples))
     # disable=None: a bar on a terminal only, not in logs
-    for start in tqdm(range(0, dataset.n_samples, step), desc="check", unit="block", leave=False, disable=None):
-        idx = np.arange(start, min(start + step, dataset.n_samples))
-        # Raises on NaN/Inf, naming file, sample, time and cell; the physics is counted here.
-        block = dataset.read_channels(idx, check_physics=False)
-        gamma = dataset.gammas[0] if len(set(dataset.gammas)) == 1 else _gamma_of(dataset, idx)
-        for r, (_, _, rule) in enumerate(schema.UNPHYSICAL):
-            bad = rule(block, gamma)
-            if bad.any():
-                affected[r] += int(bad.reshape(bad.shape[0], -1).any(axis=1).sum())
-                if first[r] is None:
-                    s, t, i, j = (int(v) for v in np.argwhere(bad)[0])
-                    first[r] = (start + s, t, i, j)
-        worst_energy = max(worst_energy, float(schema.energy_mismatch(block, gamma).max()))
+    for idx, t0, block in tqdm(blocks, desc="check", unit="block", leave=False, disable=None):
+        tally.add(dataset, idx, t0, block)  # NaN/Inf raised in the read, naming file, sample, time and cell
 
     problems = []
-    for (channel, what, _), n, f in zip(schema.UNPHYSICAL, affected, first):
-        if n:
-            why = (f", up to {worst_energy:.3g} with gamma={', '.join(f'{g:g}' for g in sorted(set(dataset.gammas)))}: "
-                   "the 5th channel is not the total energy, or gamma is wrong") if channel == "E" else ""
-            problems.append(f"{n} trajectories have {what} (first at sample {f[0]}, time index {f[1]}, "
+    gammas = ", ".join(f"{g:g}" for g in sorted(set(dataset.gammas)))
+    for (channel, what, _), affected, f in zip(schema.UNPHYSICAL, tally.affected, tally.places):
+        if affected:
+            why = (f", up to {tally.worst_energy:.3g} with gamma={gammas}: the 5th channel is not the total energy, "
+                   "or gamma is wrong") if channel == "E" else ""
+            problems.append(f"{len(affected)} trajectories have {what} (first at sample {f[0]}, time index {f[1]}, "
                             f"cell ({f[2]}, {f[3]}){why})")
-    if not any(n for (channel, _, _), n in zip(schema.UNPHYSICAL, affected) if channel == "E"):
-        print(f"energy:      E matches p/(gamma-1) + rho|u|^2/2 to {worst_energy:.2g} (relative)")
+    if not any(a for (channel, _, _), a in zip(schema.UNPHYSICAL, tally.affected) if channel == "E"):
+        print(f"energy:      E matches p/(gamma-1) + rho|u|^2/2 to {tally.worst_energy:.2g} (relative)")
     return problems
 
 
