@@ -314,6 +314,18 @@ def test_the_wells_directories_are_the_split_with_first_trajectories_and_time_in
                                               time_indices=(0, 2, 4))), None)
     assert {k: v.tolist() for k, v in data.split.items()} == {"train": [0], "val": [6], "test": [10]}
     assert data.times.tolist() == [0, 2, 4] and len(data.train) == 2  # one trajectory, two transitions
+    # A split root beside plain files is refused; without train/ there is nothing to train on.
+    from symgrad.errors import SettingError
+
+    with pytest.raises(SettingError, match="mixes The Well's split root"):
+        select_data(_resolve_paths(_config(tmp_path, data=(str(root), str(next((root / "data" / "test").iterdir()))))),
+                    None)
+    only_test = tmp_path / "only-test"
+    (only_test / "test").mkdir(parents=True)
+    for f in (root / "data" / "test").iterdir():
+        (only_test / "test" / f.name).symlink_to(f)
+    with pytest.raises(SettingError, match="no train/ directory"):
+        select_data(_resolve_paths(_config(tmp_path, data=(str(only_test),))), None)
     # A split directory alone is split at random, like any set of files.
     data = select_data(_resolve_paths(_config(tmp_path, data=(str(root / "data" / "train"),), seed=3)), None)
     assert data.split_source == "random" and sum(len(v) for v in data.split.values()) == 6

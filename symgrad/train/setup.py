@@ -203,6 +203,10 @@ def select_data(config: TrainConfig, stored: run.RunInfo | None) -> TrainingData
             split = {k: selected[v] for k, v in
                      split_trajectories(selected.size, config.seed, config.split_fractions).items()}
         digests = run.data_digests(dataset.paths)
+    if len(split["train"]) == 0 and split_source == run.SPLIT_WELL:
+        raise SettingError("The Well's split root in {data} has no train/ directory of trajectories; download its "
+                           "train split "
+                           "(the-well-download --split train) or pass files to split at random as {data}")
     if len(split["train"]) == 0:
         raise SettingError(f"no training trajectories: {{split_fractions}} {list(config.split_fractions)} of "
                            f"{sum(len(v) for v in split.values())} selected trajectories leave none for training; "
@@ -230,9 +234,9 @@ def well_split(entries, dataset, first_trajectories: int):
     if all(p is None for p in parts):
         return None, run.SPLIT_RANDOM
     if any(p is None for p in parts):
-        roots = [e for e, p in zip(entries, parts) if p is not None]
+        root = str(next(e for e, p in zip(entries, parts) if p is not None)).replace("{", "{{").replace("}", "}}")
         raise SettingError(
-            f"{{data}} mixes The Well's split root {roots[0]} (its directories are the split) with files to be split "
+            f"{{data}} mixes The Well's split root {root} (its directories are the split) with files to be split "
             "at random; pass only split roots, or only files")
     per_file = iter(dataset.sample_counts)
     split = {"train": [], "val": [], "test": []}
