@@ -290,6 +290,17 @@ def test_coarsening_is_exact_conservative_and_commutes_with_d4_and_block_transla
         open_dataset(root, coarsen=3)
 
 
+def test_the_data_cache_of_coarsened_well_data_is_written_in_blocks_cut_in_time(tmp_path, monkeypatch):
+    from symgrad.data import cache, open_dataset
+
+    root, _ = well_root(tmp_path / "w", {"train": 2}, res=8)
+    dataset = open_dataset(root, coarsen=2)
+    monkeypatch.setattr(cache, "_BLOCK_BYTES", 8 * 8 * 16)  # one stored state per block
+    states = cache.open_cache(dataset, tmp_path / "cache")
+    assert states.shape == (4, N_TIMES, 4, 4, 4)
+    np.testing.assert_array_equal(states, dataset.states(slice(None)))
+
+
 # --------------------------------------------------------------------------------------
 # splits, time selection, training and the diagnostics
 
