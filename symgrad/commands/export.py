@@ -11,7 +11,8 @@ DESCRIPTION = (
     "(..., 2), dimensions time/x/y, periodic boundary conditions, gamma as a simulation "
     "parameter. Density, momentum and energy are the states bit for bit; pressure is computed "
     "with the data's gamma. Put the file in a train/, valid/ or test/ directory for The "
-    "Well's own reader (the_well.data.WellDataset, extra 'well'). Written atomically."
+    "Well's own reader (the_well.data.WellDataset, extra 'well'). Written atomically. Example: "
+    "symgrad export out/data/ce-rp.nc --format well --out well/data/train/ce-rp.hdf5"
 )
 
 FORMATS = ("well",)
