@@ -378,8 +378,9 @@ def test_equivariance_and_overlap_run_on_the_well_run(well_run, tmp_path, capsys
         assert list(ds.sample.values) == [10, 11] and ds["family"].item() == "euler_multi_quadrants_periodicBC"
     ov = tmp_path / "ov.nc"
     # The Well's test directory as --data: the run's test split mapped into its files.
+    # (no spectrum probe: it forecasts the cost, the certified values do not depend on it)
     assert main(["overlap", "--run", str(run_dir), "--group", "d4", "--samples", "2", "--rtol", "1e-6",
-                 "--data", str(root / "data" / "test"), "--out", str(ov), "--no-progress"]) == 0
+                 "--probe-vectors", "0", "--data", str(root / "data" / "test"), "--out", str(ov), "--no-progress"]) == 0
     with xr.open_dataset(ov) as ds:
         assert list(ds.sample.values) == [0, 1] and "restricted to these files" in ds.attrs["sample_source"]
         assert ds.overlap_matrix_chi.shape == (8, 2, 2) and np.isfinite(ds.overlap_matrix_chi.values).all()
