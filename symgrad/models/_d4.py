@@ -26,6 +26,8 @@ output to input). That is the general solution of the steerability constraint
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -82,14 +84,31 @@ def spatial(a: Float[Array, "h w *rest"], g: int) -> Float[Array, "h w *rest"]:
     return jnp.rot90(a, k, axes=(0, 1))
 
 
-def lift_filter(psi: Float[Array, "kh kw 4 cout"]) -> Float[Array, "kh kw 4 cout8"]:
+def element_filters(
+    psi: Float[Array, "banks *filter"], coefficients: Float[Array, "8 banks"] | None
+) -> Callable[[int], Float[Array, "*filter"]]:
+    """The base filter each element ``h`` transforms: ``psi`` itself for a group convolution
+    (``coefficients`` None), else the relaxed ``sum_l coefficients[h, l] psi[l]`` of a relaxed
+    group convolution (Wang, Walters and Yu 2022): equal rows of ``coefficients`` make it the
+    group convolution of ``sum_l coefficients[0, l] psi[l]``, which is exactly equivariant."""
+    if coefficients is None:
+        return lambda h: psi
+    combined = jnp.einsum("hl,l...->h...", coefficients.astype(psi.dtype), psi)
+    return lambda h: combined[h]
+
+
+def lift_filter(
+    psi: Float[Array, "*banks kh kw 4 cout"], coefficients: Float[Array, "8 banks"] | None = None
+) -> Float[Array, "kh kw 4 cout8"]:
     """Lifting filter from the state type (scalar, vector, scalar) to regular fields.
 
     Output ``(o, h)`` is ``T_h psi = psi(h^-1 y) rho_in(h)^-1``, stacked channel-major.
+    With ``coefficients``, ``psi`` carries a leading filter-bank axis (:func:`element_filters`).
     """
+    base = element_filters(psi, coefficients)
     stacked = []
     for h in range(ORDER):
-        moved = spatial(psi, h)
+        moved = spatial(base(h), h)
         # rows of rho_in(h)^-1 index the base filter's input channel, columns the new one
         rho_inv = jnp.asarray(state_rep(INVERSE[h]), dtype=psi.dtype)
         stacked.append(jnp.einsum("xyco,cd->xydo", moved, rho_inv))
@@ -97,20 +116,32 @@ def lift_filter(psi: Float[Array, "kh kw 4 cout"]) -> Float[Array, "kh kw 4 cout
     return full.reshape(*full.shape[:3], -1)
 
 
-def group_filter(psi: Float[Array, "kh kw cin 8 cout"]) -> Float[Array, "kh kw cin8 cout8"]:
-    """Regular-to-regular filter: output ``(o, h)`` gets ``psi(h^-1 y)[c, h^-1 h', o]``."""
-    kh, kw, cin, _, cout = psi.shape
-    stacked = [spatial(psi, h)[:, :, :, REGULAR_GATHER[h], :] for h in range(ORDER)]
+def group_filter(
+    psi: Float[Array, "*banks kh kw cin 8 cout"], coefficients: Float[Array, "8 banks"] | None = None
+) -> Float[Array, "kh kw cin8 cout8"]:
+    """Regular-to-regular filter: output ``(o, h)`` gets ``psi(h^-1 y)[c, h^-1 h', o]``.
+
+    With ``coefficients``, ``psi`` carries a leading filter-bank axis (:func:`element_filters`).
+    """
+    kh, kw, cin, _, cout = psi.shape[-5:]
+    base = element_filters(psi, coefficients)
+    stacked = [spatial(base(h), h)[:, :, :, REGULAR_GATHER[h], :] for h in range(ORDER)]
     full = jnp.stack(stacked, axis=-1)  # (kh, kw, cin, 8[h'], cout, 8[h])
     return full.reshape(kh, kw, cin * ORDER, cout * ORDER)
 
 
-def project_filter(psi: Float[Array, "kh kw cin 4"]) -> Float[Array, "kh kw cin8 4"]:
-    """Regular-to-state filter: input ``(c, h)`` gets ``rho_out(h) psi(h^-1 y)``."""
-    kh, kw, cin, nout = psi.shape
+def project_filter(
+    psi: Float[Array, "*banks kh kw cin 4"], coefficients: Float[Array, "8 banks"] | None = None
+) -> Float[Array, "kh kw cin8 4"]:
+    """Regular-to-state filter: input ``(c, h)`` gets ``rho_out(h) psi(h^-1 y)``.
+
+    With ``coefficients``, ``psi`` carries a leading filter-bank axis (:func:`element_filters`).
+    """
+    kh, kw, cin, nout = psi.shape[-4:]
+    base = element_filters(psi, coefficients)
     stacked = []
     for h in range(ORDER):
-        moved = spatial(psi, h)
+        moved = spatial(base(h), h)
         rho = jnp.asarray(state_rep(h), dtype=psi.dtype)
         stacked.append(jnp.einsum("xyco,po->xycp", moved, rho))
     full = jnp.stack(stacked, axis=3)  # (kh, kw, cin, 8[h], 4)
