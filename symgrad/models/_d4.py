@@ -26,7 +26,7 @@ output to input). That is the general solution of the steerability constraint
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
 
 import jax.numpy as jnp
 import numpy as np
@@ -84,17 +84,44 @@ def spatial(a: Float[Array, "h w *rest"], g: int) -> Float[Array, "h w *rest"]:
     return jnp.rot90(a, k, axes=(0, 1))
 
 
-def element_filters(
-    psi: Float[Array, "banks *filter"], coefficients: Float[Array, "8 banks"] | None
-) -> Callable[[int], Float[Array, "*filter"]]:
-    """The base filter each element ``h`` transforms: ``psi`` itself for a group convolution
-    (``coefficients`` None), else the relaxed ``sum_l coefficients[h, l] psi[l]`` of a relaxed
-    group convolution (Wang, Walters and Yu 2022): equal rows of ``coefficients`` make it the
-    group convolution of ``sum_l coefficients[0, l] psi[l]``, which is exactly equivariant."""
+@functools.cache
+def _taps(k: int) -> np.ndarray:
+    """``(8, k*k)``: tap ``t`` of ``spatial(psi, h)`` (taps flattened) is tap ``_taps(k)[h, t]`` of ``psi``."""
+    grid = np.arange(k * k).reshape(k, k)
+    out = []
+    for h in range(ORDER):
+        kk, m = PARTS[h]
+        out.append(np.rot90(np.flip(grid, axis=0) if m else grid, kk, axes=(0, 1)).ravel())
+    return np.stack(out)
+
+
+def _signed_permutation(matrices: list[np.ndarray], axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """For signed permutation matrices, per matrix and index ``j`` along the other axis: the
+    index along ``axis`` of the one non-zero entry, and its sign (``(8, 4)`` each)."""
+    index = np.stack([np.argmax(np.abs(m), axis=axis) for m in matrices])
+    sign = np.stack([np.take_along_axis(m, np.expand_dims(i, axis), axis).squeeze(axis) for m, i in
+                     zip(matrices, index)])
+    return index.astype(np.int32), sign
+
+
+# lifting: new input channel d of T_h psi is sign * base channel c of rho_in(h)^-1 = state_rep(h^-1)
+LIFT_CHANNEL, LIFT_SIGN = _signed_permutation([state_rep(INVERSE[h]) for h in range(ORDER)], axis=0)
+# projection: output p of T_h psi is sign * base output o of rho_out(h) = state_rep(h)
+PROJECT_CHANNEL, PROJECT_SIGN = _signed_permutation([state_rep(h) for h in range(ORDER)], axis=1)
+_H = np.arange(ORDER)
+
+
+def _base(psi: Array, coefficients: Array | None, axes: int) -> tuple[Array, tuple]:
+    """The filters each element transforms, taps flattened, and the index that selects an
+    element's own: ``psi`` itself for a group convolution (``coefficients`` None), else the
+    relaxed ``sum_l coefficients[h, l] psi[l]`` of a relaxed group convolution (Wang, Walters
+    and Yu 2022). Equal rows of ``coefficients`` make the latter the group convolution of
+    ``sum_l coefficients[0, l] psi[l]``, which is exactly equivariant. ``axes``: the number
+    of axes after the two spatial ones."""
     if coefficients is None:
-        return lambda h: psi
+        return psi.reshape(-1, *psi.shape[-axes:]), ()
     combined = jnp.einsum("hl,l...->h...", coefficients.astype(psi.dtype), psi)
-    return lambda h: combined[h]
+    return combined.reshape(ORDER, -1, *psi.shape[-axes:]), (_H[:, None, None],)
 
 
 def lift_filter(
@@ -103,17 +130,14 @@ def lift_filter(
     """Lifting filter from the state type (scalar, vector, scalar) to regular fields.
 
     Output ``(o, h)`` is ``T_h psi = psi(h^-1 y) rho_in(h)^-1``, stacked channel-major.
-    With ``coefficients``, ``psi`` carries a leading filter-bank axis (:func:`element_filters`).
+    With ``coefficients``, ``psi`` carries a leading filter-bank axis (:func:`_base`).
+    One gather: every ``T_h`` is a signed permutation of the base filter's entries.
     """
-    base = element_filters(psi, coefficients)
-    stacked = []
-    for h in range(ORDER):
-        moved = spatial(base(h), h)
-        # rows of rho_in(h)^-1 index the base filter's input channel, columns the new one
-        rho_inv = jnp.asarray(state_rep(INVERSE[h]), dtype=psi.dtype)
-        stacked.append(jnp.einsum("xyco,cd->xydo", moved, rho_inv))
-    full = jnp.stack(stacked, axis=-1)  # (kh, kw, 4, cout, 8)
-    return full.reshape(*full.shape[:3], -1)
+    k, cout = psi.shape[-4], psi.shape[-1]
+    flat, h = _base(psi, coefficients, 2)
+    full = flat[h + (_taps(k)[:, :, None], LIFT_CHANNEL[:, None, :])]  # (8[h], k*k, 4, cout)
+    full = full * jnp.asarray(LIFT_SIGN, psi.dtype)[:, None, :, None]
+    return jnp.moveaxis(full, 0, -1).reshape(k, k, 4, cout * ORDER)
 
 
 def group_filter(
@@ -121,13 +145,12 @@ def group_filter(
 ) -> Float[Array, "kh kw cin8 cout8"]:
     """Regular-to-regular filter: output ``(o, h)`` gets ``psi(h^-1 y)[c, h^-1 h', o]``.
 
-    With ``coefficients``, ``psi`` carries a leading filter-bank axis (:func:`element_filters`).
+    With ``coefficients``, ``psi`` carries a leading filter-bank axis (:func:`_base`).
     """
-    kh, kw, cin, _, cout = psi.shape[-5:]
-    base = element_filters(psi, coefficients)
-    stacked = [spatial(base(h), h)[:, :, :, REGULAR_GATHER[h], :] for h in range(ORDER)]
-    full = jnp.stack(stacked, axis=-1)  # (kh, kw, cin, 8[h'], cout, 8[h])
-    return full.reshape(kh, kw, cin * ORDER, cout * ORDER)
+    k, cin, cout = psi.shape[-5], psi.shape[-3], psi.shape[-1]
+    flat, h = _base(psi, coefficients, 3)
+    full = flat[h + (_taps(k)[:, :, None], slice(None), REGULAR_GATHER[:, None, :])]  # (8[h], k*k, 8[h'], cin, cout)
+    return jnp.transpose(full, (1, 3, 2, 4, 0)).reshape(k, k, cin * ORDER, cout * ORDER)
 
 
 def project_filter(
@@ -135,14 +158,10 @@ def project_filter(
 ) -> Float[Array, "kh kw cin8 4"]:
     """Regular-to-state filter: input ``(c, h)`` gets ``rho_out(h) psi(h^-1 y)``.
 
-    With ``coefficients``, ``psi`` carries a leading filter-bank axis (:func:`element_filters`).
+    With ``coefficients``, ``psi`` carries a leading filter-bank axis (:func:`_base`).
     """
-    kh, kw, cin, nout = psi.shape[-4:]
-    base = element_filters(psi, coefficients)
-    stacked = []
-    for h in range(ORDER):
-        moved = spatial(base(h), h)
-        rho = jnp.asarray(state_rep(h), dtype=psi.dtype)
-        stacked.append(jnp.einsum("xyco,po->xycp", moved, rho))
-    full = jnp.stack(stacked, axis=3)  # (kh, kw, cin, 8[h], 4)
-    return full.reshape(kh, kw, cin * ORDER, nout)
+    k, cin = psi.shape[-4], psi.shape[-2]
+    flat, h = _base(psi, coefficients, 2)
+    full = flat[h + (_taps(k)[:, :, None], slice(None), PROJECT_CHANNEL[:, None, :])]  # (8[h], k*k, 4[p], cin)
+    full = full * jnp.asarray(PROJECT_SIGN, psi.dtype)[:, None, :, None]
+    return jnp.transpose(full, (1, 3, 0, 2)).reshape(k, k, cin * ORDER, 4)
