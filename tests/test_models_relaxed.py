@@ -163,6 +163,10 @@ def test_the_penalty_adds_its_gradient_to_the_smse_step_of_the_relaxed_model_onl
     from symgrad.train.step import relaxation_penalty, train_step
 
     assert relaxation_penalty(TrainConfig(model="gcnn", relaxation_weight=0.5)) is None
+    # a resume compares it only where it weighs the loss
+    assert TrainConfig(model="gcnn", relaxation_weight=0.5).material_differences(TrainConfig(model="gcnn")) == {}
+    assert "relaxation_weight" in TrainConfig(model="relaxed", relaxation_weight=0.5).material_differences(
+        TrainConfig(model="relaxed"))
     assert relaxation_penalty(TrainConfig(model="relaxed", relaxation_weight=0.0)) is None
     weight = 0.25
     penalty = relaxation_penalty(TrainConfig(model="relaxed", relaxation_weight=weight))
