@@ -77,22 +77,20 @@ def state_rep(g: int) -> np.ndarray:
 
 
 def spatial(a: Float[Array, "h w *rest"], g: int) -> Float[Array, "h w *rest"]:
-    """Move an array's leading two (spatial) axes by g, as ``act_d4`` moves a scalar field."""
+    """Move an array's leading two (spatial) axes by g, as ``act_d4`` moves a scalar field
+    (a numpy array stays one: the filter transforms use it on index arrays)."""
+    xp = np if isinstance(a, np.ndarray) else jnp
     k, m = PARTS[g]
     if m:
-        a = jnp.flip(a, axis=0)
-    return jnp.rot90(a, k, axes=(0, 1))
+        a = xp.flip(a, axis=0)
+    return xp.rot90(a, k, axes=(0, 1))
 
 
 @functools.cache
 def _taps(k: int) -> np.ndarray:
     """``(8, k*k)``: tap ``t`` of ``spatial(psi, h)`` (taps flattened) is tap ``_taps(k)[h, t]`` of ``psi``."""
     grid = np.arange(k * k).reshape(k, k)
-    out = []
-    for h in range(ORDER):
-        kk, m = PARTS[h]
-        out.append(np.rot90(np.flip(grid, axis=0) if m else grid, kk, axes=(0, 1)).ravel())
-    return np.stack(out)
+    return np.stack([spatial(grid, h).ravel() for h in range(ORDER)])
 
 
 def _signed_permutation(matrices: list[np.ndarray], axis: int) -> tuple[np.ndarray, np.ndarray]:
