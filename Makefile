@@ -9,7 +9,7 @@ DATA   ?= $(OUT)/data/ce-rp.nc
 EPOCHS ?= 2
 PRESET ?= tiny
 
-.PHONY: install test test-slow test-slurm demo data train-unet train-vit train-gcnn equivariance overlap figures report sweep clean
+.PHONY: install test test-slow test-slurm demo data train-unet train-vit train-gcnn train-relaxed equivariance overlap figures report sweep clean
 
 install: $(STAMP)
 
@@ -40,7 +40,7 @@ demo: $(STAMP)
 data: $(STAMP)
 	$(BIN)/symgrad generate --family CE-RP --trajectories 64 --resolution 64 --times 11 --t-final 0.5 --seed 0 --out $(DATA)
 
-train-unet train-vit train-gcnn: train-%: $(STAMP)
+train-unet train-vit train-gcnn train-relaxed: train-%: $(STAMP)
 	@test -f $(DATA) || $(MAKE) data
 	$(BIN)/symgrad train --model $* --preset $(PRESET) --data $(DATA) --out $(OUT)/runs/$* --epochs $(EPOCHS) --seed 0
 

@@ -14,7 +14,7 @@ ON_FAILURE: tuple[str, ...] = ("error", "resample")
 GENERATE_CHUNK_SIZE = 32  # trajectories per chunk of generate/solve
 
 # models and training (symgrad.models, symgrad.train)
-MODELS: tuple[str, ...] = ("unet", "vit", "gcnn")
+MODELS: tuple[str, ...] = ("unet", "vit", "gcnn", "relaxed")
 PRESETS: tuple[str, ...] = ("tiny", "small", "paper")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 

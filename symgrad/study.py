@@ -35,8 +35,8 @@ REFERENCES: dict[str, tuple[str, ...]] = {
     "overlap": ("overlap_cosine_chi_bound", "overlap_frobenius_chi_bound", "null_space_share_u", "iterations_u"),
 }
 #: The study's architectures, in the order they are drawn; other models follow by name.
-MODEL_ORDER: tuple[str, ...] = ("unet", "vit", "gcnn")
-MODEL_NAMES = {"unet": "UNet", "vit": "ViT", "gcnn": "G-CNN"}
+MODEL_ORDER: tuple[str, ...] = ("unet", "vit", "gcnn", "relaxed")
+MODEL_NAMES = {"unet": "UNet", "vit": "ViT", "gcnn": "G-CNN", "relaxed": "relaxed G-CNN"}
 STATISTICS_TITLE = "symgrad study statistics"
 
 
@@ -82,7 +82,7 @@ def _model_keys(datasets) -> list[str]:
 
 
 def ordered_models(keys) -> list[str]:
-    """Pooling keys in the study's order (UNet, ViT, G-CNN), other models after them by name."""
+    """Pooling keys in the study's order (UNet, ViT, G-CNN, relaxed G-CNN), other models after them by name."""
     def rank(k):
         base = k.split("-")[0].split(" ")[0]
         return (MODEL_ORDER.index(base) if base in MODEL_ORDER else len(MODEL_ORDER), k)

@@ -1,6 +1,6 @@
 """The demo (``make demo``): the sweep ``experiments/sweeps/demo.toml``.
 
-The default suite runs the demo's own jobs for its data, its ViT (the weakest of its three
+The default suite runs the demo's own jobs for its data, its ViT (the weakest of its four
 models) and that model's D4 equivariance, exactly as ``make demo`` does, and checks that
 the ViT beats the persistence baseline on the test transitions; the slow test runs the
 whole demo as ``make demo`` does, checks every model, every certified value and the report,
@@ -29,7 +29,7 @@ def _beats_persistence(path, factor=0.9):
 
 def test_the_demo_is_the_study_in_miniature(tmp_path):
     sweep = load_sweep(DEMO, out=tmp_path)
-    assert sweep.models == ("unet", "vit", "gcnn") and sweep.groups == ("d4", "translate-x", "translate-y")
+    assert sweep.models == ("unet", "vit", "gcnn", "relaxed") and sweep.groups == ("d4", "translate-x", "translate-y")
     jobs = {job.name: job for job in expand(sweep)}
     assert list(jobs)[0] == "generate" and jobs["generate"].output == str(tmp_path / "data" / "ce-rp.nc")
     assert all(job.depends_on == ("generate",) for job in jobs.values() if job.kind == "train")
@@ -37,7 +37,7 @@ def test_the_demo_is_the_study_in_miniature(tmp_path):
     def flag(job, name):
         return job.argv[job.argv.index(name) + 1]
 
-    assert [flag(jobs[f"train-{m}-tiny-seed0"], "--epochs") for m in sweep.models] == ["20", "80", "20"]
+    assert [flag(jobs[f"train-{m}-tiny-seed0"], "--epochs") for m in sweep.models] == ["20", "80", "20", "20"]
     for group in sweep.groups:
         overlap = jobs[f"overlap-{group}-unet-tiny-seed0"]
         assert flag(overlap, "--metric") == "both" and flag(overlap, "--curvature-samples") == "1"

@@ -129,6 +129,7 @@ def test_a_run_that_died_in_its_first_checkpoint_starts_again(tmp_path, cache_di
     (["--lr", "inf"], "learning_rate must be a finite number > 0"),
     (["--weight-decay", "nan"], "weight_decay must be a finite number >= 0"),
     (["--grad-clip", "nan"], "grad_clip_norm must be a finite number >= 0"),
+    (["--relaxation-weight", "-1"], "relaxation_weight must be a finite number >= 0"),
     (["--max-steps", "-1"], "max_steps must be >= 0"),
     (["--seed", "-1"], "seed must be an integer in 0.."),
     (["--seed", str(2**64)], "seed must be an integer in 0.."),

@@ -21,7 +21,7 @@ from symgrad.models import (
 
 
 def test_public_names():
-    assert MODELS == ("unet", "vit", "gcnn")
+    assert MODELS == ("unet", "vit", "gcnn", "relaxed")
     assert PRESETS == ("tiny", "small", "paper")
 
 
@@ -51,6 +51,9 @@ EXPECTED_COUNTS_128 = {
     ("gcnn", "tiny"): 10_998,
     ("gcnn", "small"): 1_939_934,
     ("gcnn", "paper"): 11_739_730,
+    ("relaxed", "tiny"): 22_166,
+    ("relaxed", "small"): 1_724_698,
+    ("relaxed", "paper"): 13_206_270,
 }
 
 
@@ -64,12 +67,13 @@ def test_paper_targets_within_ten_percent():
     def count(name):
         return parameter_count(jax.eval_shape(build(name, "paper", 128).init, jax.random.key(0)))
 
-    unet, vit, gcnn = count("unet"), count("vit"), count("gcnn")
+    unet, vit, gcnn, relaxed = count("unet"), count("vit"), count("gcnn"), count("relaxed")
     assert abs(unet - 13e6) / 13e6 < 0.10
     assert abs(vit - 5e6) / 5e6 < 0.10
-    # the G-CNN is budgeted against the UNet it mirrors
+    # the G-CNN and the relaxed G-CNN are budgeted against the UNet they mirror
     assert abs(gcnn - unet) / unet < 0.15
-    for name in ("unet", "vit", "gcnn"):
+    assert abs(relaxed - unet) / unet < 0.15
+    for name in MODELS:
         assert 2_000 <= count_tiny(name) <= 80_000
 
 

@@ -295,7 +295,7 @@ def test_config_toml_and_cli_precedence(tmp_path):
 
     cfg = TrainConfig.from_toml(Path(__file__).resolve().parent.parent / "experiments" / "paper-unet.toml")
     assert (cfg.learning_rate, cfg.weight_decay, cfg.batch_size, cfg.epochs) == (5e-4, 1e-6, 64, 90)
-    for model in ("unet", "vit", "gcnn"):  # the study's data selection, in every paper config
+    for model in ("unet", "vit", "gcnn", "relaxed"):  # the study's data selection, in every paper config
         paper = TrainConfig.from_toml(Path(__file__).resolve().parent.parent / "experiments" / f"paper-{model}.toml")
         assert (paper.model, paper.first_trajectories, paper.time_indices) == (model, 5000, tuple(range(16)))
     toml = tmp_path / "x.toml"

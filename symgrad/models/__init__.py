@@ -1,4 +1,4 @@
-"""Surrogate architectures: residual UNet, ViT and a D4-equivariant group CNN.
+"""Surrogate architectures: residual UNet, ViT, a D4-equivariant group CNN and its relaxed form.
 
 ``build(name, preset, resolution, **overrides)`` returns a :class:`Model` with a pure
 ``apply(params, x)``; see ``docs/models.md`` for the exact presets.
@@ -14,6 +14,7 @@ from symgrad.models.registry import (
     preset_config as preset_config,
     surrogate_apply as surrogate_apply,
 )
+from symgrad.models.relaxed import coefficient_spread as coefficient_spread
 
 __all__ = [
     "MODELS",
@@ -21,6 +22,7 @@ __all__ = [
     "Model",
     "build",
     "build_from_config",
+    "coefficient_spread",
     "parameter_count",
     "preset_config",
     "surrogate_apply",

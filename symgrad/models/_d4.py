@@ -26,6 +26,8 @@ output to input). That is the general solution of the steerability constraint
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -75,43 +77,89 @@ def state_rep(g: int) -> np.ndarray:
 
 
 def spatial(a: Float[Array, "h w *rest"], g: int) -> Float[Array, "h w *rest"]:
-    """Move an array's leading two (spatial) axes by g, as ``act_d4`` moves a scalar field."""
+    """Move an array's leading two (spatial) axes by g, as ``act_d4`` moves a scalar field
+    (a numpy array stays one: the filter transforms use it on index arrays)."""
+    xp = np if isinstance(a, np.ndarray) else jnp
     k, m = PARTS[g]
     if m:
-        a = jnp.flip(a, axis=0)
-    return jnp.rot90(a, k, axes=(0, 1))
+        a = xp.flip(a, axis=0)
+    return xp.rot90(a, k, axes=(0, 1))
 
 
-def lift_filter(psi: Float[Array, "kh kw 4 cout"]) -> Float[Array, "kh kw 4 cout8"]:
+@functools.cache
+def _taps(k: int) -> np.ndarray:
+    """``(8, k*k)``: tap ``t`` of ``spatial(psi, h)`` (taps flattened) is tap ``_taps(k)[h, t]`` of ``psi``."""
+    grid = np.arange(k * k).reshape(k, k)
+    return np.stack([spatial(grid, h).ravel() for h in range(ORDER)])
+
+
+def _signed_permutation(matrices: list[np.ndarray], axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """For signed permutation matrices, per matrix and index ``j`` along the other axis: the
+    index along ``axis`` of the one non-zero entry, and its sign (``(8, 4)`` each)."""
+    index = np.stack([np.argmax(np.abs(m), axis=axis) for m in matrices])
+    sign = np.stack([np.take_along_axis(m, np.expand_dims(i, axis), axis).squeeze(axis) for m, i in
+                     zip(matrices, index)])
+    return index.astype(np.int32), sign
+
+
+# lifting: new input channel d of T_h psi is sign * base channel c of rho_in(h)^-1 = state_rep(h^-1)
+LIFT_CHANNEL, LIFT_SIGN = _signed_permutation([state_rep(INVERSE[h]) for h in range(ORDER)], axis=0)
+# projection: output p of T_h psi is sign * base output o of rho_out(h) = state_rep(h)
+PROJECT_CHANNEL, PROJECT_SIGN = _signed_permutation([state_rep(h) for h in range(ORDER)], axis=1)
+_H = np.arange(ORDER)
+
+
+def _base(psi: Array, coefficients: Array | None, axes: int) -> tuple[Array, tuple]:
+    """The filters each element transforms, taps flattened, and the index that selects an
+    element's own: ``psi`` itself for a group convolution (``coefficients`` None), else the
+    relaxed ``sum_l coefficients[h, l] psi[l]`` of a relaxed group convolution (Wang, Walters
+    and Yu 2022). Equal rows of ``coefficients`` make the latter the group convolution of
+    ``sum_l coefficients[0, l] psi[l]``, which is exactly equivariant. ``axes``: the number
+    of axes after the two spatial ones."""
+    if coefficients is None:
+        return psi.reshape(-1, *psi.shape[-axes:]), ()
+    combined = jnp.einsum("hl,l...->h...", coefficients.astype(psi.dtype), psi)
+    return combined.reshape(ORDER, -1, *psi.shape[-axes:]), (_H[:, None, None],)
+
+
+def lift_filter(
+    psi: Float[Array, "*banks kh kw 4 cout"], coefficients: Float[Array, "8 banks"] | None = None
+) -> Float[Array, "kh kw 4 cout8"]:
     """Lifting filter from the state type (scalar, vector, scalar) to regular fields.
 
     Output ``(o, h)`` is ``T_h psi = psi(h^-1 y) rho_in(h)^-1``, stacked channel-major.
+    With ``coefficients``, ``psi`` carries a leading filter-bank axis (:func:`_base`).
+    One gather: every ``T_h`` is a signed permutation of the base filter's entries.
     """
-    stacked = []
-    for h in range(ORDER):
-        moved = spatial(psi, h)
-        # rows of rho_in(h)^-1 index the base filter's input channel, columns the new one
-        rho_inv = jnp.asarray(state_rep(INVERSE[h]), dtype=psi.dtype)
-        stacked.append(jnp.einsum("xyco,cd->xydo", moved, rho_inv))
-    full = jnp.stack(stacked, axis=-1)  # (kh, kw, 4, cout, 8)
-    return full.reshape(*full.shape[:3], -1)
+    k, cout = psi.shape[-4], psi.shape[-1]
+    flat, h = _base(psi, coefficients, 2)
+    full = flat[h + (_taps(k)[:, :, None], LIFT_CHANNEL[:, None, :])]  # (8[h], k*k, 4, cout)
+    full = full * jnp.asarray(LIFT_SIGN, psi.dtype)[:, None, :, None]
+    return jnp.moveaxis(full, 0, -1).reshape(k, k, 4, cout * ORDER)
 
 
-def group_filter(psi: Float[Array, "kh kw cin 8 cout"]) -> Float[Array, "kh kw cin8 cout8"]:
-    """Regular-to-regular filter: output ``(o, h)`` gets ``psi(h^-1 y)[c, h^-1 h', o]``."""
-    kh, kw, cin, _, cout = psi.shape
-    stacked = [spatial(psi, h)[:, :, :, REGULAR_GATHER[h], :] for h in range(ORDER)]
-    full = jnp.stack(stacked, axis=-1)  # (kh, kw, cin, 8[h'], cout, 8[h])
-    return full.reshape(kh, kw, cin * ORDER, cout * ORDER)
+def group_filter(
+    psi: Float[Array, "*banks kh kw cin 8 cout"], coefficients: Float[Array, "8 banks"] | None = None
+) -> Float[Array, "kh kw cin8 cout8"]:
+    """Regular-to-regular filter: output ``(o, h)`` gets ``psi(h^-1 y)[c, h^-1 h', o]``.
+
+    With ``coefficients``, ``psi`` carries a leading filter-bank axis (:func:`_base`).
+    """
+    k, cin, cout = psi.shape[-5], psi.shape[-3], psi.shape[-1]
+    flat, h = _base(psi, coefficients, 3)
+    full = flat[h + (_taps(k)[:, :, None], slice(None), REGULAR_GATHER[:, None, :])]  # (8[h], k*k, 8[h'], cin, cout)
+    return jnp.transpose(full, (1, 3, 2, 4, 0)).reshape(k, k, cin * ORDER, cout * ORDER)
 
 
-def project_filter(psi: Float[Array, "kh kw cin 4"]) -> Float[Array, "kh kw cin8 4"]:
-    """Regular-to-state filter: input ``(c, h)`` gets ``rho_out(h) psi(h^-1 y)``."""
-    kh, kw, cin, nout = psi.shape
-    stacked = []
-    for h in range(ORDER):
-        moved = spatial(psi, h)
-        rho = jnp.asarray(state_rep(h), dtype=psi.dtype)
-        stacked.append(jnp.einsum("xyco,po->xycp", moved, rho))
-    full = jnp.stack(stacked, axis=3)  # (kh, kw, cin, 8[h], 4)
-    return full.reshape(kh, kw, cin * ORDER, nout)
+def project_filter(
+    psi: Float[Array, "*banks kh kw cin 4"], coefficients: Float[Array, "8 banks"] | None = None
+) -> Float[Array, "kh kw cin8 4"]:
+    """Regular-to-state filter: input ``(c, h)`` gets ``rho_out(h) psi(h^-1 y)``.
+
+    With ``coefficients``, ``psi`` carries a leading filter-bank axis (:func:`_base`).
+    """
+    k, cin = psi.shape[-4], psi.shape[-2]
+    flat, h = _base(psi, coefficients, 2)
+    full = flat[h + (_taps(k)[:, :, None], slice(None), PROJECT_CHANNEL[:, None, :])]  # (8[h], k*k, 4[p], cin)
+    full = full * jnp.asarray(PROJECT_SIGN, psi.dtype)[:, None, :, None]
+    return jnp.transpose(full, (1, 3, 0, 2)).reshape(k, k, cin * ORDER, 4)

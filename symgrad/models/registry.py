@@ -16,6 +16,7 @@ from symgrad.errors import SymgradError
 from symgrad.loss import check_scales
 from symgrad.names import MODELS, PRESETS
 from symgrad.models.gcnn import gcnn
+from symgrad.models.relaxed import COEFFICIENTS, relaxed
 from symgrad.models.unet import unet
 from symgrad.models.vit import POSITION_EMBEDDINGS, ViT
 
@@ -33,6 +34,13 @@ _CONV_PRESETS = {
         "tiny": dict(hidden=2, multipliers=[1, 2], blocks=1, middle_blocks=1, num_groups=2),
         "small": dict(hidden=6, multipliers=[1, 2, 4, 8], blocks=1, middle_blocks=2, num_groups=2),
         "paper": dict(hidden=8, multipliers=[1, 2, 4, 16], blocks=1, middle_blocks=2, num_groups=8),
+    },
+    # the G-CNN with every filter a combination of 2 banks: twice the filter parameters per
+    # field, so the widths are the G-CNN's / sqrt(2) (the compute of a G-CNN of those widths)
+    "relaxed": {
+        "tiny": dict(hidden=2, multipliers=[1, 2], blocks=1, middle_blocks=1, num_groups=2, filter_banks=2),
+        "small": dict(hidden=4, multipliers=[1, 2, 4, 8], blocks=1, middle_blocks=2, num_groups=2, filter_banks=2),
+        "paper": dict(hidden=6, multipliers=[1, 2, 4, 16], blocks=1, middle_blocks=2, num_groups=8, filter_banks=2),
     },
 }
 _VIT_PRESETS = {
@@ -102,7 +110,7 @@ def _validate(name: str, cfg: dict, resolution: int) -> int:
         mults = cfg["multipliers"]
         if not mults or any(not isinstance(m, (int, np.integer)) or m < 1 for m in mults):
             raise bad(f"multipliers must be a non-empty list of positive integers, got {mults!r}")
-        for key in ("hidden", "blocks", "num_groups"):
+        for key in ("hidden", "blocks", "num_groups") + (("filter_banks",) if name == "relaxed" else ()):
             if not isinstance(cfg[key], (int, np.integer)) or cfg[key] < 1:
                 raise bad(f"{key} must be a positive integer, got {cfg[key]!r}")
         if not isinstance(cfg["middle_blocks"], (int, np.integer)) or cfg["middle_blocks"] < 0:
@@ -121,8 +129,10 @@ def _module(name: str, cfg: dict) -> nn.Module:
     if name == "vit":
         keys = ("patch", "width", "depth", "heads", "mlp_ratio", "position_embedding")
         return ViT(**{k: cfg[k] for k in keys})
-    make = unet if name == "unet" else gcnn
-    return make(cfg["hidden"], tuple(cfg["multipliers"]), cfg["blocks"], cfg["middle_blocks"], cfg["num_groups"])
+    args = (cfg["hidden"], tuple(cfg["multipliers"]), cfg["blocks"], cfg["middle_blocks"], cfg["num_groups"])
+    if name == "relaxed":
+        return relaxed(*args, cfg["filter_banks"])
+    return (unet if name == "unet" else gcnn)(*args)
 
 
 # std of a standard normal truncated to [-2, 2]: flax's truncated lecun init divides by it
@@ -134,7 +144,7 @@ def _leaf_std(path: tuple, shape: tuple[int, ...]) -> float | str:
     leaf = path[-1].key
     if leaf in ("bias",):
         return "zeros"
-    if leaf == "scale":
+    if leaf in ("scale", COEFFICIENTS):  # the relaxed model's coefficients start equal: exactly equivariant
         return "ones"
     if leaf == "position":
         return 0.02
@@ -196,7 +206,7 @@ def _fused_init(module: nn.Module, size: int) -> Callable[..., PyTree]:
 
 
 def build(name: str, preset: str = "tiny", resolution: int = 128, **overrides: Any) -> Model:
-    """Build model ``name`` (``unet``, ``vit``, ``gcnn``) from ``preset`` with hyper-parameter overrides.
+    """Build model ``name`` (``unet``, ``vit``, ``gcnn``, ``relaxed``) from ``preset`` with hyper-parameter overrides.
 
     Raises :class:`SymgradError` for unknown names, presets or override keys, and for a
     resolution the architecture cannot tile (not divisible by 2**levels or the patch size).

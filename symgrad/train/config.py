@@ -72,6 +72,10 @@ class TrainConfig:
     batch_size: int = _flag(64, "global batch size, a multiple of the device count", group=_OPT)
     learning_rate: float = _flag(5e-4, "peak learning rate", group=_OPT, flag="--lr")
     weight_decay: float = _flag(1e-6, "AdamW weight decay", group=_OPT)
+    # the relaxed model's penalty: this weight times the spread of its coefficients over D4
+    # (symgrad.models.coefficient_spread), added to the SMSE it trains on; other models ignore it
+    relaxation_weight: float = _flag(1e-3, "weight of the relaxed model's relaxation penalty, the spread of its "
+                                     "coefficients over the group (other models ignore it)", group=_OPT)
     schedule: str = _flag("constant", "learning-rate schedule (cosine: decay to 0 over all steps)",
                           group=_OPT, choices=SCHEDULES)
     warmup_steps: int = _flag(0, "linear warm-up steps from 0, for either schedule", group=_OPT)
@@ -114,7 +118,7 @@ class TrainConfig:
         # setting would train NaN parameters and checkpoint them as the "last good state".
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             problems.append(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
-        for name in ("weight_decay", "grad_clip_norm"):
+        for name in ("weight_decay", "grad_clip_norm", "relaxation_weight"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 problems.append(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if self.warmup_steps < 0:
@@ -188,6 +192,8 @@ class TrainConfig:
                 "max_val_transitions", "rollout_trajectories"}
         if self.schedule == "constant" and stored.schedule == "constant":
             free.add("epochs")
+        if self.model != "relaxed":  # only the relaxed model's loss has the relaxation penalty
+            free.add("relaxation_weight")
         out = {}
         for f in fields(self):
             if f.name in free:

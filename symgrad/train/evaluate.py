@@ -111,3 +111,16 @@ class PersistenceBaseline:
             traj = np.asarray(self.dataset.states(np.asarray(self.ids), self.times))  # (B, T, nx, ny, 4)
             rollout = np.mean(smse(traj[:, :1], traj[:, 1:]), axis=0).tolist()
         return val, rollout
+
+
+@dataclasses.dataclass(frozen=True)
+class CoefficientSpread:
+    """``weight`` times the relaxed model's coefficient spread over the group
+    (:func:`symgrad.models.coefficient_spread`, jitted as ``spread``) at the epoch end:
+    weight 1 is the measured spread, the config's ``relaxation_weight`` the penalty."""
+
+    spread: Callable
+    weight: float
+
+    def evaluate(self, params) -> float:
+        return self.weight * float(distributed.fetch(self.spread(params)))

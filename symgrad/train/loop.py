@@ -259,6 +259,8 @@ def _end_epoch(s: Setup, params, extra: dict, step: int, clock: _EpochClock, log
     val, rollout = values["val_smse"], values["val_rollout_smse"]
     roll = (f", rollout SMSE {rollout[0]:.4g} (1 step) .. {rollout[-1]:.4g} ({len(rollout)} steps)"
             if rollout else "")
+    if "relaxation_spread" in values:
+        roll += f", coefficient spread {values['relaxation_spread']:.3g} (penalty {values['relaxation_penalty']:.3g})"
     if s.primary:
         log(f"epoch {step // s.steps_per_epoch}/{s.config.epochs}: train SMSE {train_smse:.4g}, "
             f"val SMSE {val:.4g} (persistence {s.baseline[0]:.4g}){roll}, step {step}")

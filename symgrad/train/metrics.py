@@ -24,6 +24,13 @@ from symgrad.train.run import METRICS_CSV, METRICS_JSON, METRICS_NC, TENSORBOARD
 
 
 _RECORD_KEYS = ("epoch", "step", "train_smse", "val_smse", "epoch_seconds", "samples_per_second")
+# Records of some models only (the relaxed model's relaxation), and their attributes in metrics.nc.
+_MODEL_KEYS = {
+    "relaxation_spread": {"long_name": "spread of the relaxed model's coefficients over the group "
+                                       "(sum of squared deviations from their group mean, end of epoch)", "units": "1"},
+    "relaxation_penalty": {"long_name": "relaxation penalty: relaxation_weight times the coefficient spread "
+                                        "(end of epoch)", "units": "1"},
+}
 
 
 def read_history(run_dir: Path, before_epoch: int, log=print) -> list[dict]:
@@ -66,6 +73,7 @@ def _history_from_netcdf(path: Path) -> list[dict]:
         record = {"epoch": int(epoch), "step": int(ds["step"].values[i]),
                   "val_rollout_smse": [float(v) for v in rollout[:finite[-1] + 1]] if finite.size else []}
         record.update({k: float(ds[k].values[i]) for k in _RECORD_KEYS[2:]})
+        record.update({k: float(ds[k].values[i]) for k in _MODEL_KEYS if k in ds})
         out.append(record)
     return out
 
@@ -134,6 +142,9 @@ def _dataset(history: list[dict], lead_times, baseline):
         coords={"epoch": epochs, "lead_time": np.asarray(lead_times, dtype=int)},
     )
     ds["val_rollout_smse"] = (("epoch", "lead_time"), rollout)
+    for name, attrs in _MODEL_KEYS.items():
+        if any(name in h for h in history):
+            ds[name] = ("epoch", np.array([h.get(name, np.nan) for h in history], dtype=float), attrs)
     ds["train_smse"].attrs = {"long_name": "mean training SMSE over the epoch's steps", "units": "1"}
     ds["val_smse"].attrs = {"long_name": "one-step validation SMSE (end of epoch)", "units": "1"}
     ds["val_rollout_smse"].attrs = {
@@ -205,6 +216,9 @@ class MetricsLog:
         self.writer.add_scalar("train/epoch_smse", record["train_smse"], step)
         self.writer.add_scalar("val/smse", record["val_smse"], step)
         self.writer.add_scalar("val/persistence_smse", self.baseline[0], step)
+        for name in _MODEL_KEYS:
+            if name in record:
+                self.writer.add_scalar(f"train/{name}", record[name], step)
         for lead, value in zip(self.lead_times, record["val_rollout_smse"]):
             self.writer.add_scalar(f"val/rollout_smse/lead_{int(lead)}", value, step)
         self.writer.flush()

@@ -24,12 +24,12 @@ from symgrad.models import build, surrogate_apply
 from symgrad.train import distributed, run
 from symgrad.train.checkpoint import Checkpointer
 from symgrad.train.config import TrainConfig
-from symgrad.train.evaluate import PersistenceBaseline, RolloutSMSE, ValidationSMSE
+from symgrad.train.evaluate import CoefficientSpread, PersistenceBaseline, RolloutSMSE, ValidationSMSE
 from symgrad.train.metrics import MetricsLog, read_history
 from symgrad.train.state import TrainState, abstract_state
 from symgrad.train.step import (
     batch_sharding, learning_rate_schedule, make_eval_fns, make_mesh, make_optimizer, make_train_step,
-    replicated_sharding,
+    relaxation_penalty, replicated_sharding,
 )
 
 _SIGMA_DIRECT_LIMIT = 1 << 26  # target values loaded at once for sigma; above: chunked
@@ -131,7 +131,8 @@ def setup(config: TrainConfig, run_dir: Path, *, resume: bool | None = None, for
         config=config, run_dir=run_dir, primary=primary, resumed=stored is not None, data=data, info=info,
         steps_per_epoch=steps_per_epoch, total_steps=total_steps,
         last_step=min(total_steps, config.max_steps) if config.max_steps else total_steps,
-        state=state, extra=extra, step_fn=make_train_step(apply_fn, optimizer, sigma, mesh),
+        state=state, extra=extra, step_fn=make_train_step(apply_fn, optimizer, sigma, mesh,
+                                                                relaxation_penalty(config)),
         data_sharding=batch_sharding(mesh), checkpointer=checkpointer, evaluators=evaluators,
         baseline=baseline, metrics=metrics)
 
@@ -278,6 +279,12 @@ def _evaluators(config, data: TrainingData, sigma, apply_fn, mesh, primary: bool
         "val_smse": ValidationSMSE(data.val, n_val, eval_batch, sharding, eval_one),
         "val_rollout_smse": RolloutSMSE(data.dataset, rollout_ids, data.times, eval_batch, sharding, eval_rollout),
     }
+    if config.model == "relaxed":  # its relaxation: the coefficients' spread, and the penalty it makes
+        from symgrad.models import coefficient_spread
+
+        spread = jax.jit(coefficient_spread)
+        evaluators["relaxation_spread"] = CoefficientSpread(spread, 1.0)
+        evaluators["relaxation_penalty"] = CoefficientSpread(spread, config.relaxation_weight)
     baseline = (PersistenceBaseline(data.val, n_val, data.dataset, rollout_ids, data.times, sigma).evaluate()
                 if primary else (float("nan"), []))
     return evaluators, baseline

@@ -69,18 +69,37 @@ def batch_loss(apply_fn: Callable, params, x, y, sigma) -> jax.Array:
     return jnp.mean(smse(apply_fn(params, x), y, sigma))
 
 
+def relaxation_penalty(config) -> Callable | None:
+    """The penalty the relaxed model trains with, ``params -> relaxation_weight *
+    coefficient_spread(params)`` (docs/training.md); None for the other models or a zero weight."""
+    if config.model != "relaxed" or config.relaxation_weight == 0:
+        return None
+    from symgrad.models import coefficient_spread
+
+    weight = float(config.relaxation_weight)
+    return lambda params: weight * coefficient_spread(params)
+
+
 def train_step(
-    state: TrainState, x, y, *, apply_fn: Callable, optimizer: optax.GradientTransformation, sigma
+    state: TrainState, x, y, *, apply_fn: Callable, optimizer: optax.GradientTransformation, sigma,
+    penalty: Callable | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One AdamW step on the batch ``(x, y)`` (physical states, ``(B, nx, ny, 4)``).
+    """One AdamW step on the batch ``(x, y)`` (physical states, ``(B, nx, ny, 4)``) of the
+    SMSE plus ``penalty(params)`` when given (:func:`relaxation_penalty`); ``metrics["loss"]``
+    is the SMSE.
 
     If the loss or the gradient is not finite the returned state equals the input state
     (``metrics["finite"]`` is False): the caller stops and checkpoints the last good state
     instead of training on NaN.
     """
-    loss, grads = jax.value_and_grad(lambda p: batch_loss(apply_fn, p, x, y, sigma))(state.params)
+
+    def objective(p):
+        loss = batch_loss(apply_fn, p, x, y, sigma)
+        return (loss if penalty is None else loss + penalty(p)), loss
+
+    (total, loss), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
@@ -94,7 +113,7 @@ def train_step(
     return new, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
 
-def make_train_step(apply_fn: Callable, optimizer, sigma, mesh: Mesh) -> Callable:
+def make_train_step(apply_fn: Callable, optimizer, sigma, mesh: Mesh, penalty: Callable | None = None) -> Callable:
     """Jit :func:`train_step` over ``mesh``: ``step_fn(state, x, y) -> (state, metrics)``.
 
     ``x``/``y`` must be global arrays sharded with :func:`batch_sharding` (see
@@ -105,7 +124,8 @@ def make_train_step(apply_fn: Callable, optimizer, sigma, mesh: Mesh) -> Callabl
 
     def device_step(params, opt_state, step, rng, x, y):
         state = TrainState(params, opt_state, step, rng)
-        new, metrics = train_step(state, x, y, apply_fn=apply_fn, optimizer=optimizer, sigma=sigma)
+        new, metrics = train_step(state, x, y, apply_fn=apply_fn, optimizer=optimizer, sigma=sigma,
+                                  penalty=penalty)
         return (new.params, new.opt_state, new.step, new.rng), metrics
 
     jitted = jax.jit(
