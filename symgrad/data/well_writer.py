@@ -18,7 +18,7 @@ import numpy as np
 
 from symgrad.data import schema, well
 from symgrad.errors import SymgradError
-from symgrad.io import atomic_path, commit_file, write_error
+from symgrad.io import atomic_write
 
 
 def _strings(values) -> np.ndarray:
@@ -106,27 +106,15 @@ def write_well(path, dataset, *, dataset_name: str | None = None, attrs: dict | 
     gamma = dataset.gamma  # one gas per file, as The Well
     name = dataset_name or f"symgrad_{dataset.family}"
     nx, ny = dataset.shape
-    tmp = atomic_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(tmp, "w") as f:
-            fields = _layout(f, dataset.n_samples, dataset.times, nx, ny, gamma, name, dict(attrs or {}))
-            for i in range(dataset.n_samples):
-                q = np.asarray(dataset.states(i), dtype=np.float32)[0]  # (time, nx, ny, 4)
-                channels = schema.conservative_to_file_channels(q, gamma)  # pressure: float64, rounded once
-                fields["density"][i] = q[..., 0]
-                fields["momentum"][i] = q[..., 1:3]
-                fields["energy"][i] = q[..., 3]
-                fields["pressure"][i] = channels[:, 3]
-        commit_file(tmp, path)
-    except (OSError, RuntimeError) as exc:
-        err = write_error(exc, path)
-        if err is None:
-            raise
-        raise err from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path) as tmp, h5py.File(tmp, "w") as f:
+        fields = _layout(f, dataset.n_samples, dataset.times, nx, ny, gamma, name, dict(attrs or {}))
+        for i in range(dataset.n_samples):
+            q = np.asarray(dataset.states(i), dtype=np.float32)[0]  # (time, nx, ny, 4)
+            channels = schema.conservative_to_file_channels(q, gamma)  # pressure: float64, rounded once
+            fields["density"][i] = q[..., 0]
+            fields["momentum"][i] = q[..., 1:3]
+            fields["energy"][i] = q[..., 3]
+            fields["pressure"][i] = channels[:, 3]
     return path
 
 
