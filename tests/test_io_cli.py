@@ -110,7 +110,7 @@ def test_every_command_module_is_registered():
     # docs/design.md section 7: the command's interface, plus merge (the sweep's step that stacks
     # results) and report (the study's figures, tables and provenance in one document).
     assert set(parsers) == {"generate", "solve", "train", "equivariance", "overlap", "spectrum", "merge", "figures",
-                            "report", "sweep", "info"}
+                            "report", "sweep", "info", "export"}
 
 
 def test_diagnostic_commands_offer_exactly_the_groups_that_can_be_built(capsys):
