@@ -358,6 +358,25 @@ def _call_in_process(argv) -> int:
     except Exception:  # a bug in one job: report it, carry on with the jobs that do not need it
         traceback.print_exc()
         return 1
+    finally:
+        release_compiled_programs()
+
+
+def release_compiled_programs() -> None:
+    """Drop JAX's in-memory caches of compiled programs (the persistent cache on disk stays).
+
+    Each compiled CPU program keeps about 30 memory mappings of its machine code while it is
+    cached, and a process may hold at most ``vm.max_map_count`` (65,530 by default) mappings:
+    a sweep of tens of jobs in one process (the demo) reached it, and LLVM then failed with
+    "Cannot allocate memory" or crashed. A job's programs are not reused by the next job
+    except through the persistent cache, so they are released after each job."""
+    if "jax" in sys.modules:
+        import gc
+
+        import jax
+
+        jax.clear_caches()
+        gc.collect()
 
 
 def run_local(jobs: list[Job], *, executable: list[str] | None = None, in_process: bool = False,

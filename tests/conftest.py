@@ -48,3 +48,15 @@ def tiny_trained_run(tmp_path_factory):
     )
     train.train(config, root / "run", log=lambda *a, **k: None)
     return root / "run", data_file
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Release the compiled programs of each test file once it has run. The whole suite runs in
+    one process, and each cached CPU program holds about 30 memory mappings: without this the
+    process reached ``vm.max_map_count`` (65,530) near test_spectrum, and an XLA compile then
+    crashed (CI of stop 29). Tests that need a program again within a file still share it."""
+    yield
+    from symgrad.sweep import release_compiled_programs
+
+    release_compiled_programs()

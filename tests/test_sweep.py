@@ -1,5 +1,6 @@
 """Sweep expansion, local execution (with a stand-in executable) and SLURM scripts."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -270,6 +271,46 @@ def test_run_local_in_process_skips_what_is_done(tmp_path, monkeypatch):
     monkeypatch.setattr(cli_module, "main", failing_main)
     Path(jobs[0].output).unlink()
     assert run_local(jobs[:2], in_process=True, echo=messages.append) == 1  # reported, not raised
+
+
+def test_each_in_process_job_releases_its_compiled_programs(tmp_path, monkeypatch):
+    """A job's compiled programs are released when it ends, so that a long in-process sweep
+    (the demo) never reaches the process's limit of memory mappings (vm.max_map_count): each
+    cached CPU program holds tens of them."""
+    import jax
+    import jax.numpy as jnp
+
+    from symgrad import cli as cli_module
+
+    def mappings():
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+
+    def program(x, i):
+        for k in range(5):
+            x = jnp.tanh(x @ x.T + i * k)
+        return jnp.fft.fft(x).real.sum() + jax.lax.fori_loop(0, 3, lambda j, y: y * 1.01 + i, x).sum()
+
+    kept = []  # as a module's jitted functions, which live as long as the process
+
+    def compiling_main(argv):  # a job that compiles 40 programs and keeps them cached
+        for i in range(40):
+            kept.append(jax.jit(functools.partial(program, i=i)))
+            kept[-1](jnp.ones((16, 16))).block_until_ready()
+        mappings_in_job.append(mappings())
+        out = Path(argv[argv.index("--out") + 1])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("x")
+        return 0
+
+    monkeypatch.setattr(cli_module, "main", compiling_main)
+    jobs = expand(load_sweep(_write(tmp_path, GENERATED.format()), out=tmp_path / "o"))[:1]
+    jax.clear_caches()
+    before, mappings_in_job = mappings(), []
+    assert run_local(jobs, in_process=True, echo=lambda *a: None) == 0
+    grown = mappings_in_job[0] - before
+    assert grown > 400  # the cached programs' mappings (about 25 each) ...
+    assert mappings() - before < grown / 5  # ... are gone after the job
 
 
 def test_compilation_cache_reaches_the_jobs(tmp_path, monkeypatch):
