@@ -20,17 +20,7 @@ from symgrad.groups import D4_ELEMENTS, named_group
 from symgrad.loss import channel_scales
 from symgrad.models import build, coefficient_spread, parameter_count, surrogate_apply
 
-RES = 8
-ROUND_OFF = 1e-24  # SMSE of float64 round-off differences is ~1e-30
-CLEARLY_NONZERO = 1e-8
-
-
-def _states(n, seed):
-    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
-    rho = jax.random.uniform(k1, (n, RES, RES, 1), jnp.float64, 0.5, 1.5)
-    m = jax.random.uniform(k2, (n, RES, RES, 2), jnp.float64, -0.5, 0.5)
-    e = jax.random.uniform(k3, (n, RES, RES, 1), jnp.float64, 2.0, 3.0)
-    return jnp.concatenate([rho, m, e], axis=-1)
+from test_equivariance_models import CLEARLY_NONZERO, RES, ROUND_OFF, _states  # the same float64 states and bounds
 
 
 def _randomised(params, seed, coefficients="equal"):
