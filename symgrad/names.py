@@ -19,8 +19,9 @@ PRESETS: tuple[str, ...] = ("tiny", "small", "paper")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 
 # groups and diagnostics (symgrad.groups, symgrad.diagnostics)
-GROUPS: tuple[str, ...] = ("d4", "translate-x", "translate-y", "scale")
+GROUPS: tuple[str, ...] = ("d4", "translate-x", "translate-y", "scale", "boost-x", "boost-y")
 DEFAULT_SCALE_FACTORS: tuple[float, ...] = (0.5, 0.8, 1.0, 1.25, 2.0)
+DEFAULT_BOOST_SHIFTS: tuple[int, ...] = (-2, -1, 0, 1, 2)  # cells per time step
 DIAGNOSTICS: tuple[str, ...] = ("equivariance", "overlap", "spectrum")
 
 
