@@ -275,3 +275,33 @@ def test_overlaps_use_gradients_on_the_boosted_and_shifted_targets(x64):
         np.testing.assert_allclose(ds["overlap_cosine_euclidean"].values[i], cos, rtol=1e-10, atol=1e-12)
         assert (i == 0) == np.allclose(cos, 1.0, rtol=1e-12)  # only the identity leaves the gradients
     assert int(ds.attrs["smse_invariant"]) == 0 and list(ds["boost_shift"].values) == [0, 1, -2]
+
+
+def test_figures_and_report_draw_the_floor_beside_every_model(x64, tmp_path):
+    from symgrad import report
+    from symgrad.plots import figures
+
+    res, dt = 8, 0.125
+    x, y = random_states(3, res, seed=6), random_states(3, res, seed=7)
+    sigma = channel_scales(y)
+    paths = []
+    for group in ("boost-x", "boost-y"):
+        g = named_group(group, res, time_step=dt, shifts=(-1, 0, 1))
+        floor = np.abs(np.random.default_rng(0).normal(size=(3, 3))) * 1e-4
+        floor[1] = 0.0
+        for model, seed in (("unet", 0), ("vit", 1)):
+            ds = equivariance_errors(_model, _params(), x, y, sigma, g, data_defect=floor,
+                                     attrs={"model": model, "preset": "tiny", "seed": seed, "family": "CE-RP",
+                                            "command": "equivariance"})
+            paths.append(write_netcdf_atomic(ds, tmp_path / f"{model}-{group}.nc"))
+    written = figures(paths, tmp_path / "fig", formats=("png",))
+    assert (tmp_path / "fig" / "fig4_boosts.png") in written
+    with xr.open_dataset(tmp_path / "fig" / "statistics_equivariance_boost-x.nc") as stats:
+        assert list(stats["model"].values) == ["unet", "vit"]
+        np.testing.assert_allclose(stats["data_defect_stats"].sel(model="unet", stat="median").values,
+                                   np.median(floor, axis=1))
+        assert "boost_speed_ratio" in stats and list(stats["element"].attrs["shift_cells"]) == [-1, 0, 1]
+    md, _ = report.write_report(paths, tmp_path / "report", formats=("png",))
+    text = md.read_text()
+    assert "the data's own defect (floor)" in text and "SMSE is not invariant under this group" in text
+    assert "fig4_boosts.png" in text and "UNet equivariance error" in text and "ViT equivariance error" in text
