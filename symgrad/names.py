@@ -27,7 +27,7 @@ DIAGNOSTICS: tuple[str, ...] = ("equivariance", "overlap", "spectrum")
 
 def default_transition(group: str | None, n_times: int, time_indices=()) -> int:
     """The transition ``T -> T+1`` a diagnostic measures when ``--time`` is not given, as in
-    the study: ``T = 0`` for D4, scaling and the spectrum, the last transition the run was
+    the study: ``T = 0`` for D4, scaling, boosts and the spectrum, the last transition the run was
     trained on (the latest states seen in training) for translations: the one ending at the
     run's last selected time (``time_indices``), or at the data's last time."""
     if group is None or not group.startswith("translate"):

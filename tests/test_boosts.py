@@ -305,3 +305,24 @@ def test_figures_and_report_draw_the_floor_beside_every_model(x64, tmp_path):
     text = md.read_text()
     assert "the data's own defect (floor)" in text and "SMSE is not invariant under this group" in text
     assert "fig4_boosts.png" in text and "UNet equivariance error" in text and "ViT equivariance error" in text
+
+
+def test_the_command_takes_the_datas_time_step_and_stores_the_floor(tiny_trained_run, tmp_path, capsys):
+    from conftest import TINY_RUN_TIMES
+
+    from symgrad.cli import main
+
+    run_dir, data_file = tiny_trained_run  # 8 x 8, times linspace(0, 0.1, 3): dt = 0.05, one cell = 2.5
+    out = tmp_path / "bx.nc"
+    assert main(["equivariance", "--run", str(run_dir), "--group", "boost-x", "--shifts", "-1", "0", "1",
+                 "--samples", "2", "--out", str(out)]) == 0
+    assert "the data's own defect" in capsys.readouterr().out
+    dt = 0.1 / (TINY_RUN_TIMES - 1)
+    with xr.open_dataset(out) as ds:
+        np.testing.assert_allclose(ds["element"].values, np.array([-1, 0, 1]) / (8 * dt))
+        assert float(ds["element"].attrs["time_step"]) == pytest.approx(dt) and int(ds.attrs["smse_invariant"]) == 0
+        assert ds["data_defect"].shape == (3, 2) and float(ds["data_defect"].sel(element=0.0).max()) == 0.0
+        assert float(ds["data_defect"].max()) > 0 and np.all(np.isfinite(ds["equivariance_error"].values))
+    rc = main(["equivariance", "--run", str(run_dir), "--group", "boost-y", "--shifts", "1", "1",
+               "--out", str(tmp_path / "by.nc")])
+    assert rc == 2 and "distinct" in capsys.readouterr().err
