@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symgrad.names import MODELS
+
 STUDY_TRANSITIONS = 3 * 5000 * 15  # CE-RP, CE-RPUI, CE-CRP: 5,000 trajectories x 15 transitions
 STUDY_EPOCHS = 90
 
@@ -140,7 +142,7 @@ def bench_model(name: str, preset: str, resolution: int, batch: int, steps: int,
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", nargs="+", default=["unet", "vit", "gcnn"], choices=["unet", "vit", "gcnn"])
+    p.add_argument("--model", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--preset", default=None, choices=["tiny", "small", "paper"])
     p.add_argument("--resolution", type=int, default=None)
     p.add_argument("--batch", type=int, default=None)

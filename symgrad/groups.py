@@ -29,7 +29,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from symgrad.errors import SymgradError
-from symgrad.names import DEFAULT_SCALE_FACTORS, GROUPS
+from symgrad.names import DEFAULT_BOOST_SHIFTS, DEFAULT_SCALE_FACTORS, GROUPS
 
 D4_ELEMENTS: tuple[str, ...] = ("e", "r", "r2", "r3", "s", "rs", "r2s", "r3s")
 _NAME_TO_KS = {name: (i % 4, i // 4) for i, name in enumerate(D4_ELEMENTS)}
@@ -158,6 +158,19 @@ def scale(q: Float[Array, "*b nx ny 4"], a: float) -> Float[Array, "*b nx ny 4"]
     return q * jnp.asarray(a, dtype=q.dtype)
 
 
+def boost(q: Float[Array, "*b nx ny 4"], cx=0.0, cy=0.0) -> Float[Array, "*b nx ny 4"]:
+    """Galilean boost of a state at one time, cell by cell: ``u -> u + c``, ``rho`` and ``p``
+    unchanged, i.e. ``m -> m + rho c`` and ``E -> E + m.c + rho |c|^2 / 2`` (linear in ``q``).
+
+    ``cx``/``cy`` may be traced. The boosted *flow* also moves: ``q'(x, t) = B_c q(x - c t, t)``,
+    so a state ``t`` later is ``translate(boost(q, c), c t / dx)`` (see :func:`boosts`)."""
+    cx = jnp.asarray(cx, dtype=q.dtype)
+    cy = jnp.asarray(cy, dtype=q.dtype)
+    rho, mx, my, e = (q[..., c] for c in range(4))
+    e = e + (mx * cx + my * cy) + 0.5 * rho * (cx * cx + cy * cy)
+    return jnp.stack([rho, mx + rho * cx, my + rho * cy, e], axis=-1)
+
+
 @dataclass(frozen=True)
 class Group:
     """A finite set of group elements with their action, as the diagnostics see it.
@@ -182,6 +195,12 @@ class Group:
     compose: Callable[[object, object], object] | None = None  # value of ab (b acts first)
     inverse: Callable[[object], object] | None = None
     identity: object = None
+    # The action on targets and model outputs where it differs from ``act`` (boosts: the
+    # state one step later is boosted *and* translated); None: the same as on inputs.
+    act_target: Callable[[object, Array], Array] | None = None
+    act_target_at: Callable[[Array, Array], Array] | None = None
+    # Extra CF attributes of the ``element`` coordinate, as ``(name, value)`` pairs (hashable)
+    element_attrs: tuple = ()
 
     def __len__(self) -> int:
         return len(self.elements)
@@ -200,6 +219,25 @@ class Group:
         # Fallback for a group built without a traced action: one branch per element
         # (under vmap every branch runs, so prefer providing act_at for large groups).
         branches = [functools.partial(self.act, g) for g in self.elements]
+        return jax.lax.switch(jnp.asarray(i, dtype=jnp.int32), branches, q)
+
+    @property
+    def same_target_action(self) -> bool:
+        """Whether targets and outputs transform as inputs do (every group but the boosts)."""
+        return self.act_target is None
+
+    def target(self, element, q: Float[Array, "*b nx ny 4"]) -> Float[Array, "*b nx ny 4"]:
+        """Apply one element (by value) to a target or a model output: the state one step
+        after an input acted on by ``act``."""
+        return self.act(element, q) if self.act_target is None else self.act_target(element, q)
+
+    def target_index(self, i: Int[Array, ""] | int, q: Float[Array, "*b nx ny 4"]) -> Float[Array, "*b nx ny 4"]:
+        """``target(elements[i], q)`` with ``i`` possibly traced."""
+        if self.act_target is None:
+            return self.act_index(i, q)
+        if self.act_target_at is not None:
+            return self.act_target_at(i, q)
+        branches = [functools.partial(self.act_target, g) for g in self.elements]
         return jax.lax.switch(jnp.asarray(i, dtype=jnp.int32), branches, q)
 
     def composition_table(self) -> np.ndarray:
@@ -279,16 +317,90 @@ def scalings(factors: Sequence[float] = DEFAULT_SCALE_FACTORS) -> Group:
     )
 
 
+def boost_speed(shift: int, resolution: int, time_step: float) -> float:
+    """The boost velocity ``c = k dx / dt`` that moves the flow ``k`` whole cells per step."""
+    return float(shift) / (float(resolution) * float(time_step))
+
+
+def boosts(resolution: int, time_step: float, axis: str = "x", shifts: Sequence[int] = DEFAULT_BOOST_SHIFTS) -> Group:
+    """Galilean boosts along ``axis`` that are exact on the grid over one step ``time_step``.
+
+    Element ``k`` (of ``shifts``) is the velocity ``c = k dx / dt`` (``dx = 1 / resolution``),
+    whose flow moves ``c dt = k`` whole cells per step. The elements are the velocities; the
+    shifts are the coordinate attribute ``shift_cells``. On inputs an element acts as
+    ``B_c`` (:func:`boost`); on targets and model outputs, one step later, as
+    ``T_{c dt} B_c = translate(boost(q, c), k)``. Both are representations of the additive
+    group of shifts (``B_c1 B_c2 = B_{c1 + c2}``, ``T`` commutes with ``B``); the element set
+    need not be closed (``1 + 1`` is outside ``(-1, 0, 1)``), as for scaling.
+
+    SMSE is not invariant under a boost (it adds ``rho c`` to the momentum)."""
+    if axis not in ("x", "y"):
+        raise SymgradError(f"boost axis must be 'x' or 'y', got {axis!r}")
+    if resolution is None or not isinstance(resolution, (int, np.integer)) or int(resolution) < 1:
+        raise SymgradError(f"boosts need a positive grid resolution, got {resolution!r}")
+    try:
+        dt = float(time_step)
+    except (TypeError, ValueError):
+        dt = float("nan")
+    if not (np.isfinite(dt) and dt > 0):
+        raise SymgradError(f"boosts need the data's time step between stored states (> 0), got {time_step!r}")
+    try:
+        ks = tuple(int(k) for k in shifts)
+    except (TypeError, ValueError):
+        raise SymgradError(f"boost shifts must be whole numbers of cells, got {shifts!r}") from None
+    if not ks or len(set(ks)) != len(ks) or any(float(k) != float(s) for k, s in zip(ks, shifts)):
+        raise SymgradError(f"boost shifts must be distinct whole numbers of cells (at least one), got {tuple(shifts)}")
+    n = int(resolution)
+    speeds = tuple(boost_speed(k, n, dt) for k in ks)
+    unit = 1.0 / (n * dt)  # the velocity of a one-cell shift
+    shift_table = np.asarray(ks, dtype=np.int32)
+    speed_table = np.asarray(speeds, dtype=np.float64)
+    along = (lambda c: (c, 0.0)) if axis == "x" else (lambda c: (0.0, c))  # noqa: E731
+    kx, ky = (1, 0) if axis == "x" else (0, 1)
+
+    def shift_of(c) -> int:
+        return int(round(float(c) / unit))
+
+    def act(c, q):
+        return boost(q, *along(float(c)))
+
+    def act_target(c, q):
+        k = shift_of(c)
+        return translate(boost(q, *along(float(c))), kx * k, ky * k)
+
+    def act_at(i, q):
+        return boost(q, *along(jnp.asarray(speed_table, dtype=q.dtype)[i]))
+
+    def act_target_at(i, q):
+        k = jnp.asarray(shift_table)[i]
+        return translate(act_at(i, q), kx * k, ky * k)
+
+    return Group(
+        f"boost-{axis}", speeds, act, f"Galilean boost velocity along {axis} (c = k dx / dt)", False,
+        element_units="1", act_at=act_at,
+        compose=lambda a, b: unit * (shift_of(a) + shift_of(b)), inverse=lambda a: unit * (-shift_of(a)),
+        identity=0.0, act_target=act_target, act_target_at=act_target_at,
+        element_attrs=(("shift_cells", ks), ("time_step", dt), ("resolution", n),
+                       ("comment", "element k moves the flow k whole cells per time step: c = k / (resolution "
+                                   "time_step); on targets and outputs it acts as the boost followed by that shift")),
+    )
+
+
 def named_group(
     name: str,
     resolution: int | None = None,
     *,
     stride: int = 1,
     factors: Sequence[float] = DEFAULT_SCALE_FACTORS,
+    time_step: float | None = None,
+    shifts: Sequence[int] = DEFAULT_BOOST_SHIFTS,
 ) -> Group:
-    """The CLI's named groups: ``d4``, ``translate-x``, ``translate-y``, ``scale``.
+    """The CLI's named groups: ``d4``, ``translate-x``, ``translate-y``, ``scale``,
+    ``boost-x``, ``boost-y``.
 
-    Translations default to every shift ``0, stride, 2 stride, ... < resolution``.
+    Translations default to every shift ``0, stride, 2 stride, ... < resolution``; boosts
+    need the resolution and the data's ``time_step`` between stored states, and take the
+    ``shifts`` in cells per step.
     """
     if name == "d4":
         return d4_group()
@@ -298,4 +410,8 @@ def named_group(
         return translations(resolution, name[-1], stride)
     if name == "scale":
         return scalings(factors)
+    if name in ("boost-x", "boost-y"):
+        if resolution is None or time_step is None:
+            raise SymgradError(f"group {name!r} needs the grid resolution and the data's time step")
+        return boosts(resolution, time_step, name[-1], shifts)
     raise SymgradError(f"unknown group {name!r}; choose one of: {', '.join(GROUP_NAMES)}")

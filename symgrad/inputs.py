@@ -167,6 +167,53 @@ def test_transitions(inputs: RunInputs, n_samples: int | None, time_index: int):
     return samples, source, states[:, 0], states[:, 1]
 
 
+def time_step(inputs: RunInputs, time_index: int) -> float:
+    """The data's time between the states of the transition ``time_index -> time_index + 1``:
+    the step the run's one-step model makes."""
+    check_transition(time_index, inputs.dataset)
+    times = np.asarray(inputs.dataset.times, dtype=np.float64)
+    return float(times[time_index + 1] - times[time_index])
+
+
+def group(inputs: RunInputs, name: str, time_index: int, *, stride: int = 1,
+          factors=names.DEFAULT_SCALE_FACTORS, shifts=names.DEFAULT_BOOST_SHIFTS):
+    """The named group (``symgrad.groups.named_group``) for this run's data: its resolution,
+    and for boosts its time step at the transition measured (a boost is exact on the grid
+    when it moves the flow whole cells in one step)."""
+    from symgrad.groups import named_group
+
+    return named_group(name, inputs.dataset.resolution, stride=stride, factors=factors,
+                       time_step=time_step(inputs, time_index), shifts=shifts)
+
+
+def solver_settings(inputs: RunInputs):
+    """The ``EulerConfig`` that made the data (the file's ``solver`` attribute); the defaults
+    with the data's gamma for files without one (PDEGym's)."""
+    import json
+
+    from symgrad.euler import EulerConfig
+
+    recorded = inputs.dataset.attrs[0].get("solver")
+    if recorded is None:
+        return EulerConfig(gamma=float(inputs.dataset.gamma))
+    try:
+        return EulerConfig.from_dict(json.loads(str(recorded)))
+    except (ValueError, TypeError):
+        raise SymgradError(f"{inputs.data_paths[0]}: its solver attribute {recorded!r} is not the JSON of "
+                           "symgrad's Euler settings; regenerate the data") from None
+
+
+def data_defect(inputs: RunInputs, grp, x, time_index: int):
+    """For a boost group, the data's own defect on the test states ``x``
+    (``symgrad.diagnostics.boosts.data_defect``, with the data's solver and time step and the
+    run's SMSE scales); None for other groups."""
+    from symgrad.diagnostics.boosts import boost_axis, data_defect as defect
+
+    if boost_axis(grp) is None:
+        return None
+    return defect(grp, x, np.asarray(inputs.trained.sigma), time_step(inputs, time_index), solver_settings(inputs))
+
+
 def provenance(inputs: RunInputs, time_index: int, sample_source: str, **extra) -> dict:
     """The provenance of a diagnostic result: the run it measured (model, preset, seed, family:
     what ``symgrad merge`` stacks results by), its checkpoint, data and samples."""

@@ -19,14 +19,15 @@ PRESETS: tuple[str, ...] = ("tiny", "small", "paper")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 
 # groups and diagnostics (symgrad.groups, symgrad.diagnostics)
-GROUPS: tuple[str, ...] = ("d4", "translate-x", "translate-y", "scale")
+GROUPS: tuple[str, ...] = ("d4", "translate-x", "translate-y", "scale", "boost-x", "boost-y")
 DEFAULT_SCALE_FACTORS: tuple[float, ...] = (0.5, 0.8, 1.0, 1.25, 2.0)
+DEFAULT_BOOST_SHIFTS: tuple[int, ...] = (-2, -1, 0, 1, 2)  # cells per time step
 DIAGNOSTICS: tuple[str, ...] = ("equivariance", "overlap", "spectrum")
 
 
 def default_transition(group: str | None, n_times: int, time_indices=()) -> int:
     """The transition ``T -> T+1`` a diagnostic measures when ``--time`` is not given, as in
-    the study: ``T = 0`` for D4, scaling and the spectrum, the last transition the run was
+    the study: ``T = 0`` for D4, scaling, boosts and the spectrum, the last transition the run was
     trained on (the latest states seen in training) for translations: the one ending at the
     run's last selected time (``time_indices``), or at the data's last time."""
     if group is None or not group.startswith("translate"):

@@ -4,8 +4,9 @@
   side; a panel for the equivariance error (log axis) and one per gradient overlap (chi and
   Euclidean, cosine and Frobenius-normalised).
 - :func:`profile_figure` (Figs. 2 and 3 style): per model, the median as a marker with a
-  whisker from the lower to the upper quartile, against the shift (x and y side by side)
-  or the scale factor.
+  whisker from the lower to the upper quartile, against the shift (x and y side by side),
+  the scale factor or the boost velocity (x and y side by side, with the data's own defect
+  as the floor, :func:`floor`).
 - :func:`solver_figure`: one compact figure of a chi overlap result's solver accuracy
   (certified bounds against rtol, iterations, explicit residuals, null-space share).
 - :func:`training_figure`: train/validation SMSE per epoch and rollout SMSE against lead
@@ -29,16 +30,18 @@ from symgrad.names import DEFAULT_FIGURE_FORMATS
 from symgrad.study import MODEL_ORDER, model_label, ordered_models
 
 FORMATS = DEFAULT_FIGURE_FORMATS
-#: Okabe and Ito (2008), the colour-blind-safe palette; the study's models take the first three.
+#: Okabe and Ito (2008), the colour-blind-safe palette; the study's four models take the first four.
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 PANEL_TITLES = {
-    "equivariance_error": "equivariance error SMSE(f(g x), g f(x))",
+    "equivariance_error": "equivariance error SMSE(f(g x), g f(x))",  # boosts: g f(x) is T_{c dt} B_c f(x)
     "overlap_cosine_chi": "chi cosine overlap",
     "overlap_frobenius_chi": "chi Frobenius-normalised overlap",
     "overlap_cosine_euclidean": "Euclidean cosine overlap",
     "overlap_frobenius_euclidean": "Euclidean Frobenius-normalised overlap",
 }
 TRANSLATIONS = ("translate-x", "translate-y")
+BOOSTS = ("boost-x", "boost-y")
+FLOOR_COLOUR = "0.35"
 
 
 def _pyplot():
@@ -51,8 +54,8 @@ def _pyplot():
 
 
 def model_colours(models: Sequence[str]) -> dict[str, str]:
-    """One colour per model, the same in every figure: the study's three models always get
-    the first three colours, other models the rest in the order given."""
+    """One colour per model, the same in every figure: the study's models (``MODEL_ORDER``)
+    always get the first colours, other models the rest in the order given."""
     colours = {}
     rest = iter(OKABE_ITO[len(MODEL_ORDER):])
     for m in models:
@@ -201,9 +204,30 @@ def profile(ax, stats, name: str, *, colours: dict[str, str] | None = None) -> d
         err = np.stack([med - s["q1"][m], s["q3"][m] - med])
         out[model] = ax.errorbar(x + dx, med, yerr=err, fmt="o", ms=3.5, lw=1, capsize=1.5, color=colours[model],
                                  label=model_label(model))
-    _y_scale(ax, name, np.concatenate([s[k].ravel() for k in ("q1", "median", "q3")]))
+    drawn = [s[k].ravel() for k in ("q1", "median", "q3")]
+    if name == "equivariance_error" and "data_defect_stats" in stats:
+        drawn += floor(ax, stats, x)
+    _y_scale(ax, name, np.concatenate(drawn))
     ax.grid(True, alpha=0.3)
     return out
+
+
+def floor(ax, stats, x) -> list:
+    """The data's own defect (boosts) as the floor of an equivariance panel: its median over
+    the samples (dashed, grey) with the band from q1 to q3, and the elements whose speed
+    exceeds the data's velocities shaded. Returns the drawn values (for the y range)."""
+    order = np.argsort(x)
+    d = _stat(stats, "data_defect")
+    # every model saw the same test transitions: the first model's values are the data's
+    med, q1, q3 = (d[k][0][order] for k in ("median", "q1", "q3"))
+    ax.fill_between(x[order], q1, q3, color=FLOOR_COLOUR, alpha=0.15, lw=0)
+    ax.plot(x[order], med, "--", color=FLOOR_COLOUR, lw=1, label="the data's own defect (floor)")
+    if "boost_speed_ratio" in stats:
+        ratio = np.nanmax(np.asarray(stats["boost_speed_ratio"].values, np.float64), axis=0)
+        step = np.min(np.diff(np.sort(x))) if x.size > 1 else 1.0
+        for value in x[ratio > 1.0]:
+            ax.axvspan(value - 0.5 * step, value + 0.5 * step, color="0.85", alpha=0.5, lw=0, zorder=0)
+    return [med, q1, q3]
 
 
 def profile_figure(stats_by_group: dict, groups: Sequence[str], *, title: str = ""):
@@ -330,7 +354,9 @@ def save(fig, stem: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
 def draw_statistics(stats: dict, out_dir, *, formats: Sequence[str] = FORMATS) -> list[Path]:
     """The study figures of ``{(diagnostic, group): statistics}`` into ``out_dir``:
     ``fig1_<group>`` for each group with named elements (D4), ``fig2_translations``,
-    ``fig3_<group>`` for other groups with numeric elements (scaling)."""
+    ``fig3_<group>`` for other groups with numeric elements (scaling), ``fig4_boosts``
+    (boost-x and boost-y side by side, the data's own defect drawn as the floor and the
+    boosts faster than the data's velocities shaded)."""
     out_dir = Path(out_dir)
     by_group: dict[str, dict] = {}
     for (diagnostic, group), ds in stats.items():
@@ -340,12 +366,16 @@ def draw_statistics(stats: dict, out_dir, *, formats: Sequence[str] = FORMATS) -
         numeric = next(iter(diagnostics.values()))["element"].dtype.kind in "iuf"
         if not numeric:
             written += save(group_figure(diagnostics, title=f"group {group}"), out_dir / f"fig1_{group}", formats)
-        elif group not in TRANSLATIONS:
+        elif group not in TRANSLATIONS + BOOSTS:
             written += save(profile_figure(by_group, [group], title=f"group {group}"), out_dir / f"fig3_{group}",
                             formats)
     if any(g in by_group for g in TRANSLATIONS):
         written += save(profile_figure(by_group, TRANSLATIONS, title="translations"), out_dir / "fig2_translations",
                         formats)
+    if any(g in by_group for g in BOOSTS):
+        written += save(profile_figure(by_group, BOOSTS, title="Galilean boosts (dashed: the data's own defect, "
+                                                                "the floor; shaded: faster than the data's velocities)"),
+                        out_dir / "fig4_boosts", formats)
     return written
 
 

@@ -90,6 +90,12 @@ def element_coord(group) -> tuple:
     attrs = {"long_name": group.element_long_name}
     if group.element_units is not None:
         attrs["units"] = group.element_units
+    for key, value in getattr(group, "element_attrs", ()):
+        if isinstance(value, tuple):  # CF: integers as int32
+            value = np.asarray(value, dtype=np.int32 if all(isinstance(v, (int, np.integer)) for v in value) else None)
+        elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            value = np.int32(value)
+        attrs[key] = value
     return ("element", values, attrs)
 
 

@@ -31,9 +31,12 @@ DRAWN: dict[str, tuple[str, ...]] = {
 }
 #: Per diagnostic, the per-sample variables pooled for the report (not drawn as candles).
 REFERENCES: dict[str, tuple[str, ...]] = {
-    "equivariance": ("orbit_error", "test_error", "persistence_error"),
+    "equivariance": ("orbit_error", "test_error", "persistence_error", "data_defect"),
     "overlap": ("overlap_cosine_chi_bound", "overlap_frobenius_chi_bound", "null_space_share_u", "iterations_u"),
 }
+#: Per-element variables without samples (boosts: the speed against the data's velocities),
+#: kept per model as the mean over its runs.
+PER_ELEMENT: tuple[str, ...] = ("boost_speed_ratio",)
 #: The study's architectures, in the order they are drawn; other models follow by name.
 MODEL_ORDER: tuple[str, ...] = ("unet", "vit", "gcnn", "relaxed")
 MODEL_NAMES = {"unet": "UNet", "vit": "ViT", "gcnn": "G-CNN", "relaxed": "relaxed G-CNN"}
@@ -141,6 +144,18 @@ def study_statistics(datasets) -> dict:
             data[f"{name}_stats"] = (dims, stats, attrs)
             data[f"{name}_count"] = (("model",), counts, {"long_name": f"pooled values of {name} per element",
                                                           "units": "count"})
+        for name in PER_ELEMENT:
+            if not any(name in ds for key in order for ds in models[key]):
+                continue
+            values = np.full((len(order), elements.size), np.nan)
+            for m, key in enumerate(order):
+                parts = [np.asarray(ds[name].values, np.float64) for ds in models[key] if name in ds]
+                if parts:
+                    values[m] = np.mean(parts, axis=0)
+            template = next(ds[name] for key in order for ds in models[key] if name in ds)
+            data[name] = (("model", "element"), values,
+                          {"long_name": f"{template.attrs.get('long_name', name)}, mean over the runs of each model",
+                           "units": template.attrs.get("units", "1")})
         runs = [models[k] for k in order]
         data["n_runs"] = (("model",), np.array([len(r) for r in runs]), {"long_name": "runs pooled", "units": "count"})
         data["seeds"] = (("model",), np.array([",".join(str(identity(d, "seed")) for d in r) for r in runs], dtype=object),

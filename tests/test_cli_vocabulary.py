@@ -25,6 +25,7 @@ MEANINGS = {
     "--group": "symmetry group",
     "--stride": "translations: shifts 0, K, 2K, ... < resolution",
     "--factors": "scaling factors",
+    "--shifts": "boosts: cells the boosted flow moves per time step, c = K dx / dt for the data's resolution and time step",
     "--step": "checkpoint step",
     "--samples": "the first N test trajectories",
     "--time": "use the transition T -> T+1",

@@ -29,7 +29,8 @@ def _beats_persistence(path, factor=0.9):
 
 def test_the_demo_is_the_study_in_miniature(tmp_path):
     sweep = load_sweep(DEMO, out=tmp_path)
-    assert sweep.models == ("unet", "vit", "gcnn", "relaxed") and sweep.groups == ("d4", "translate-x", "translate-y")
+    assert sweep.models == ("unet", "vit", "gcnn", "relaxed")
+    assert sweep.groups == ("d4", "translate-x", "translate-y", "boost-x", "boost-y")
     jobs = {job.name: job for job in expand(sweep)}
     assert list(jobs)[0] == "generate" and jobs["generate"].output == str(tmp_path / "data" / "ce-rp.nc")
     assert all(job.depends_on == ("generate",) for job in jobs.values() if job.kind == "train")
@@ -41,7 +42,12 @@ def test_the_demo_is_the_study_in_miniature(tmp_path):
     for group in sweep.groups:
         overlap = jobs[f"overlap-{group}-unet-tiny-seed0"]
         assert flag(overlap, "--metric") == "both" and flag(overlap, "--curvature-samples") == "1"
-        assert ("--stride" in overlap.argv) == (group != "d4")
+        assert ("--stride" in overlap.argv) == group.startswith("translate")
+        assert ("--shifts" in overlap.argv) == group.startswith("boost")
+    # the smallest boost exact on the grid, dx / dt, lies inside the data's velocities (|u| <= 0.65 initially)
+    generate = jobs["generate"]
+    dt = float(flag(generate, "--t-final")) / (int(flag(generate, "--times")) - 1)
+    assert 1.0 / (int(flag(generate, "--resolution")) * dt) < 0.65
     assert list(jobs)[-1] == "report"
 
 
@@ -71,6 +77,10 @@ def test_the_whole_demo(tmp_path):
     report = tmp_path / "report"
     assert (report / "report.html").is_file() and (report / "figures" / "fig1_d4.png").is_file()
     assert (report / "figures" / "fig2_translations.png").is_file()
+    assert (report / "figures" / "fig4_boosts.png").is_file()
+    for model in sweep.models:  # every boost result carries the data's own defect, the floor
+        with xr.open_dataset(results / f"{model}-tiny-seed0-equivariance-boost-x.nc") as ds:
+            assert np.all(np.isfinite(ds["data_defect"].values)) and float(ds["data_defect"].max()) > 0
     assert (tmp_path / ".jax-cache").is_dir()
     second = demo()  # a second run reuses everything
     jobs = expand(sweep)

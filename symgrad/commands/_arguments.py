@@ -41,6 +41,9 @@ def add_diagnostic_arguments(parser, *, run_required: bool = True) -> None:
                         help="translations: shifts 0, K, 2K, ... < resolution")
     parser.add_argument("--factors", type=float, nargs="+", default=names.DEFAULT_SCALE_FACTORS, metavar="A",
                         help="scaling factors")
+    parser.add_argument("--shifts", type=int, nargs="+", default=names.DEFAULT_BOOST_SHIFTS, metavar="K",
+                        help="boosts: cells the boosted flow moves per time step, c = K dx / dt for the data's "
+                             "resolution and time step")
 
 
 def _refuse_existing(out: Path, overwrite: bool) -> None:

@@ -71,8 +71,11 @@ def _print_plan(args) -> int:
     if args.run is not None:
         inputs = run_inputs.load(args.run, args.data, args.step)
         config = settings_from_args(OverlapConfig, args, damping=inputs.trained.info.weight_decay)
-        _, _, x, y = run_inputs.test_transitions(inputs, args.samples, chosen_transition(args, inputs))
-        apply_fn, params, resolution = inputs.trained.apply_fn, inputs.trained.params, inputs.dataset.resolution
+        time_index = chosen_transition(args, inputs)
+        _, _, x, y = run_inputs.test_transitions(inputs, args.samples, time_index)
+        apply_fn, params = inputs.trained.apply_fn, inputs.trained.params
+        group = run_inputs.group(inputs, args.group, time_index, stride=args.stride, factors=args.factors,
+                                 shifts=args.shifts)
         what = f"run {args.run}"
     elif args.model is not None:
         from symgrad.models.registry import build
@@ -84,9 +87,11 @@ def _print_plan(args) -> int:
         # random states: every element but the identity moves them
         x = y = np.random.default_rng(0).normal(size=(args.samples or 1, resolution, resolution, 4))
         what = f"untrained {args.model} ({args.preset}) at {resolution}x{resolution}"
+        # no data, no time step: boosts plan with one of 1/resolution (c = K); the plan only counts arrays
+        group = named_group(args.group, resolution, stride=args.stride, factors=args.factors,
+                            time_step=1.0 / resolution, shifts=args.shifts)
     else:
         raise SymgradError("--plan needs --run RUN_DIR, or --model with --preset and --resolution")
-    group = named_group(args.group, resolution, stride=args.stride, factors=args.factors)
     print(f"symgrad overlap --plan: {what}, group {group.name} ({len(group)} elements), metric {config.metric}, "
           f"lambda {config.damping:g}, rtol {config.rtol:g}")
     if args.run is not None and config.device_memory is None and config.wants_chi:
@@ -113,7 +118,6 @@ def _execute(args) -> int:
     from symgrad.diagnostics.config import OverlapConfig
     from symgrad.diagnostics.overlap import OverlapInterrupted, compute_overlaps, remove_partials
     from symgrad.errors import EXIT_PREEMPTED
-    from symgrad.groups import named_group
     from symgrad.io import partial_dir, write_netcdf_atomic
 
     inputs = run_inputs.load(args.run, args.data, args.step)
@@ -121,7 +125,8 @@ def _execute(args) -> int:
     config = settings_from_args(OverlapConfig, args, damping=trained.info.weight_decay)
     time_index = chosen_transition(args, inputs)
     samples, source, x, y = run_inputs.test_transitions(inputs, args.samples, time_index)
-    group = named_group(args.group, inputs.dataset.resolution, stride=args.stride, factors=args.factors)
+    group = run_inputs.group(inputs, args.group, time_index, stride=args.stride, factors=args.factors,
+                             shifts=args.shifts)
     attrs = run_inputs.provenance(inputs, time_index, source, diagnostic="overlap",
                                   damping_source="--damping" if hasattr(args, "damping") else "run weight decay")
     out = Path(args.out)

@@ -3,8 +3,16 @@
 For a model ``f(x) = apply_fn(params, x)``, test transitions ``(x_i, y_i)`` and every
 element ``g`` of a group:
 
-- ``equivariance_error[g, i] = SMSE(f(g.x_i), g.f(x_i))``
-- ``orbit_error[g, i]        = SMSE(f(g.x_i), g.y_i)``  (accuracy on the transformed problem)
+- ``equivariance_error[g, i] = SMSE(f(g.x_i), g'.f(x_i))``
+- ``orbit_error[g, i]        = SMSE(f(g.x_i), g'.y_i)``  (accuracy on the transformed problem)
+
+where ``g'`` is the element's action on targets and outputs (``Group.target``): ``g`` itself
+for D4, translations and scaling; for a Galilean boost ``B_c`` it is ``T_{c dt} B_c``, the
+boost followed by the shift of ``c dt`` cells the boosted flow makes in one step. Groups
+under which SMSE is not invariant (scaling, boosts) say so in the result
+(``smse_invariant``). A boost result may carry the data's own symmetry defect
+(``data_defect``, :func:`symgrad.euler.boost_defect_smse`): the floor below which no
+surrogate of that data can be asked to go.
 - ``test_error[i]            = SMSE(f(x_i), y_i)``
 - ``persistence_error[i]     = SMSE(x_i, y_i)``     (the baseline f = identity on the same transitions)
 
@@ -38,8 +46,8 @@ from symgrad.loss import check_scales, smse
 PER_SAMPLE_VARIABLES = ("equivariance_error", "orbit_error", "test_error", "persistence_error")
 
 _LONG_NAMES = {
-    "equivariance_error": "equivariance error SMSE(f(g x), g f(x))",
-    "orbit_error": "test error on the transformed transition SMSE(f(g x), g y)",
+    "equivariance_error": "equivariance error SMSE(f(g x), g' f(x)) (g' = g on targets; for boosts T_{c dt} B_c)",
+    "orbit_error": "test error on the transformed transition SMSE(f(g x), g' y)",
     "test_error": "test error SMSE(f(x), y)",
     "persistence_error": "persistence baseline SMSE(x, y): the error of predicting no change",
 }
@@ -87,13 +95,14 @@ def _compiled_predict(apply_fn):
 def _compiled_kernels(apply_fn, group: Group):
     predict = _compiled_predict(apply_fn)
     act = jax.vmap(group.act_index)
+    act_target = jax.vmap(group.target_index)  # outputs and targets: one step later (boosts also move)
 
     @jax.jit
     def pair_errors(params, x_all, fx_all, y_all, sigma, element_idx, sample_idx):
         gx = act(element_idx, x_all[sample_idx])
         f_gx = apply_fn(params, gx)
-        equi = smse(f_gx, act(element_idx, fx_all[sample_idx]), sigma)
-        orbit = smse(f_gx, act(element_idx, y_all[sample_idx]), sigma)
+        equi = smse(f_gx, act_target(element_idx, fx_all[sample_idx]), sigma)
+        orbit = smse(f_gx, act_target(element_idx, y_all[sample_idx]), sigma)
         return equi, orbit
 
     return predict, pair_errors
@@ -110,6 +119,7 @@ def equivariance_errors(
     *,
     samples: Sequence[int] | None = None,
     attrs: dict | None = None,
+    data_defect=None,
 ):
     """Equivariance, orbit and test errors of ``apply_fn`` over ``group`` as an ``xarray.Dataset``.
 
@@ -127,6 +137,9 @@ def equivariance_errors(
             ``"float32"`` computes in float32.
         samples: values of the ``sample`` coordinate (default ``0..N-1``), e.g. trajectory indices.
         attrs: extra global attributes (provenance).
+        data_defect: optional ``(element, sample)`` floor stored beside the errors, the
+            data's own defect of ``symgrad.diagnostics.boosts.data_defect`` on these
+            transitions (the ``symgrad equivariance`` command computes it for boosts).
 
     Returns:
         Dataset with dims ``element``, ``sample``, ``stat``; variables
@@ -139,11 +152,15 @@ def equivariance_errors(
         return _equivariance_errors(apply_fn, cast(params, dtype), jnp.asarray(x, dtype), jnp.asarray(y, dtype),
                                     sigma, group, config.eval_chunk, samples=samples,
                                     attrs={**config.to_dict(), "settings_class": "EquivarianceConfig",
-                                           **(attrs or {})})
+                                           **(attrs or {})}, data_defect=data_defect)
 
 
-def _equivariance_errors(apply_fn, params, x, y, sigma, group: Group, chunk_size: int, *, samples, attrs):
+def _equivariance_errors(apply_fn, params, x, y, sigma, group: Group, chunk_size: int, *, samples, attrs,
+                         data_defect=None):
     _check_inputs(apply_fn, params, x, y, sigma, group)
+    if data_defect is not None and np.shape(data_defect) != (len(group), x.shape[0]):
+        raise SymgradError(f"data_defect must be (element, sample) = {(len(group), x.shape[0])}, "
+                           f"got {np.shape(data_defect)}")
     sigma_arr = jnp.asarray(np.asarray(sigma), dtype=x.dtype)
 
     n_samples, n_elements = x.shape[0], len(group)
@@ -177,19 +194,27 @@ def _equivariance_errors(apply_fn, params, x, y, sigma, group: Group, chunk_size
     equi = equi.reshape(n_elements, n_samples)
     orbit = orbit.reshape(n_elements, n_samples)
 
+    from symgrad.diagnostics.boosts import group_context
+
+    context_vars, context_attrs = group_context(group, x, y)
     return to_dataset(
         equi, orbit, test, persistence, group,
         samples=np.arange(n_samples) if samples is None else np.asarray(samples),
         attrs={"chunk_size": int(chunk_size), "compute_dtype": str(x.dtype),
-               "resolution": f"{x.shape[1]}x{x.shape[2]}", **(attrs or {})},
+               "resolution": f"{x.shape[1]}x{x.shape[2]}", **context_attrs, **(attrs or {})},
+        data_defect=data_defect, extra_vars=context_vars,
     )
 
 
-def to_dataset(equivariance_error, orbit_error, test_error, persistence_error, group: Group, *, samples, attrs=None):
+def to_dataset(equivariance_error, orbit_error, test_error, persistence_error, group: Group, *, samples, attrs=None,
+               data_defect=None, extra_vars=None):
     """Assemble the result dataset (see ``equivariance_errors``) from per-sample arrays, in
-    the schema of every result file (``symgrad.results.finish_result``)."""
+    the schema of every result file (``symgrad.results.finish_result``); ``data_defect``
+    ``(element, sample)`` and ``extra_vars`` (``symgrad.diagnostics.boosts.group_context``)
+    are stored beside them."""
     import xarray as xr
 
+    from symgrad.diagnostics.boosts import DEFECT, defect_variable
     from symgrad.results import element_coord, finish_result
 
     equivariance_error = np.asarray(equivariance_error, dtype=np.float64)
@@ -209,6 +234,11 @@ def to_dataset(equivariance_error, orbit_error, test_error, persistence_error, g
         "test_error": (("sample",), test_error, error_attrs("test_error")),
         "persistence_error": (("sample",), persistence_error, error_attrs("persistence_error")),
     }
+    data_vars.update(extra_vars or {})
+    stats_of = PER_SAMPLE_VARIABLES
+    if data_defect is not None:
+        data_vars.update(defect_variable(data_defect))
+        stats_of = stats_of + (DEFECT,)
     coords = {
         "element": element_coord(group),
         "sample": ("sample", np.asarray(samples, dtype=np.int64)),
@@ -216,4 +246,4 @@ def to_dataset(equivariance_error, orbit_error, test_error, persistence_error, g
     ds = xr.Dataset(data_vars, coords=coords)
     return finish_result(ds, diagnostic="equivariance", group=group.name,
                          title=f"symgrad forward equivariance diagnostic, group {group.name}",
-                         attrs={"n_elements": len(group), **(attrs or {})}, stats_of=PER_SAMPLE_VARIABLES)
+                         attrs={"n_elements": len(group), **(attrs or {})}, stats_of=stats_of)

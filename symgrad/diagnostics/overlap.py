@@ -2,9 +2,12 @@
 
 For transitions ``(x_i, y_i)`` and a group element ``g``::
 
-    u_i^g = grad L(g.x_i, g.y_i),  v_j = grad L(x_j, y_j),  chi = (lambda I + G)^-1
+    u_i^g = grad L(g.x_i, g'.y_i),  v_j = grad L(x_j, y_j),  chi = (lambda I + G)^-1
     M^g_ij = <u_i^g, v_j>_chi  and  u_i^g . v_j
     overlap_frobenius = M^g_ii / ||M^g||_F,   overlap_cosine = M^g_ii / sqrt(<u,u>_chi <v,v>_chi)
+
+with ``g'`` the element's action on targets (``Group.target``): ``g`` itself, except for a
+Galilean boost, whose target one step later is boosted and shifted, ``T_{c dt} B_c y``.
 
 The parts: per-example gradients (``gradients``), the Gauss-Newton operator (``ggn``), the
 spectrum probe (``spectrum``), the chi solvers (``solvers``), bounds, flags and stopping
@@ -491,7 +494,7 @@ def _planned_operator(apply_fn, params, x, x_curv, sigma, reused, config: Overla
 def _reused(group, x, y, acted=None):
     """Which elements leave the inputs unchanged bit for bit (the identity): their gradients
     equal the v's bit for bit, and they reuse the v-solves. Decided on the inputs alone."""
-    acted = acted or [(group.act(g, x), group.act(g, y)) for g in group.elements]
+    acted = acted or [(group.act(g, x), group.target(g, y)) for g in group.elements]
     return [bool(jnp.array_equal(gx, x) and jnp.array_equal(gy, y)) for gx, gy in acted]
 
 
@@ -552,7 +555,8 @@ def _compute(apply_fn, params, x, y, sigma, group, config: OverlapConfig, *, dty
     x_curv = x[:config.curvature_samples] if config.curvature_samples else x
     if config.curvature_samples and config.curvature_samples > n:
         raise SymgradError(f"curvature_samples {config.curvature_samples} exceeds the {n} samples given")
-    acted = [(group.act(g, x), group.act(g, y)) for g in group.elements]
+    # (g.x, g'.y): a boost acts on the target, one step later, as T_{c dt} B_c (Group.target)
+    acted = [(group.act(g, x), group.target(g, y)) for g in group.elements]
     reused = _reused(group, x, y, acted)
     partials = None
     if partial_dir is not None:
@@ -590,7 +594,11 @@ def _compute(apply_fn, params, x, y, sigma, group, config: OverlapConfig, *, dty
     if chunks_log and "forecast_pilot_products" in chunks_log[0]:
         settings.update(forecast_pilot_products=chunks_log[0]["forecast_pilot_products"],
                         forecast_pilot_at_products=chunks_log[0]["forecast_pilot_at_products"])
-    return store.build_result_dataset(
+    from symgrad.diagnostics.boosts import group_context
+
+    context_vars, context_attrs = group_context(group, x, y)
+    ds = store.build_result_dataset(
         group, [results[k] for k in range(len(group))], v_side, metric=config.metric, rtol=config.rtol,
         sample_ids=sample_ids if sample_ids is not None else np.arange(n), settings=settings,
-        spectrum=spectrum, chunks=chunks_log, attrs=attrs)
+        spectrum=spectrum, chunks=chunks_log, attrs={**context_attrs, **(attrs or {})})
+    return ds.assign(context_vars) if context_vars else ds

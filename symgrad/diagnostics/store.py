@@ -197,7 +197,7 @@ def build_result_dataset(group, results: list[dict], v_side: dict, *, metric: st
         "overlap_matrix_euclidean": _var(mm, m_euc, "Euclidean gradient overlap u_i^g . v_j"),
         "overlap_cosine_euclidean": _var(ee, cos_euc, "Euclidean cosine of u_i^g and v_i"),
         "overlap_frobenius_euclidean": _var(ee, fro_euc, "Euclidean M^g_ii / ||M^g||_F"),
-        "grad_norm_u": _var(ee, norm_u, "Euclidean norm of u_i^g = grad L(g.x_i, g.y_i)"),
+        "grad_norm_u": _var(ee, norm_u, "Euclidean norm of u_i^g = grad L(g.x_i, g'.y_i)"),
         "grad_norm_v": _var(("sample",), norm_v, "Euclidean norm of v_i = grad L(x_i, y_i)"),
     }
     out_attrs = {"n_flagged": 0, "ggn_products": int(sum(c.get("ggn_products", 0) for c in chunks or []))}

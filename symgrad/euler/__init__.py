@@ -9,6 +9,11 @@ from symgrad.euler import conversions as conversions
 from symgrad.euler import initial as initial
 from symgrad.euler._config import EulerConfig as EulerConfig
 from symgrad.euler._flux import hllc_flux_x as hllc_flux_x
+from symgrad.euler.galilean import (
+    boost_defect as boost_defect,
+    boosted_solves as boosted_solves,
+    observed_order as observed_order,
+)
 from symgrad.euler._solver import (
     SolveFailure as SolveFailure,
     SolveResult as SolveResult,
@@ -40,6 +45,8 @@ __all__ = [
     "RPUIConfig",
     "SolveFailure",
     "SolveResult",
+    "boost_defect",
+    "boosted_solves",
     "conservative_to_primitive",
     "conversions",
     "default_initial_config",
@@ -47,6 +54,7 @@ __all__ = [
     "hllc_flux_x",
     "initial",
     "max_stable_dt",
+    "observed_order",
     "physical_mask",
     "primitive_to_conservative",
     "sample_initial",
