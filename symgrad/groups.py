@@ -337,7 +337,7 @@ def boosts(resolution: int, time_step: float, axis: str = "x", shifts: Sequence[
     if axis not in ("x", "y"):
         raise SymgradError(f"boost axis must be 'x' or 'y', got {axis!r}")
     if resolution is None or not isinstance(resolution, (int, np.integer)) or int(resolution) < 1:
-        raise SymgradError(f"boosts need a positive grid resolution, got {resolution!r}")
+        raise SymgradError(f"boosts need a square grid of n x n cells (n >= 1), got resolution {resolution!r}")
     try:
         dt = float(time_step)
     except (TypeError, ValueError):

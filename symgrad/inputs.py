@@ -214,6 +214,37 @@ def data_defect(inputs: RunInputs, grp, x, time_index: int):
     return defect(grp, x, np.asarray(inputs.trained.sigma), time_step(inputs, time_index), solver_settings(inputs))
 
 
+def boost_provenance(inputs: RunInputs, grp) -> dict:
+    """For a boost group, where its time step and the floor's solver came from (result
+    attributes); empty for other groups. A file without a time coordinate has its times
+    assumed equispaced on [0, 1] (PDEGym's convention), so its boost speeds rest on that
+    assumption; a file without a ``solver`` attribute (PDEGym's, The Well's) has its floor
+    computed with symgrad's solver at its default settings, not with the solver that made it.
+    Both are said on stderr too."""
+    import sys
+
+    from symgrad.diagnostics.boosts import boost_axis
+
+    if boost_axis(grp) is None:
+        return {}
+    assumed = bool(getattr(inputs.dataset, "times_assumed", False))
+    recorded = inputs.dataset.attrs[0].get("solver") is not None
+    attrs = {
+        "time_step_source": ("assumed: the file has no time coordinate, times equispaced on [0, 1]"
+                             if assumed else "the data's time coordinate"),
+        "data_defect_solver": ("the data's own solver settings (its solver attribute)" if recorded else
+                               "symgrad's Euler solver at its default settings: the file does not record "
+                               "the solver that made it, so the floor is an estimate of its defect"),
+    }
+    if assumed:
+        print(f"symgrad: warning: {inputs.data_paths[0]} has no time coordinate; the boost speeds assume "
+              "its times equispaced on [0, 1]", file=sys.stderr)
+    if not recorded:
+        print(f"symgrad: warning: {inputs.data_paths[0]} does not record its solver; the boost floor is "
+              "symgrad's solver's defect at its default settings", file=sys.stderr)
+    return attrs
+
+
 def provenance(inputs: RunInputs, time_index: int, sample_source: str, **extra) -> dict:
     """The provenance of a diagnostic result: the run it measured (model, preset, seed, family:
     what ``symgrad merge`` stacks results by), its checkpoint, data and samples."""

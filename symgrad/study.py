@@ -119,7 +119,7 @@ def study_statistics(datasets) -> dict:
                     raise SymgradError(
                         f"the {diagnostic} results of group {group} have different elements "
                         f"({ds.attrs['source_file']} against {first.attrs['source_file']}); run every "
-                        "diagnostic of one group with the same --stride/--factors")
+                        "diagnostic of one group with the same --stride/--factors/--shifts")
         names = [n for n in DRAWN[diagnostic] + REFERENCES[diagnostic]
                  if any(n in ds for runs in models.values() for ds in runs)]
         data = {}

@@ -323,6 +323,31 @@ def test_the_command_takes_the_datas_time_step_and_stores_the_floor(tiny_trained
         assert float(ds["element"].attrs["time_step"]) == pytest.approx(dt) and int(ds.attrs["smse_invariant"]) == 0
         assert ds["data_defect"].shape == (3, 2) and float(ds["data_defect"].sel(element=0.0).max()) == 0.0
         assert float(ds["data_defect"].max()) > 0 and np.all(np.isfinite(ds["equivariance_error"].values))
+        assert ds.attrs["time_step_source"] == "the data's time coordinate"
+        assert "its solver attribute" in ds.attrs["data_defect_solver"]
     rc = main(["equivariance", "--run", str(run_dir), "--group", "boost-y", "--shifts", "1", "1",
                "--out", str(tmp_path / "by.nc")])
     assert rc == 2 and "distinct" in capsys.readouterr().err
+
+
+def test_a_floor_or_time_step_the_file_does_not_record_is_said(capsys):
+    """PDEGym's files record neither their solver nor, some, their times: the result and
+    stderr say that the floor is symgrad's solver at its defaults and the speeds assume
+    equispaced times; a non-boost group gets no such attributes."""
+    from types import SimpleNamespace
+
+    from symgrad.groups import boosts, translations
+    from symgrad.inputs import boost_provenance
+
+    def inputs(attrs, assumed):
+        return SimpleNamespace(dataset=SimpleNamespace(attrs=[attrs], times_assumed=assumed), data_paths=["d.nc"])
+
+    grp = boosts(8, 0.05, "x", shifts=(0, 1))
+    bare = boost_provenance(inputs({}, True), grp)
+    assert bare["time_step_source"].startswith("assumed") and "default settings" in bare["data_defect_solver"]
+    err = capsys.readouterr().err
+    assert "no time coordinate" in err and "does not record its solver" in err
+    recorded = boost_provenance(inputs({"solver": "{}"}, False), grp)
+    assert recorded["time_step_source"] == "the data's time coordinate"
+    assert "its solver attribute" in recorded["data_defect_solver"] and capsys.readouterr().err == ""
+    assert boost_provenance(inputs({}, True), translations(8, "x")) == {}

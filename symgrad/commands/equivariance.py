@@ -52,7 +52,8 @@ def _execute(args) -> int:
                              shifts=args.shifts)
     times = np.asarray(inputs.dataset.times)
     attrs = run_inputs.provenance(inputs, time_index, sample_source,
-                                  transition_times=[float(times[time_index]), float(times[time_index + 1])])
+                                  transition_times=[float(times[time_index]), float(times[time_index + 1])],
+                                  **run_inputs.boost_provenance(inputs, group))
     defect = run_inputs.data_defect(inputs, group, x, time_index)  # boosts: the data's own floor
     ds = equivariance_errors(trained.apply_fn, trained.params, x, y, trained.sigma, group, config, samples=samples,
                              attrs=attrs, data_defect=defect)

@@ -128,7 +128,8 @@ def _execute(args) -> int:
     group = run_inputs.group(inputs, args.group, time_index, stride=args.stride, factors=args.factors,
                              shifts=args.shifts)
     attrs = run_inputs.provenance(inputs, time_index, source, diagnostic="overlap",
-                                  damping_source="--damping" if hasattr(args, "damping") else "run weight decay")
+                                  damping_source="--damping" if hasattr(args, "damping") else "run weight decay",
+                                  **run_inputs.boost_provenance(inputs, group))
     out = Path(args.out)
     partial = partial_dir(out)
     with preemption.stop_on_sigterm():  # SIGTERM: stop after the current chunk, keep the finished ones

@@ -11,8 +11,9 @@ for D4, translations and scaling; for a Galilean boost ``B_c`` it is ``T_{c dt} 
 boost followed by the shift of ``c dt`` cells the boosted flow makes in one step. Groups
 under which SMSE is not invariant (scaling, boosts) say so in the result
 (``smse_invariant``). A boost result may carry the data's own symmetry defect
-(``data_defect``, :func:`symgrad.euler.boost_defect_smse`): the floor below which no
-surrogate of that data can be asked to go.
+(``data_defect``, :func:`symgrad.diagnostics.boosts.data_defect`): the error of a model that
+reproduced the data's solver exactly, the floor below which fitting the data and being
+symmetric start to conflict.
 - ``test_error[i]            = SMSE(f(x_i), y_i)``
 - ``persistence_error[i]     = SMSE(x_i, y_i)``     (the baseline f = identity on the same transitions)
 
