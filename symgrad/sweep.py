@@ -74,6 +74,7 @@ class Sweep:
     overlap_args: dict = field(default_factory=dict)
     slurm: dict = field(default_factory=dict)
     generate_args: dict | None = None  # flags of `symgrad generate`, which writes data[0]; None: no such job
+    report_args: dict = field(default_factory=dict)  # flags of `symgrad report` (e.g. format)
     compilation_cache: str | None = None  # JAX's persistent compilation cache of every job
 
 
@@ -96,7 +97,7 @@ def _as_tuple(table: dict, key: str, path: Path, default=None, kind=str) -> tupl
 # What a sweep file may hold: its tables, and the keys of [sweep] and [slurm]. The options of
 # [generate], [train], [equivariance] and [overlap] are the commands' own flags, checked by
 # ``validate`` with the commands' parsers and configs.
-_TABLES = ("sweep", "generate", "train", "equivariance", "overlap", "slurm")
+_TABLES = ("sweep", "generate", "train", "equivariance", "overlap", "report", "slurm")
 _SWEEP_KEYS = ("name", "out", "data", "models", "presets", "seeds", "groups", "diagnostics", "compilation_cache")
 
 
@@ -125,7 +126,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
         raise SymgradError(f"sweep file {path} has no [sweep] table; see experiments/sweeps/paper.toml")
     _unknown(path, "table", raw, _TABLES)
     _unknown(path, "key of [sweep]", table, _SWEEP_KEYS)
-    for section in ("generate", "train", "equivariance", "overlap", "slurm"):
+    for section in ("generate", "train", "equivariance", "overlap", "report", "slurm"):
         if section in raw and not isinstance(raw[section], dict):
             raise SymgradError(f"sweep file {path}: '{section}' must be a table ([{section}]) of options")
     _unknown(path, "key of [slurm]", raw.get("slurm", {}), (*_SLURM_DEFAULTS, "account"))
@@ -167,6 +168,10 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
                 raise SymgradError(f"sweep file {path}: [{section}.{key}] does not name {what} of this sweep "
                                    f"({', '.join(allowed)}); options of one {what.removeprefix('a ')} go in "
                                    f"[{section}.<name>]")
+    report = dict(raw.get("report", {}))
+    if any(isinstance(v, dict) for v in report.values()) or {"out", "runs"} & set(report):
+        raise SymgradError(f"sweep file {path}: [report] holds options of 'symgrad report' (like format), "
+                           "no sub-tables, and not 'out' or 'runs' (the sweep sets them)")
     cache = table.get("compilation_cache")
     return Sweep(
         name=name,
@@ -182,6 +187,7 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
         overlap_args=options["overlap"],
         slurm=dict(raw.get("slurm", {})),
         generate_args=None if generate is None else dict(generate),
+        report_args=report,
         compilation_cache=None if cache is None else resolve(cache),
     )
 
@@ -334,7 +340,8 @@ def expand(sweep: Sweep) -> list[Job]:
     report = sweep.out / "report"
     jobs.append(Job(
         name="report",
-        argv=("report", *(j.output for j in merges), "--runs", *run_dirs, "--out", str(report)),
+        argv=("report", *(j.output for j in merges), "--runs", *run_dirs, "--out", str(report),
+              *_flags(sweep.report_args)),
         output=str(report / "DONE"), depends_on=tuple(j.name for j in merges), kind="report",
     ))
     return jobs

@@ -333,3 +333,18 @@ def test_compilation_cache_reaches_the_jobs(tmp_path, monkeypatch):
     script = (tmp_path / "slurm" / "generate.sbatch").read_text()
     assert f"JAX_COMPILATION_CACHE_DIR:-{sweep.compilation_cache}" in script
     assert "afterok" in submit.read_text() and "#SBATCH --gpus-per-node" in script
+
+
+def test_report_options_reach_the_report_and_are_checked(tmp_path):
+    from symgrad.sweep import validate
+
+    body = GENERATED.format() + '\n[report]\nformat = ["png"]\n'
+    sweep = load_sweep(_write(tmp_path, body), out=tmp_path / "o")
+    jobs = expand(sweep)
+    assert jobs[-1].name == "report" and jobs[-1].argv[-2:] == ("--format", "png")
+    validate(sweep, jobs, "s.toml")
+    bad = load_sweep(_write(tmp_path, GENERATED.format() + '\n[report]\nformat = ["gif"]\n'), out=tmp_path / "o")
+    with pytest.raises(SymgradError, match="job report would fail"):
+        validate(bad, expand(bad), "s.toml")
+    with pytest.raises(SymgradError, match=r"\[report\] holds options"):
+        load_sweep(_write(tmp_path, GENERATED.format() + '\n[report]\nout = "x"\n'))
