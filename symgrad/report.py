@@ -44,8 +44,9 @@ HOW_TO_READ = [
     "`k` whole cells per time step. The input is boosted (`u -> u + c`), the target and the model's output one "
     "step later are boosted *and* shifted by `c dt`: the equivariance error is `SMSE(f(B_c x), T_{c dt} B_c f(x))`. "
     "The data's finite-volume solver is not exactly Galilean invariant: its own error measured the same way, "
-    "`SMSE(S(B_c x), T_{c dt} B_c S(x))`, is the **floor** (the data's own defect): the error of a model that reproduced the solver "
-    "exactly, below which fitting the data and being symmetric start to conflict. Elements faster than the data's velocities (`|c| / max |u| > 1`) ask "
+    "`SMSE(S(B_c x), T_{c dt} B_c S(x))`, is the **floor** (the data's own defect): the error of a model "
+    "that reproduced the solver exactly, below which fitting the data and being symmetric start to "
+    "conflict. Elements faster than the data's velocities (`|c| / max |u| > 1`) ask "
     "the model to extrapolate.",
     "**Solver accuracy**: every chi value carries a certified bound; `max bound` is the "
     "largest bound relative to its Cauchy-Schwarz scale, and `flagged` counts values whose "

@@ -95,7 +95,7 @@ def _as_tuple(table: dict, key: str, path: Path, default=None, kind=str) -> tupl
 
 
 # What a sweep file may hold: its tables, and the keys of [sweep] and [slurm]. The options of
-# [generate], [train], [equivariance] and [overlap] are the commands' own flags, checked by
+# [generate], [train], [equivariance], [overlap] and [report] are the commands' own flags, checked by
 # ``validate`` with the commands' parsers and configs.
 _TABLES = ("sweep", "generate", "train", "equivariance", "overlap", "report", "slurm")
 _SWEEP_KEYS = ("name", "out", "data", "models", "presets", "seeds", "groups", "diagnostics", "compilation_cache")

@@ -38,7 +38,7 @@ def test_the_demo_is_the_study_in_miniature(tmp_path):
     def flag(job, name):
         return job.argv[job.argv.index(name) + 1]
 
-    assert [flag(jobs[f"train-{m}-tiny-seed0"], "--epochs") for m in sweep.models] == ["14", "56", "14", "14"]
+    assert [flag(jobs[f"train-{m}-tiny-seed0"], "--epochs") for m in sweep.models] == ["10", "40", "10", "10"]
     for group in sweep.groups:
         overlap = jobs[f"overlap-{group}-unet-tiny-seed0"]
         assert flag(overlap, "--metric") == "both" and flag(overlap, "--curvature-samples") == "1"

@@ -91,5 +91,5 @@ def defect_variable(defect) -> dict:
     return {DEFECT: (("element", "sample"), np.asarray(defect, np.float64),
                      {"long_name": DEFECT_LONG_NAME, "units": "1",
                       "description": "scaled mean-squared error with the model's scales, docs/design.md section 4; "
-                                     "the error of a model that reproduced the data's solver exactly: below it, fitting the data "
-                                     "and being symmetric conflict"})}
+                                     "the error of a model that reproduced the data's solver exactly: "
+                                     "below it, fitting the data and being symmetric conflict"})}
