@@ -127,12 +127,12 @@ def test_diagnostic_commands_offer_exactly_the_groups_that_can_be_built(capsys):
     assert choices and all(list(c) == list(choices) for c in offered.values()), offered
     q = jnp.ones((1, 8, 8, 4))
     for name in choices:
-        group = groups.named_group(name, 8)
+        group = groups.named_group(name, 8, time_step=0.125)  # boosts need the data's time step
         assert group.name == name and len(group.elements) >= 2
         assert group.act(group.elements[1], q).shape == q.shape
     # And no more: the group modules' own constructors name exactly these groups.
     built = {groups.d4_group().name, groups.translations(8, "x").name, groups.translations(8, "y").name,
-             groups.scalings().name}
+             groups.scalings().name, groups.boosts(8, 0.125, "x").name, groups.boosts(8, 0.125, "y").name}
     assert built == set(choices)
     with pytest.raises(SymgradError, match="unknown group"):
         groups.named_group("d8", 8)
