@@ -186,6 +186,12 @@ def group(inputs: RunInputs, name: str, time_index: int, *, stride: int = 1,
                        time_step=time_step(inputs, time_index), shifts=shifts)
 
 
+def recorded_solver(inputs: RunInputs):
+    """The data file's ``solver`` attribute (symgrad's Euler settings as JSON), or None for
+    files that do not record the solver that made them (PDEGym's, The Well's)."""
+    return inputs.dataset.attrs[0].get("solver")
+
+
 def solver_settings(inputs: RunInputs):
     """The ``EulerConfig`` that made the data (the file's ``solver`` attribute); the defaults
     with the data's gamma for files without one (PDEGym's)."""
@@ -193,7 +199,7 @@ def solver_settings(inputs: RunInputs):
 
     from symgrad.euler import EulerConfig
 
-    recorded = inputs.dataset.attrs[0].get("solver")
+    recorded = recorded_solver(inputs)
     if recorded is None:
         return EulerConfig(gamma=float(inputs.dataset.gamma))
     try:
@@ -228,7 +234,7 @@ def boost_provenance(inputs: RunInputs, grp) -> dict:
     if boost_axis(grp) is None:
         return {}
     assumed = bool(getattr(inputs.dataset, "times_assumed", False))
-    recorded = inputs.dataset.attrs[0].get("solver") is not None
+    recorded = recorded_solver(inputs) is not None
     attrs = {
         "time_step_source": ("assumed: the file has no time coordinate, times equispaced on [0, 1]"
                              if assumed else "the data's time coordinate"),
