@@ -27,8 +27,10 @@ apart: the baseline has none), wall time including compilation, the probe and th
 deflation space, peak memory
 (host RSS; device peak on accelerators), the certified accuracy reached (the largest
 relative bound over every value: ``max_relative_bound``), flagged values, and the spectrum
-summary; for ``block``, the deflation space's products and the pilot's forecast
-(``forecast_pilot_ratio``: forecast over spent). Excludes: training the model and generating its data (cached), and JAX start-up.
+summary; for ``block``, the deflation space's products (chunk 0's Lanczos vectors recycled:
+only the products of its rounding estimate) and the pilots' forecasts (``forecast_pilot_ratio``,
+chunk 0's, and ``forecast_deflated_pilot_ratio``, the first deflated chunk's: forecast over
+spent). Excludes: training the model and generating its data (cached), and JAX start-up.
 Writes ``benchmarks/records/overlap.json``: one entry per device and configuration, each
 solver's result saved as soon as it is known, so ``--solvers block`` and ``--solvers cg`` may
 also run in separate invocations (the comparison is made once both are there). Runs
@@ -126,6 +128,12 @@ def worker(spec: dict) -> dict:
         "forecast_pilot_at_products": int(ds.attrs.get("forecast_pilot_at_products", -1)),
         "forecast_pilot_ratio": float(ds.attrs.get("forecast_pilot_products", float("nan"))) / max(
             1, int(ds.attrs["ggn_products"])),
+        # with a recycled deflation space: the first deflated chunk's pilot (chunk 0 spent, the rest forecast)
+        "forecast_deflated_pilot_products": float(ds.attrs.get("forecast_deflated_pilot_products", float("nan"))),
+        "forecast_deflated_pilot_at_products": int(ds.attrs.get("forecast_deflated_pilot_at_products", -1)),
+        "forecast_deflated_pilot_ratio": float(ds.attrs.get("forecast_deflated_pilot_products", float("nan"))) / max(
+            1, int(ds.attrs["ggn_products"])),
+        "deflation_planned_vectors": int(ds.attrs.get("deflation_planned_vectors", 0)),
         "max_relative_bound": float(ds.attrs["max_relative_bound"]), "n_flagged": int(ds.attrs["n_flagged"]),
         "n_values": int(ds.tolerance_not_met.size), "n_params": int(ds.attrs["n_params"]),
         "iterations_u_max": int(ds.iterations_u.max()), "iterations_v_max": int(ds.iterations_v.max()),
@@ -177,7 +185,8 @@ def main(argv=None) -> int:
     ap.add_argument("--product-chunk", type=int, default=None, help="vectors per vmapped product (memory)")
     ap.add_argument("--basis-memory", type=float, default=None, help="GB of Lanczos vectors (default: auto)")
     ap.add_argument("--probe-vectors", type=int, default=8)
-    ap.add_argument("--deflation-vectors", type=int, default=None, help="Ritz vectors deflated (default: the plan's)")
+    ap.add_argument("--deflation-vectors", type=int, default=None,
+                    help="Lanczos vectors chunk 0 keeps for the deflation space (default: the plan's)")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--record", default=str(RECORD))
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)

@@ -149,6 +149,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rtol", type=float, default=1e-6)
     ap.add_argument("--baseline-iterations", type=int, default=20_000)
     ap.add_argument("--record", default=str(RECORD))
+    ap.add_argument("--recycling", action="store_true",
+                    help="the deflation space where the basis cannot be stored (the paper regime's proxy: 16 "
+                         "stored vectors, chunks of 8): without it, the previous Ritz-run space, and chunk 0's "
+                         "recycled vectors at several sizes and Ritz floors")
     args = ap.parse_args(argv)
 
     import jax
@@ -174,6 +178,8 @@ def main(argv=None) -> int:
     quad = np.diagonal(exact)
     null_share = np.sum(r_null**2, axis=0) / lam / quad  # exactly from null(G)
     soft_share = lam * np.sum((np.asarray(coords) / diag[None, :]) ** 2, axis=1) / quad  # what the result files report
+    if args.recycling:
+        return _recycling(args, rep, coords, diag, v, u_of, names, reused, exact)
     variants = {
         "cg (baseline)": dict(solver=CG(max_steps=args.baseline_iterations)),
         "block, local reorthogonalisation only": dict(solver=BlockLanczos(basis_bytes=0)),
@@ -224,6 +230,79 @@ def main(argv=None) -> int:
     records = json.loads(path.read_text()) if path.exists() else []
     key = lambda r: (r["run"], r["samples"], r["group"], r["damping"], r["rtol"])  # noqa: E731
     records = [r for r in records if key(r) != key(entry)] + [entry]
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(records, indent=2) + "\n")
+    tmp.replace(path)
+    return 0
+
+
+def _recycling(args, rep, coords, diag, v, u_of, names, reused, exact) -> int:
+    """``--recycling``: products of every variant of the deflation space on the replica."""
+    import jax
+    import numpy as np
+
+    from symgrad.diagnostics.overlap import solve_overlaps
+    from symgrad.diagnostics.plan import layout
+    from symgrad.diagnostics.solvers import BlockLanczos
+    from symgrad.diagnostics.solvers import _deflation
+
+    n, lam, p = int(v.shape[0]), args.damping, int(diag.size)
+    chunks = layout(n, reused, "block", 8)
+    solver = BlockLanczos(basis_bytes=16 * p * 8)  # two blocks stored, as the proxy
+
+    def ritz_run(op, k):  # the previous default: 256 Ritz vectors of G from a separate run, AZ by products
+        from symgrad.diagnostics.solvers._lanczos import _combine, run_lanczos
+        from symgrad.diagnostics.spectrum import block_tridiagonal
+
+        undamped = DiagonalOperator(diag - lam, 0.0)
+        start = jax.random.rademacher(jax.random.PRNGKey(0), (16, p), dtype=undamped.dtype)
+        steps = -(-3 * k // 16)
+        lanczos, omegas, betas = run_lanczos(undamped, start, steps=steps, basis_bytes=16 * (steps + 1) * p * 8)
+        theta, y = np.linalg.eigh(block_tridiagonal(omegas, betas))
+        top = np.argsort(theta)[::-1][:k]
+        basis = np.concatenate([np.asarray(page) for page in lanczos.pages])[:len(theta)]
+        z = _combine(y[:, top].T, basis)
+        op.products += undamped.products
+        return _deflation.Deflation(op, z)
+
+    rows = {}
+    variants = [("without deflation", 0, None, None), ("Ritz run: 256 Ritz vectors of G, AZ by products", 0, None, 256)]
+    variants += [(f"chunk 0 keeps {k}, Ritz floor 10 lambda", k, 10.0, None) for k in (256, 512, 1024)]
+    variants += [(f"chunk 0 keeps 1024, Ritz floor {f:g} lambda", 1024, f, None) for f in (1.0, 2.0, 100.0)]
+    for label, keep, floor, ritz in variants:
+        op = DiagonalOperator(diag, lam)
+        _deflation.RITZ_FLOOR = 10.0 if floor is None else floor
+        if ritz:
+            import symgrad.diagnostics.overlap as overlap
+
+            deflation = ritz_run(op, ritz)
+            real = overlap._solve_chunk
+            overlap._solve_chunk = lambda *a, **k: real(*a, **{**k, "deflation": deflation})  # noqa: E731
+        try:
+            results, _, log, _ = solve_overlaps(op, v, u_of, reused, names, solver=solver, rtol=args.rtol,
+                                                chunks=chunks, recycle_vectors=keep)
+        finally:
+            if ritz:
+                overlap._solve_chunk = real
+        worst = max(float(np.max(np.abs(results[k]["overlap_matrix_chi"] - exact[n * k:n * (k + 1), :n])
+                                 / np.sqrt(np.outer(np.diagonal(exact)[n * k:n * (k + 1)], np.diagonal(exact)[:n]))))
+                    for k in range(1, len(names)))
+        flagged = int(sum(np.sum(results[k]["error_bound_u"] / results[k]["chi_uu"] > args.rtol)
+                          for k in range(1, len(names))))
+        rows[label] = {"ggn_products": int(op.products), "per_chunk": [int(c["ggn_products"]) for c in log],
+                       "deflation_vectors": [c.get("deflation_vectors") for c in log],
+                       "recycled_vectors": log[0].get("recycled_vectors"), "max_error_vs_exact": worst,
+                       "flagged": flagged}
+        print(f"{label:50s} {op.products:7d} products {rows[label]['per_chunk']}  error vs exact {worst:.1e}", flush=True)
+    _deflation.RITZ_FLOOR = 10.0
+    entry = {"benchmark": "overlap_levers --recycling", "run": args.run, "samples": n, "group": args.group,
+             "damping": lam, "rtol": args.rtol, "stored_vectors": 16, "rhs_chunk": 8, "variants": rows,
+             "excludes": "building the dense replica (cached); products are counted exactly, no model is evaluated",
+             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path = Path(args.record)
+    records = json.loads(path.read_text()) if path.exists() else []
+    key = lambda r: (r["benchmark"], r["run"], r["samples"], r["group"], r["damping"], r["rtol"])  # noqa: E731
+    records = [r for r in records if key({"benchmark": "overlap_levers", **r}) != key(entry)] + [entry]
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(records, indent=2) + "\n")
     tmp.replace(path)

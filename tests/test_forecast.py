@@ -37,18 +37,43 @@ def test_forecast_from_the_pilot_spreads_over_the_chunks_by_the_krylov_law():
     assert "forecast from pilot" in f.describe() and "products" in f.describe()
 
 
-def test_the_deflation_space_is_cut_to_what_the_forecast_affords():
-    from symgrad.diagnostics.plan import (DEFLATION_COST_SHARE, RITZ_BLOCK, affordable_deflation,
-                                          deflation_products)
+def test_a_later_chunks_pilot_keeps_the_chunks_spent_before_it():
+    # chunk 0 spent 752 (undeflated, its vectors recycled); chunk 1's pilot predicts 312
+    f = Forecast.from_pilot([8, 8, 8, 4], 312.0, chunk=1, spent={0: 752})
+    np.testing.assert_allclose(f.products, [752.0, 312.0, 312.0, 312.0 * 0.5**CHUNK_EXPONENT])
+    assert f.done == 1 and f.source == "pilot of chunk 1"
+    np.testing.assert_allclose(f.remaining, f.total - 752.0)
 
-    # the Ritz run (RITZ_BLOCK vectors, ritz_steps(k) + 1 blocks) and AZ (k)
-    assert deflation_products(256) == 16 * 49 + 256 and deflation_products(0) == 0
-    for forecast in (100.0, 900.0, 2_000.0, 3_036.0, 1e5):
-        k = affordable_deflation(256, forecast)
-        assert k == 0 or deflation_products(k) <= DEFLATION_COST_SHARE * forecast
-        if k < 256:  # the largest that pays: twice as many would not
-            assert deflation_products(2 * max(k, RITZ_BLOCK // 2)) > DEFLATION_COST_SHARE * forecast
-    # the measured cases: the small UNet at 1e-2 (forecast 897, spent 1,048) gets 64 vectors,
-    # the tiny proxy (forecasts 3,036 and 3,121) keeps its 256
-    assert [affordable_deflation(256, f) for f in (896.5, 3036.4, 3120.5)] == [64, 256, 256]
-    assert affordable_deflation(256, 40.0) == 0 and affordable_deflation(32, 1e6) == 32
+
+def test_a_recycled_chunk_0_does_not_predict_the_deflated_chunks():
+    probe = Forecast.from_probe([8, 8, 8, 8], (2000.0, 4000.0))
+    # by default every finished chunk predicts the rest
+    assert probe.after(1, {0: 752, 1: 312}).total == 752 + 312 + 2 * (752 + 312) / 2
+    apart = probe.with_first_apart()
+    # before any deflated chunk is done, chunk 0 is all there is
+    assert apart.after(0, {0: 752}).total == 4 * 752
+    # after one, chunk 0 no longer counts for the rest
+    assert apart.after(1, {0: 752, 1: 312}).total == 752 + 3 * 312
+    assert apart.after(2, {0: 752, 1: 312, 2: 300}).total == 752 + 312 + 300 + 306
+
+
+def test_a_deflated_chunk_is_forecast_at_the_rate_chunk_0_reached():
+    # chunk 0's bound falls superlinearly: ln(bound) from ln(1e6) at rate 0.01 per product for
+    # 200 products, then at 0.05 (the top of the spectrum found). A chunk with that top deflated
+    # from the start falls at 0.05 all the way: ln(1e6) / 0.05 products.
+    pilot = Pilot()
+    assert pilot.deflated_chunk() is None
+    log_bound = lambda p: np.log(1e6) - (0.01 * p if p < 200 else 2 + 0.05 * (p - 200))  # noqa: E731
+    for step in range(1, 200):
+        products = 8 * step
+        pilot.observe(step, products, float(np.exp(log_bound(products))))
+        if log_bound(products) < 0:
+            break
+    assert pilot.prediction is not None and pilot.at < products  # made on the way, kept watching after
+    np.testing.assert_allclose(pilot.deflated_chunk(), np.log(1e6) / 0.05, rtol=0.05)
+    # watched only to its prediction, a pilot still in the slow phase forecasts at that rate
+    slow = Pilot()
+    for step in range(1, 200):
+        if slow.observe(step, 8 * step, float(np.exp(np.log(1e6) - 0.01 * 8 * step))):
+            break
+    np.testing.assert_allclose(slow.deflated_chunk(), np.log(1e6) / 0.01, rtol=0.01)

@@ -411,14 +411,18 @@ def test_solve_overlaps_on_any_chi_operator(x64, solver):
     assert all(entry["result"] == "certified" for entry in log)
 
 
-def test_deflation_is_the_schur_complement_off_the_ritz_space(x64):
-    """``Deflation`` against dense algebra: on Z-perp, S is symmetric with lambda_min(S) >=
-    lambda and S^-1 equals the Z-perp block of A^-1; the split of A^-1 b (coarse part plus
-    S-solve) is exact, whatever Z is (here Ritz vectors from a short run, not eigenvectors)."""
-    from symgrad.diagnostics.solvers._deflation import Deflation, ritz_space
+def test_deflation_is_the_schur_complement_off_the_recycled_space(x64):
+    """``Deflation`` against dense algebra, on the space a solve recycles: Z are the Ritz
+    vectors of a short block Lanczos run's kept vectors, AZ combined from the products that run
+    computed (no new product). On Z-perp, S is symmetric with lambda_min(S) >= lambda and S^-1
+    equals the Z-perp block of A^-1; the split of A^-1 b (coarse part plus S-solve) is exact,
+    whatever Z is (here poorly converged Ritz vectors, not eigenvectors); and the estimated
+    rounding covers S's actual deviation from the exact Schur complement."""
+    from symgrad.diagnostics.solvers._deflation import RITZ_FLOOR, Deflation, Recycle
+    from symgrad.diagnostics.solvers._lanczos import BlockLanczosProcess
 
     rng = np.random.default_rng(0)
-    p, lam, k = 40, 1e-3, 6
+    p, lam = 40, 1e-3
     q, _ = np.linalg.qr(rng.normal(size=(p, p)))
     g = (q * np.concatenate([np.logspace(1, -5, p - 8), np.zeros(8)])) @ q.T  # a null space, as in the models
 
@@ -434,16 +438,31 @@ def test_deflation_is_the_schur_complement_off_the_ritz_space(x64):
         def rounding(self):
             return float(np.finfo(np.float64).eps * np.abs(g).max() * p)
 
-    z, theta = ritz_space(Dense(0.0), k, block=2, steps=3)
-    assert z.shape == (k, p) and np.allclose(np.asarray(z) @ np.asarray(z).T, np.eye(k), atol=1e-12)
     op = Dense(lam)
-    defl = Deflation(op, z)
+    lanczos = BlockLanczosProcess(op, jnp.asarray(rng.normal(size=(2, p))), basis_bytes=8 * p * 8, rank_tol=1e-12,
+                                  keep_products=8)
+    for _ in range(5):
+        lanczos.step()
+    keep = Recycle(8)
+    keep.collect(lanczos)
+    assert [int(b.shape[0]) for b in keep.product_pages] == [2, 2, 2, 2]  # the kept vectors' products, as computed
+    used = op.products
+    defl, theta = keep.space(op)
+    assert op.products == used  # no product spent on the space
+    z, k = np.asarray(defl.z), defl.k
+    assert 0 < k <= 8 and (theta > RITZ_FLOOR * lam).all()
+    assert np.allclose(z @ z.T, np.eye(k), atol=1e-12)
     a = np.asarray(op.a)
-    w = np.linalg.svd(np.eye(p) - np.asarray(z).T @ np.asarray(z))[0][:, :p - k]  # a basis of Z-perp
+    np.testing.assert_allclose(np.asarray(defl.az), z @ a, atol=1e-12 * np.abs(a).max())  # AZ from the kept products
+    ritz_residual = np.linalg.norm(z @ a - theta[:, None] * z, axis=1)
+    assert ritz_residual.max() > 1e-3  # poorly converged: the identities below do not lean on eigenvectors
+    w = np.linalg.svd(np.eye(p) - z.T @ z)[0][:, :p - k]  # a basis of Z-perp
     s = w.T @ np.asarray(defl(jnp.asarray(w.T))).T
     assert np.allclose(s, s.T, atol=1e-10 * np.abs(s).max())
     assert np.linalg.eigvalsh(0.5 * (s + s.T)).min() >= lam * (1 - 1e-8)
     np.testing.assert_allclose(np.linalg.inv(s), w.T @ np.linalg.inv(a) @ w, rtol=1e-7, atol=1e-9 / lam)
+    exact_s = w.T @ (a - a @ z.T @ np.linalg.solve(z @ a @ z.T, z @ a)) @ w
+    assert np.linalg.norm(s - exact_s, 2) <= defl.rounding()
     b = rng.normal(size=(3, p))
     c, coarse = defl.prepare(jnp.asarray(b))
     y = w @ np.linalg.solve(s, w.T @ np.asarray(c).T)  # the exact S-solve, in Z-perp
@@ -454,18 +473,48 @@ def test_deflation_is_the_schur_complement_off_the_ritz_space(x64):
     assert defl.rounding() >= op.rounding() > 0
 
 
-@pytest.mark.parametrize("rhs_chunk", [None, 2])
+def test_a_run_resumed_after_chunk_0_recycles_chunk_0_again(x64, tmp_path, monkeypatch):
+    # The deflation space lives in memory only: a run stopped after chunk 0 solves chunk 0
+    # once more for its Lanczos vectors (its values come from disk) and counts those products
+    # as the space's. The resumed values match the dense reference within their bounds.
+    apply, params = model("small_cnn")
+    x, y = transitions(jax.random.PRNGKey(1), n_samples=3)
+    config = OverlapConfig(damping=1e-6, rtol=1e-6, rhs_chunk=6, deflation_vectors=32, basis_memory=0.0)
+    part = tmp_path / "r.nc.partial"
+    with pytest.raises(ov.OverlapInterrupted):
+        ov.compute_overlaps(apply, params, x, y, SIGMA, D4, config, partial_dir=part, stop_after=1)
+    calls = []
+    solver_class = type(config.chi_solver())
+    real = solver_class.solve
+    monkeypatch.setattr(solver_class, "solve", lambda *a, **k: calls.append("recycle" in k) or real(*a, **k))
+    ds = ov.compute_overlaps(apply, params, x, y, SIGMA, D4, config, partial_dir=part)
+    log = json.loads(ds.attrs["solver_chunks"])
+    assert calls[0] is True and len(calls) == len(log)  # chunk 0 again, then chunks 1.. (chunk 0 from disk)
+    assert log[1]["recycled_again"] and log[1]["deflation_ggn_products"] >= log[0]["ggn_products"]
+    assert ds.attrs["deflation_vectors"] == log[1]["recycled_vectors"] > 0
+    assert all(c["deflation_vectors"] == ds.attrs["deflation_vectors"] for c in log[1:])
+    ref = reference(apply, params, x, y, D4, 1e-6)
+    assert_chi_matches(ds, ref, 1e-6)
+    assert_bounds_hold(ds, ref)
+    assert int(ds.attrs["n_flagged"]) == 0
+
+
+@pytest.mark.parametrize("rhs_chunk", [6, 2])
 def test_deflated_solves_match_the_dense_reference(x64, rhs_chunk):
-    # The default where the basis cannot be stored: Ritz vectors of G deflated from every
-    # chunk's solve (here forced, with no stored basis). The values match the dense float64
-    # reference within their bounds at lambda 1e-6, in one chunk and split by rows.
+    # The default where the basis cannot be stored: chunk 0 keeps its Lanczos vectors and
+    # their products, and their Ritz vectors are deflated from every later chunk's solve (here
+    # forced, with no stored basis). The values match the dense float64 reference within their
+    # bounds at lambda 1e-6, whole elements per chunk and split by rows.
     apply, params = model("small_cnn")
     x, y = transitions(jax.random.PRNGKey(1), n_samples=3)
     config = OverlapConfig(damping=1e-6, rtol=1e-6, rhs_chunk=rhs_chunk, deflation_vectors=32, basis_memory=0.0)
     ds = ov.compute_overlaps(apply, params, x, y, SIGMA, D4, config)
-    assert ds.attrs["deflation_vectors"] == 32 and ds.attrs["deflation_ggn_products"] > 0
+    kept = ds.attrs["deflation_vectors"]
+    assert 0 < kept <= 32 and ds.attrs["deflation_planned_vectors"] == 32 and ds.attrs["deflation_ggn_products"] > 0
     assert json.loads(ds.attrs["memory_plan"])["deflation_vectors"] == 32
-    assert all(c["deflation_vectors"] == 32 for c in json.loads(ds.attrs["solver_chunks"]))
+    log = json.loads(ds.attrs["solver_chunks"])
+    assert log[0]["deflation_vectors"] == 0 and log[0]["recycled_vectors"] == kept
+    assert len(log) > 2 and all(c["deflation_vectors"] == kept for c in log[1:])
     ref = reference(apply, params, x, y, D4, 1e-6)
     assert_chi_matches(ds, ref, 1e-6)
     assert_bounds_hold(ds, ref)

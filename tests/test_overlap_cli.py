@@ -200,3 +200,51 @@ def test_sigterm_stops_a_single_chunk_solve_within_a_block_step(tiny_run, tmp_pa
     assert len(calls) <= 12 + 2, len(calls)  # the products after the signal: at most the step's own
     assert not (tmp_path / "r.nc").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
+
+
+def test_the_plan_keeps_as_many_vectors_for_the_deflation_space_as_fit():
+    # The paper UNet on one 80 GB device: the basis cannot hold the Krylov space, so chunk 0
+    # keeps k Lanczos vectors for the deflation space. k is the largest that fits: its 2 k
+    # vectors in half of what the blocks leave, 4 k while the space is made; k + 1 would not.
+    import jax
+
+    from symgrad.diagnostics import OverlapConfig
+    from symgrad.diagnostics.overlap import overlap_plan
+    from symgrad.diagnostics.plan import DEFLATION_SHARE, RECYCLE_PHASE
+    from symgrad.groups import named_group
+    from symgrad.models.registry import build
+
+    model = build("unet", "paper", 128)
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0)))
+    x = np.random.default_rng(0).normal(size=(64, 128, 128, 4))
+    plan = overlap_plan(model.apply, params, x, x, named_group("d4", 128),
+                        OverlapConfig(device_memory="80GB", devices=1))
+    k, vec = plan.deflation_vectors, plan.n_params * plan.itemsize
+    assert 16 <= k < 1024
+    solve = sum(size for name, size in plan.parts.items() if not name.startswith("deflation"))
+    free = plan.devices.budget - (solve - plan.basis_bytes)  # what the blocks leave
+    made = sum(size for name, size in plan.recycle_parts.items() if "Lanczos vectors" not in name)
+    assert 2 * k * vec <= DEFLATION_SHARE * free and made + RECYCLE_PHASE * k * vec <= plan.devices.budget
+    assert 2 * (k + 1) * vec > DEFLATION_SHARE * free or made + RECYCLE_PHASE * (k + 1) * vec > plan.devices.budget
+    assert plan.peak <= plan.devices.budget
+
+
+def test_on_the_cpu_the_deflation_space_leaves_the_host_its_own_arrays():
+    # On the CPU the devices' arrays and the orchestration's share the host: the vectors
+    # chunk 0 keeps are as many as fit beside both, so the host peak stays within the memory
+    # available (the small UNet at 16x16 with the proxy's basis cap: without this, the plan
+    # on a 24 GB host kept 416 vectors for a host peak of 23.7 GiB against 22.9 available).
+    import jax
+
+    from symgrad.diagnostics import OverlapConfig
+    from symgrad.diagnostics.overlap import overlap_plan
+    from symgrad.groups import named_group
+    from symgrad.models.registry import build
+
+    model = build("unet", "small", 16)
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0)))
+    x = np.random.default_rng(0).normal(size=(4, 16, 16, 4))
+    plan = overlap_plan(model.apply, params, x, x, named_group("d4", 16),
+                        OverlapConfig(rhs_chunk=8, basis_memory=0.20611, devices=1))
+    assert plan.devices.kind.startswith("cpu") and plan.deflation_vectors >= 16
+    assert plan.host_peak <= plan.devices.memory * plan.devices.count

@@ -72,8 +72,9 @@ class OverlapConfig(_Settings):
                                      shown="the memory plan's")
     basis_memory: float | None = _setting(None, "GB of Lanczos vectors kept for reorthogonalisation", metavar="GB",
                                           shown="what the memory plan leaves")
-    deflation_vectors: int | None = _setting(None, "top Ritz vectors of G taken out of every block solve (0: none); "
-                                             "they pay where the Lanczos basis cannot be stored whole", metavar="K",
+    deflation_vectors: int | None = _setting(None, "Lanczos vectors the first chunk keeps, with their products, so "
+                                             "that their Ritz vectors deflate every later chunk (0: none); they "
+                                             "pay where the Lanczos basis cannot be stored whole", metavar="K",
                                              shown="the memory plan's: none when the whole basis fits")
     product_chunk: int | None = _setting(None, "vectors per vmapped Gauss-Newton product, bounding activation "
                                          "memory on big models", metavar="V", shown="the memory plan's")

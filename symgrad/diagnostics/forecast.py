@@ -17,6 +17,10 @@ Two numbers: Gauss-Newton products, and the seconds one product takes on these d
 * After a chunk: every chunk still to come is forecast from the products the finished
   chunks actually took, by the same law (``Forecast.after``): "chunk 0: K products; about
   7K to go".
+* Where chunk 0's Lanczos vectors deflate the later chunks (``solvers._deflation``), chunk 0
+  runs undeflated with its basis kept and costs more than they do: its pilot forecasts them
+  from the rate its own bound has reached (``Pilot.deflated_chunk``), the first deflated
+  chunk has a pilot of its own, and ``after`` reads the later chunks from the deflated ones.
 
 Every figure is stored with the result (``forecast_*`` attributes) next to the products
 spent, so that each forecast can be checked against what happened.
@@ -79,6 +83,7 @@ class Forecast:
     seconds_per_product: float | None
     done: int = 0  # chunks finished
     source: str = "probe"
+    apart: int = 0  # leading chunks that do not predict the rest (chunk 0 when it is recycled)
 
     @classmethod
     def from_probe(cls, columns, interval, seconds_per_product=None) -> "Forecast":
@@ -93,14 +98,26 @@ class Forecast:
                    seconds_per_product)
 
     @classmethod
-    def from_pilot(cls, columns, first_chunk: float, seconds_per_product=None) -> "Forecast":
-        """The forecast from the pilot's prediction of the first chunk's products, spread over the
-        chunks by the Krylov law (the chunks' products only)."""
+    def from_pilot(cls, columns, predicted: float, seconds_per_product=None, *, chunk: int = 0,
+                   spent: dict | None = None, later: float | None = None) -> "Forecast":
+        """The forecast from a pilot's prediction of chunk ``chunk``'s products: the chunks
+        before it as ``spent``, those after it by the Krylov law (the chunks' products only),
+        from ``later`` (the products of one later chunk of the same columns, when those differ in
+        kind: ``Pilot.deflated_chunk``) or else from the prediction."""
         cols = np.asarray(columns, np.float64)
-        per = float(first_chunk) / cols[0] ** CHUNK_EXPONENT
-        products = tuple(float(per * c ** CHUNK_EXPONENT) for c in cols)
+        per = float(predicted) / cols[chunk] ** CHUNK_EXPONENT
+        per_later = per if later is None else float(later) / cols[chunk] ** CHUNK_EXPONENT
+        products = tuple(float((spent or {}).get(c, 0)) if c < chunk else
+                         float((per if c == chunk else per_later) * cols[c] ** CHUNK_EXPONENT)
+                         for c in range(len(cols)))
         total = float(sum(products))
-        return cls(tuple(int(c) for c in columns), products, total, total, seconds_per_product, source="pilot")
+        return cls(tuple(int(c) for c in columns), products, total, total, seconds_per_product, done=chunk,
+                   source=f"pilot of chunk {chunk}" if chunk else "pilot")
+
+    def with_first_apart(self) -> "Forecast":
+        """Chunk 0 no longer predicts the others (it is undeflated and keeps its basis for the
+        deflation space of the rest): ``after`` reads the later chunks from later chunks."""
+        return dataclasses.replace(self, apart=1)
 
     @classmethod
     def unknown(cls, columns, seconds_per_product=None) -> "Forecast":
@@ -108,11 +125,17 @@ class Forecast:
         return cls(tuple(int(c) for c in columns), (0.0,) * len(columns), 0.0, 0.0, seconds_per_product,
                    source="nothing")
 
-    def after(self, chunk: int, spent: dict) -> "Forecast":
-        """Refined once chunks ``spent`` (index -> products) are done: what is left, from them."""
+    def after(self, chunk: int, spent: dict, later: float | None = None) -> "Forecast":
+        """Refined once chunks ``spent`` (index -> products) are done: what is left, from them;
+        with chunk 0 apart and none after it done yet, from ``later`` (the products of one later
+        chunk of chunk 0's columns, ``Pilot.deflated_chunk``) when given."""
         cols = np.asarray(self.columns, np.float64)
         done = sorted(spent)
+        if any(c >= self.apart for c in done):
+            done = [c for c in done if c >= self.apart]
         per = np.mean([spent[c] / cols[c] ** CHUNK_EXPONENT for c in done if cols[c] > 0])
+        if self.apart and later is not None and all(c < self.apart for c in done):
+            per = float(later) / cols[0] ** CHUNK_EXPONENT
         products = [float(spent[c]) if c in spent else float(per * cols[c] ** CHUNK_EXPONENT)
                     for c in range(len(cols))]
         total = float(sum(products))
@@ -157,13 +180,16 @@ class Pilot:
     def __init__(self):
         self.history: list[tuple[int, float]] = []
         self.prediction: float | None = None
+        self.rate: float | None = None  # the fall of ln(bound) per product at the prediction
         self.at: int | None = None  # products spent when the prediction was made
 
     def observe(self, steps: int, products: int, worst: float) -> bool:
         """True once, when the prediction is made."""
-        if self.prediction is not None or not np.isfinite(worst) or worst <= 0:
+        if not np.isfinite(worst) or worst <= 0:
             return False
-        self.history.append((int(products), float(np.log(worst))))
+        self.history.append((int(products), float(np.log(worst))))  # kept to the end: ``deflated_chunk``
+        if self.prediction is not None:
+            return False
         first, now = self.history[0][1], self.history[-1][1]
         if first - now < np.log(PILOT_DROP) or len(self.history) < 4:
             return False
@@ -172,8 +198,27 @@ class Pilot:
         if not slope < 0:
             return False
         self.prediction = float(products + max(now, 0.0) / -slope)
+        self.rate = float(-slope)
         self.at = int(products)
         return True
+
+    def deflated_chunk(self) -> float | None:
+        """Products of a chunk of the same columns whose process starts with the top of the
+        spectrum deflated (``solvers._deflation``, recycled from this chunk): its bound falls from
+        this chunk's first finite value to the target at the rate this chunk has reached. That
+        rate is the one of the superlinear phase, once the Ritz values have found the top of the
+        spectrum and taken it out of the effective condition number, which deflation does from
+        the start. The rate is the latest one: at the prediction, or, asked again once the chunk
+        has gone on, the one it has reached since (docs/overlap.md section 8). None before a
+        prediction."""
+        if self.prediction is None:
+            return None
+        rate = self.rate
+        recent = np.asarray(self.history[-max(4, int(len(self.history) * PILOT_WINDOW)):], np.float64)
+        if len(recent) >= 4 and recent[-1, 0] > self.at:  # the rate reached since, once the chunk went on
+            slope = np.polyfit(recent[:, 0], recent[:, 1], 1)[0]
+            rate = float(-slope) if slope < 0 else rate
+        return float(max(self.history[0][1], 0.0) / rate)
 
 
 def _duration(seconds: float) -> str:

@@ -38,14 +38,11 @@ from symgrad.diagnostics._rows import bucket
 from symgrad.diagnostics.forecast import Forecast, Pilot, time_products
 from symgrad.diagnostics.ggn import GaussNewtonBlocks
 from symgrad.diagnostics.gradients import per_example_gradients
-from symgrad.diagnostics.plan import (
-    RITZ_BLOCK, Chunk, Devices, MemoryPlan, PlanError, affordable_deflation, host_rss, layout, plan_overlap,
-    ritz_steps,
-)
+from symgrad.diagnostics.plan import Chunk, Devices, MemoryPlan, PlanError, host_rss, layout, plan_overlap
 from symgrad.diagnostics.precision import cast, computing_in
 from symgrad.diagnostics.solvers import ChiSolver, Targets, corrected_cross, corrected_gram, euclidean_gram
 from symgrad.diagnostics.solvers._base import device_block, host_rows, row_norms
-from symgrad.diagnostics.solvers._deflation import Deflation, ritz_space
+from symgrad.diagnostics.solvers._deflation import Recycle
 from symgrad.diagnostics.spectrum import KRYLOV_PER_DEFF, predicted_products, probe_spectrum
 from symgrad.errors import SymgradError
 from symgrad.groups import Group
@@ -204,8 +201,9 @@ def _put_rows(result: dict, rows, values: dict, n: int) -> None:
 
 
 def _solve_chunk(chi_solver: ChiSolver, op, v, us, chunk: Chunk, v_side, w_v, r_v, *, rtol, more_chunks, progress,
-                 desc, deflation=None, pilot=None):
-    """Solve one chunk's right-hand sides.
+                 desc, deflation=None, recycle=None, pilot=None):
+    """Solve one chunk's right-hand sides (``recycle``: a ``Recycle`` that keeps its Lanczos
+    vectors and their products).
 
     Returns ``(v part or None, {element: (rows, values)}, log entry)``; the values of a
     chunk that holds every v are read from its own Gram matrix, the others' from the
@@ -221,7 +219,8 @@ def _solve_chunk(chi_solver: ChiSolver, op, v, us, chunk: Chunk, v_side, w_v, r_
     bar = _Progress(progress, f"{desc} ({col} right-hand sides)", pilot)
     t0 = time.perf_counter()
     try:
-        sol = chi_solver.solve(op, rhs, targets, progress=bar, **({} if deflation is None else {"deflation": deflation}))
+        extra = {name: value for name, value in (("deflation", deflation), ("recycle", recycle)) if value is not None}
+        sol = chi_solver.solve(op, rhs, targets, progress=bar, **extra)
     finally:
         bar.close()
     del rhs
@@ -256,10 +255,39 @@ class _Gradients:
         return dict(self.kept)
 
 
+def _space(op, keep: Recycle, progress: bool, log: dict):
+    """The deflation space from what chunk 0 kept (``Recycle.space``), its rounding estimated
+    (products counted in ``log``); None when no Ritz vector clears the floor."""
+    before, t0 = op.products, time.perf_counter()
+    deflation, theta = keep.space(op)
+    if deflation is not None:
+        deflation.rounding()
+    log.update(recycled_vectors=0 if deflation is None else int(deflation.k),
+               recycled_smallest_ritz_value=float(np.min(theta)) if len(theta) else None,
+               deflation_ggn_products=int(op.products - before))
+    if progress:
+        said = ("none clears the floor: the later chunks run undeflated" if deflation is None else
+                f"{deflation.k} Ritz vectors (A's, {np.min(theta):.3g} to {np.max(theta):.3g}) deflate the chunks after it")
+        print(f"chunk 0's Lanczos vectors recycled: {said} ({time.perf_counter() - t0:.1f} s)", flush=True)
+    return deflation
+
+
+def _recycled(solver, op, v, us, chunk: Chunk, vectors: int, *, rtol, progress, log):
+    """A resumed run's deflation space: chunk 0 solved again (its values are saved already);
+    its products are the space's, in ``log``."""
+    before = op.products
+    keep = Recycle(vectors)
+    _solve_chunk(solver, op, v, us, chunk, None, None, None, rtol=rtol, more_chunks=True, progress=progress,
+                 desc="chunk 0 again, for its Lanczos vectors", recycle=keep)
+    deflation = _space(op, keep, progress, log)
+    log.update(deflation_ggn_products=int(op.products - before), recycled_again=True)
+    return deflation
+
+
 def solve_overlaps(operator, v, gradients_of: Callable, reused: Sequence[bool], element_names: Sequence[str], *,
                    solver: ChiSolver | None, rtol: float, chunks: Sequence[Chunk] | None = None,
                    partials: store.Partials | None = None, stop_after: int | None = None, progress: bool = False,
-                   forecast: Forecast | None = None, deflation=None):
+                   forecast: Forecast | None = None, recycle_vectors: int = 0):
     """The overlaps of given gradients: ``v`` (N, P) and ``gradients_of(k)`` = ``u^g`` of element k.
 
     ``operator`` is a ``solvers.ChiOperator`` applying ``lambda I + G`` to blocks
@@ -268,8 +296,10 @@ def solve_overlaps(operator, v, gradients_of: Callable, reused: Sequence[bool], 
     gradients equal ``v`` bit for bit. ``chunks``: the right-hand-side chunks
     (``plan.layout``; None: one). ``forecast`` (``forecast.Forecast``) is refined after every
     chunk from the products spent so far, printed with ``progress`` and kept in the chunk
-    log. ``deflation`` (``solvers._deflation.Deflation``, block solver only) is shared by
-    every chunk. Returns ``(results by element, v side, chunk log, number of chunks)`` for
+    log. ``recycle_vectors`` (block solver, more than one chunk): chunk 0 keeps that many of
+    its Lanczos vectors and their products, and their Ritz vectors deflate every later chunk
+    (``solvers._deflation``; a run resumed after chunk 0 solves chunk 0 again for them).
+    Returns ``(results by element, v side, chunk log, number of chunks)`` for
     ``store.build_result_dataset``.
     """
     want_chi = operator is not None
@@ -287,15 +317,22 @@ def solve_overlaps(operator, v, gradients_of: Callable, reused: Sequence[bool], 
     computed = 0
     if want_chi and forecast is None:
         forecast = Forecast.unknown([c.columns for c in chunks])
-    spent, said = {}, {}
+    recycling = bool(recycle_vectors) and want_chi and len(chunks) > 1 and solver.name == "block"
+    if recycling:  # chunk 0 runs undeflated with its basis kept: the later chunks are forecast apart
+        forecast = forecast.with_first_apart()
+    spent, said, deflation, pilots = {}, {}, None, []
 
-    def pilot_said(pilot):  # the forecast from the first chunk's pilot, printed and kept in its log
-        said.update(pilot=Forecast.from_pilot([c.columns for c in chunks], pilot.prediction,
-                                              forecast.seconds_per_product), at=pilot.at)
-        if progress:
-            from tqdm.auto import tqdm
+    def pilot_said(index):  # the forecast from chunk index's pilot, printed and kept in its log
+        def said_by(pilot):
+            later = pilot.deflated_chunk() if recycling and index == 0 else None
+            said.update(pilot=Forecast.from_pilot([c.columns for c in chunks], pilot.prediction,
+                                                  forecast.seconds_per_product, chunk=index, spent=spent, later=later),
+                        at=pilot.at, chunk=index)
+            if progress:
+                from tqdm.auto import tqdm
 
-            tqdm.write(f"pilot (first {pilot.at:,} products of chunk 0): {said['pilot'].describe()}")
+                tqdm.write(f"pilot (first {pilot.at:,} products of chunk {index}): {said['pilot'].describe()}")
+        return said_by
 
     for c, chunk in enumerate(chunks):
         saved = partials.load_chunk(c) if partials is not None else None
@@ -306,20 +343,29 @@ def solve_overlaps(operator, v, gradients_of: Callable, reused: Sequence[bool], 
                 raise OverlapInterrupted(f"stopped after {computed} new chunks")
             if preemption.requested():  # SIGTERM: the finished chunks are saved, stop before the next
                 raise OverlapInterrupted(f"pre-empted (SIGTERM) after {c} of {len(chunks)} chunks")
+            log = {"chunk": c, "elements": [element_names[k] for k in chunk.elements]}
+            if recycling and c > 0 and deflation is None:  # resumed after chunk 0: its space again
+                deflation = _recycled(solver, operator, v, gradients(chunks[0].elements), chunks[0], recycle_vectors,
+                                      rtol=rtol, progress=progress, log=log)
             us = gradients(chunk.elements)
             new = {k: {"overlap_matrix_euclidean": euclidean_gram(us[k], v),
                        "grad_norm_u": np.sqrt(np.diagonal(euclidean_gram(us[k], us[k]))),
                        "reused_v_solves": np.asarray(reused[k]), "chunk": np.asarray(c)}
                    for k in chunk.elements if "overlap_matrix_euclidean" not in results[k]}
-            log = {"chunk": c, "elements": [element_names[k] for k in chunk.elements]}
             v_part = None
             if want_chi:
+                keep = Recycle(recycle_vectors) if recycling and c == 0 else None
+                piloted = c == 0 or (recycling and c == 1)  # the first chunk of each kind
+                if piloted:
+                    pilots.append(Pilot())
                 v_part, values, log_solve = _solve_chunk(
                     solver, operator, v, us, chunk, v_side, w_v, r_v, rtol=rtol, more_chunks=len(chunks) > 1,
-                    progress=progress, desc=f"chi solve {c + 1}/{len(chunks)}", deflation=deflation,
-                    pilot=(Pilot(), pilot_said) if c == 0 else None)
+                    progress=progress, desc=f"chi solve {c + 1}/{len(chunks)}", deflation=deflation, recycle=keep,
+                    pilot=(pilots[-1], pilot_said(c)) if piloted else None)
                 log.update(log_solve)
-                if said:
+                if keep is not None:
+                    deflation = _space(operator, keep, progress, log)
+                if said.get("chunk") == c:
                     log.update(forecast_pilot_products=round(said["pilot"].total, 1), forecast_pilot_at_products=said["at"])
                 for k, (rows, vals) in values.items():
                     new.setdefault(k, {}).update(rows=np.asarray(rows), **vals)
@@ -332,7 +378,7 @@ def solve_overlaps(operator, v, gradients_of: Callable, reused: Sequence[bool], 
         if not want_chi:
             continue
         spent[c] = int(log["ggn_products"])
-        forecast = forecast.after(c, spent)
+        forecast = forecast.after(c, spent, later=pilots[0].deflated_chunk() if recycling and pilots else None)
         log["forecast_remaining_products"] = round(forecast.remaining, 1)
         if progress and saved is None and c + 1 < len(chunks):
             print(f"chunk {c}: {spent[c]:,} products; {forecast.describe()}", flush=True)
@@ -522,30 +568,18 @@ def _spectrum(op, config: OverlapConfig, plan: MemoryPlan, partials, x_curv, n_p
     return spectrum, forecast
 
 
-def _deflation(op, plan: MemoryPlan, settings: dict, progress: bool, forecast: Forecast | None, chosen: bool):
-    """The deflation space the plan asks for (``solvers._deflation``), built once for every
-    chunk (again on a resume: the same seed and probe give the same space); None when it asks
-    none. Unless ``chosen`` (``--deflation-vectors``), it is cut to what the probe's forecast
-    of the solves affords (``plan.affordable_deflation``)."""
-    k = plan.deflation_vectors
-    if not chosen and forecast is not None and forecast.source == "probe":
-        k = affordable_deflation(k, forecast.total)
-    settings["deflation_vectors"] = int(k)
-    if not k:
-        return None
-    before = op.products
-    t0 = time.perf_counter()
-    undamped = op.with_damping(0.0)
-    z, theta = ritz_space(undamped, k, block=RITZ_BLOCK, steps=ritz_steps(k))
-    deflation = Deflation(op, z)
-    deflation.rounding()
-    used = undamped.products + op.products - before
-    settings.update(deflation_vectors=int(deflation.k), deflation_ggn_products=int(used),
-                    deflation_smallest_ritz_value=float(np.min(theta)))
-    if progress:
-        print(f"deflation: {deflation.k} Ritz vectors of G (down to {np.min(theta):.3g}), "
-              f"{used:,} products, {time.perf_counter() - t0:.0f} s", flush=True)
-    return deflation
+def _recycling_settings(chunks_log, planned: int) -> dict:
+    """What the result says of its deflation space: the Lanczos vectors the plan let chunk 0
+    keep, the Ritz vectors that deflated the later chunks and the products the space cost."""
+    made = [entry for entry in chunks_log if "recycled_vectors" in entry]
+    out = {"deflation_planned_vectors": int(planned), "deflation_vectors": 0, "deflation_ggn_products": 0}
+    if made:
+        last = made[-1]
+        out.update(deflation_vectors=last["recycled_vectors"],
+                   deflation_ggn_products=int(sum(entry["deflation_ggn_products"] for entry in made)))
+        if last["recycled_smallest_ritz_value"] is not None:
+            out["deflation_smallest_ritz_value"] = last["recycled_smallest_ritz_value"]
+    return out
 
 
 def _compute(apply_fn, params, x, y, sigma, group, config: OverlapConfig, *, dtype, loss_fn, output_hessian,
@@ -579,21 +613,25 @@ def _compute(apply_fn, params, x, y, sigma, group, config: OverlapConfig, *, dty
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
     v = grads(x, y)
-    spectrum = forecast = deflation = None
+    spectrum = forecast = None
     if config.wants_chi:
         settings["operator_rounding"] = op.rounding()  # every bound adds it (certify); not a chunk's cost
         settings["operator_rounding_ggn_products"] = int(op.products)
         spectrum, forecast = _spectrum(op, config, plan, partials, x_curv, n_params, progress)
         settings.update(forecast.to_attrs("forecast_before"), seconds_per_product=forecast.seconds_per_product)
-        deflation = _deflation(op, plan, settings, progress, forecast, chosen=config.deflation_vectors is not None)
     results, v_side, chunks_log, n_chunks = solve_overlaps(
         op, v, lambda k: grads(*acted[k]), reused, [str(e) for e in group.elements], solver=solver, rtol=config.rtol,
         chunks=None if plan is None else plan.chunks, partials=partials, stop_after=stop_after, progress=progress,
-        forecast=forecast, deflation=deflation)
+        forecast=forecast, recycle_vectors=0 if plan is None else plan.deflation_vectors)
     settings["rhs_chunks"] = n_chunks
-    if chunks_log and "forecast_pilot_products" in chunks_log[0]:
-        settings.update(forecast_pilot_products=chunks_log[0]["forecast_pilot_products"],
-                        forecast_pilot_at_products=chunks_log[0]["forecast_pilot_at_products"])
+    settings.update(_recycling_settings(chunks_log, 0 if plan is None else plan.deflation_vectors))
+    piloted = [entry for entry in chunks_log if "forecast_pilot_products" in entry]
+    for entry in piloted[:1]:  # chunk 0's pilot, and the first deflated chunk's
+        settings.update(forecast_pilot_products=entry["forecast_pilot_products"],
+                        forecast_pilot_at_products=entry["forecast_pilot_at_products"])
+    for entry in piloted[1:2]:
+        settings.update(forecast_deflated_pilot_products=entry["forecast_pilot_products"],
+                        forecast_deflated_pilot_at_products=entry["forecast_pilot_at_products"])
     from symgrad.diagnostics.boosts import group_context
 
     context_vars, context_attrs = group_context(group, x, y)

@@ -61,47 +61,23 @@ MAX_PRODUCT_CHUNK = 32
 # (their peak and the kept executables): about 0.5 GiB on the CPU at every model size
 # measured (benchmarks/records/plan.json); compilation runs on the host with any backend.
 COMPILE_ALLOWANCE = GIB // 2
-# The deflation space (solvers._deflation): at most DEFLATION_MAX Ritz vectors, from a block
-# Lanczos run of RITZ_BLOCK vectors over about RITZ_FACTOR times as many dimensions (its
-# whole basis held once, before the solves); Z and AZ (2 k vectors) stay for every chunk and
-# take at most DEFLATION_SHARE of what the blocks leave. benchmarks/records/overlap.json.
-DEFLATION_MAX = 256
-RITZ_BLOCK = 16
-RITZ_FACTOR = 3
+# The deflation space (solvers._deflation): chunk 0 keeps k of its Lanczos vectors and their
+# products (2 k vectors, where the later chunks hold Z and AZ), and their Ritz vectors deflate
+# the later chunks. k is as many as fit, at most DEFLATION_MAX: Z and AZ take at most
+# DEFLATION_SHARE of what the blocks leave (all of it beside a --basis-memory). The more the
+# better: on the tiny proxy's replica at lambda 1e-4 (chunk 0's Krylov space had 744
+# dimensions) 256 kept vectors took 2,660 products, 512 1,972, 1,024 1,692
+# (benchmarks/records/overlap_levers.json).
+DEFLATION_MAX = 1024
 DEFLATION_SHARE = 0.5
-
-
-# The deflation space must pay for itself: when the plan chooses it, its products (the Ritz
-# run and AZ) may take at most DEFLATION_COST_SHARE of the solves' products forecast before
-# any solve (halving k until they do). Measured: on the small UNet at lambda 1e-2 the whole
-# undeflated solve took 1,048 products, less than 256 vectors' 1,040 (records/overlap.json).
-DEFLATION_COST_SHARE = 0.5
-
-
-def ritz_steps(k: int) -> int:
-    """Block Lanczos steps of the Ritz run for ``k`` deflation vectors."""
-    return max(1, -(-RITZ_FACTOR * int(k) // RITZ_BLOCK))
-
-
-def ritz_phase_vectors(k: int) -> int:
-    """Vectors held at the peak of building ``k`` deflation vectors: the Ritz run's basis and,
-    while Z is summed from it page by page, Z, one page's part and their sum (3 k); the basis
-    is freed before Z is orthonormalised and ``AZ`` formed (measured: counting Z and AZ only,
-    2 k, let the small UNet's 256 vectors run out of host memory)."""
-    return RITZ_BLOCK * (ritz_steps(k) + 1) + 3 * int(k)
-
-
-def deflation_products(k: int) -> int:
-    """Products that building ``k`` deflation vectors takes: the Ritz run and ``AZ``."""
-    return RITZ_BLOCK * (ritz_steps(k) + 1) + int(k) if k else 0
-
-
-def affordable_deflation(k: int, forecast_products: float) -> int:
-    """The plan's ``k`` halved while its products exceed ``DEFLATION_COST_SHARE`` of the
-    forecast products of the solves; 0 below ``RITZ_BLOCK`` vectors."""
-    while k >= RITZ_BLOCK and deflation_products(k) > DEFLATION_COST_SHARE * float(forecast_products):
-        k //= 2
-    return int(k) if k >= RITZ_BLOCK else 0
+# While chunk 0's vectors become the space: its pages, their products and Z formed from them,
+# and one more set for the padded copies of the kernels (``_rows.pad_to_bucket``) or a QR.
+# Measured on the small UNet (vectors of 13.8 MB, benchmarks/records/overlap.json): with 256
+# kept vectors a host peak of 12.3 GB against the plan's 15.5; with 380 (not a multiple of 8:
+# padded copies), 23.7 GB against 23.5.
+RECYCLE_PHASE = 4
+# Fewer kept vectors than this are not worth a deflation space.
+MIN_DEFLATION = 16
 
 
 class PlanError(SymgradError):
@@ -264,7 +240,7 @@ class MemoryPlan:
     deflation_vectors: int  # k rows of Z (and of AZ) shared by every chunk's solve; 0: none
     parts: dict  # name -> bytes per device at the peak of the solves
     gradient_parts: dict  # name -> bytes per device while gradients are computed (not at the same time)
-    ritz_parts: dict  # name -> bytes per device while the deflation space is built (once, before the solves)
+    recycle_parts: dict  # name -> bytes per device while chunk 0's vectors become the deflation space (once)
     host_parts: dict  # name -> bytes of host memory (the orchestration's arrays)
     host_runtime: int  # bytes the process held when planned (0 unless planned for this host)
 
@@ -274,8 +250,9 @@ class MemoryPlan:
 
     @property
     def peak(self) -> int:
-        """Bytes per device at the peak: the solves', the gradients' or the Ritz run's."""
-        return int(max(sum(self.parts.values()), sum(self.gradient_parts.values()), sum(self.ritz_parts.values())))
+        """Bytes per device at the peak: the solves', the gradients' or the deflation space's making."""
+        return int(max(sum(self.parts.values()), sum(self.gradient_parts.values()),
+                       sum(self.recycle_parts.values())))
 
     @property
     def host_peak(self) -> int:
@@ -293,7 +270,7 @@ class MemoryPlan:
             "device_budget_bytes": self.devices.budget, "device_kind": self.devices.kind,
             "peak_bytes_per_device": self.peak, "host_peak_bytes": self.host_peak,
             "parts_bytes": dict(self.parts), "gradient_parts_bytes": dict(self.gradient_parts),
-            "ritz_parts_bytes": dict(self.ritz_parts),
+            "recycle_parts_bytes": dict(self.recycle_parts),
             "host_parts_bytes": dict(self.host_parts), "host_runtime_bytes": self.host_runtime,
             "columns_per_chunk": self.columns, "chunks": len(self.chunks),
             "chunk_columns": [c.columns for c in self.chunks], "product_chunk": self.product_chunk,
@@ -311,9 +288,9 @@ class MemoryPlan:
         lines += [f"  {name:<52s} {size / GIB:9.3f} GiB" for name, size in self.parts.items()]
         lines.append("per device, while the gradients are computed (before a chunk's solve):")
         lines += [f"  {name:<52s} {size / GIB:9.3f} GiB" for name, size in self.gradient_parts.items()]
-        if self.ritz_parts:
-            lines.append("per device, while the deflation space is built (once, before the solves):")
-            lines += [f"  {name:<52s} {size / GIB:9.3f} GiB" for name, size in self.ritz_parts.items()]
+        if self.recycle_parts:
+            lines.append("per device, while chunk 0's Lanczos vectors become the deflation space (once):")
+            lines += [f"  {name:<52s} {size / GIB:9.3f} GiB" for name, size in self.recycle_parts.items()]
         lines.append(f"  {'peak per device':<52s} {self.peak / GIB:9.3f} GiB of {d.budget / GIB:.2f} "
                      f"({100 * self.peak / max(1, d.budget):.0f}%)")
         lines.append("host:")
@@ -325,7 +302,8 @@ class MemoryPlan:
         lines.append(f"chunks: {len(self.chunks)} of at most {self.columns} right-hand sides; "
                      f"{self.product_chunk} vector{'s' if self.product_chunk > 1 else ''} per Gauss-Newton "
                      f"product; {self.basis_vectors:,} Lanczos vectors stored ({self.basis_bytes / GIB:.3f} GiB); "
-                     + (f"{self.deflation_vectors} Ritz vectors deflated" if self.deflation_vectors else "no deflation"))
+                     + (f"chunk 0 keeps {self.deflation_vectors} for the deflation space of the rest"
+                        if self.deflation_vectors else "no deflation"))
         shown = self.chunks if len(self.chunks) <= max_chunks else self.chunks[:max_chunks - 2]
         for i, c in enumerate(shown):
             lines.append(f"  chunk {i}: {c.columns} right-hand sides: {c.describe(self.samples, names)}")
@@ -425,7 +403,10 @@ def plan_overlap(apply_fn, params, *, samples: int, input_shape: tuple, curvatur
         useful = min(p, int(config.max_iterations) * columns) * vec
         basis = int(min(free * d, useful))
     basis = (basis // vec) * vec
-    k = _deflation(config, p, vec, d, free, basis, budget - sum(resident.values()) - product, columns)
+    # on the CPU the devices' arrays share the host with the orchestration's: the deflation
+    # space, the largest part that grows to fit, leaves them their room
+    host = (sum(_host_parts(chunks, n, vec).values()) + int(host_runtime)) / d if devices.kind.startswith("cpu") else 0
+    k = _deflation(config, p, vec, d, free - host, basis, budget - sum(resident.values()) - product - host, columns)
     if k and config.basis_memory is None:  # the basis takes what the deflation space leaves
         basis = (min(basis, int(free - 2 * k * vec / d) * d) // vec) * vec
     parts = dict(resident)
@@ -433,40 +414,40 @@ def plan_overlap(apply_fn, params, *, samples: int, input_shape: tuple, curvatur
     parts[f"solver blocks ({columns} columns x {arrays} arrays{', sharded' if d > 1 else ''})"] = blocks
     parts["stored Lanczos vectors" + (", sharded" if d > 1 else "")] = basis // d
     if k:
-        parts[f"deflation space ({k} Ritz vectors and their products{', sharded' if d > 1 else ''})"] = int(2 * k * vec / d)
+        parts[f"deflation space ({k} vectors and their products; in chunk 0 its Lanczos vectors"
+              f"{', sharded' if d > 1 else ''})"] = int(2 * k * vec / d)
         gradient_parts["deflation space"] = int(2 * k * vec / d)
-        ritz_parts = dict(resident)
-        ritz_parts[f"one product ({pc} vector{'s' if pc > 1 else ''} at a time)"] = product
-        ritz_parts[f"the Ritz run's basis ({RITZ_BLOCK * (ritz_steps(k) + 1)} vectors) and Z summed from it"] = int(
-            ritz_phase_vectors(k) * vec / d)
+        recycle_parts = dict(resident)
+        recycle_parts[f"one product ({pc} vector{'s' if pc > 1 else ''} at a time)"] = product
+        recycle_parts[f"chunk 0's {k} Lanczos vectors, their products and Z"] = int(RECYCLE_PHASE * k * vec / d)
     else:
-        ritz_parts = {}
+        recycle_parts = {}
     return MemoryPlan(devices, p, itemsize, n, int(curvature_batch), chunks, pc, basis, k, parts, gradient_parts,
-                      ritz_parts, _host_parts(chunks, n, vec), int(host_runtime))
+                      recycle_parts, _host_parts(chunks, n, vec), int(host_runtime))
 
 
 def _deflation(config, p: int, vec: int, d: int, free: int, basis: int, room: int, columns: int) -> int:
-    """The deflation vectors: ``config.deflation_vectors`` if given (checked to fit), else none
-    when the whole useful basis fits, else as many as fit (``DEFLATION_MAX`` at most): Z and AZ
-    in ``DEFLATION_SHARE`` of what the blocks leave, and the Ritz run's basis in ``room``."""
+    """The vectors chunk 0 keeps for the deflation space: ``config.deflation_vectors`` if given
+    (checked to fit), else none when the whole useful basis fits, else as many as fit
+    (``DEFLATION_MAX`` at most, none below ``MIN_DEFLATION``): the vectors and their products (later Z and AZ) in
+    ``DEFLATION_SHARE`` of what the blocks leave, and ``RECYCLE_PHASE`` k vectors in ``room``."""
     if config.solver != "block":
         return 0
     fits = lambda k: (2 * k * vec / d <= free - basis / d if config.basis_memory is not None  # noqa: E731
-                      else 2 * k * vec / d <= DEFLATION_SHARE * free) and (
-        ritz_phase_vectors(k) * vec / d <= room)
+                      else 2 * k * vec / d <= DEFLATION_SHARE * free) and RECYCLE_PHASE * k * vec / d <= room
     if config.deflation_vectors is not None:
         k = min(int(config.deflation_vectors), p // 4)
         if k and not fits(k):
             raise PlanError(f"--deflation-vectors {config.deflation_vectors} does not fit beside the solver's blocks "
-                            f"({ritz_phase_vectors(k)} vectors while it is built, then {2 * k}): lower it")
+                            f"({2 * k} vectors during the solves, {RECYCLE_PHASE * k} while the space is made): "
+                            "lower it")
         return k
     useful = min(p, int(config.max_iterations) * columns) * vec
     if basis >= useful:
         return 0
-    k = min(DEFLATION_MAX, p // 4)
-    while k >= RITZ_BLOCK and not fits(k):
-        k //= 2
-    return k if k >= RITZ_BLOCK else 0
+    share = (free - basis / d) if config.basis_memory is not None else DEFLATION_SHARE * free
+    k = int(min(DEFLATION_MAX, p // 4, share * d // (2 * vec), room * d // (RECYCLE_PHASE * vec)))
+    return k if k >= MIN_DEFLATION and fits(k) else 0
 
 
 def _product_chunk(lin: int, vec: int, left: int, total_columns: int) -> int:

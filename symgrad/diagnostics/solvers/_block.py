@@ -83,10 +83,12 @@ class BlockLanczos:
     rank_tol: float = 1e-12
     name = "block"
 
-    def solve(self, operator, rhs, targets: Targets, *, progress=None, deflation=None) -> ChiSolution:
+    def solve(self, operator, rhs, targets: Targets, *, progress=None, deflation=None, recycle=None) -> ChiSolution:
         """``deflation``: a ``_deflation.Deflation`` of ``operator`` shared by every chunk (the
         process then runs on its Schur complement S; the bounds are the same, docs/overlap.md
-        section 3.9), or None."""
+        section 3.9), or None. ``recycle``: a ``_deflation.Recycle`` that keeps this solve's
+        first ``recycle.vectors`` Lanczos vectors (stored for reorthogonalisation as well) and
+        their products, for the deflation space of the solves after it."""
         stop = targets.stopping(self.safety)
         lam = float(operator.damping)
         # the quadrature runs on S when deflating: its rounding carries the bounds
@@ -100,10 +102,13 @@ class BlockLanczos:
         unit = b / jnp.asarray(safe, b.dtype)[:, None]
         start, coarse_gram = deflation.prepare(unit) if deflation is not None else (unit, 0.0)
         coarse_sq = 0.0 if deflation is None else np.sum(deflation.coarse(unit, jnp.zeros_like(unit)) ** 2, axis=1)
+        basis_bytes = self.basis_bytes if self.basis_bytes is not None else default_basis_bytes()
+        if recycle is not None:  # its vectors are this solve's basis, reorthogonalised against as any
+            basis_bytes = max(basis_bytes, recycle.vectors * int(b.shape[1]) * np.dtype(b.dtype).itemsize)
         lanczos = BlockLanczosProcess(
             deflation or operator, start,
-            basis_bytes=self.basis_bytes if self.basis_bytes is not None else default_basis_bytes(),
-            rank_tol=self.rank_tol,
+            basis_bytes=basis_bytes,
+            rank_tol=self.rank_tol, keep_products=0 if recycle is None else recycle.vectors,
         )
         # With the operator's rounding at lambda / 2 or above no quadrature bound holds
         # (certify.quadrature_carry): the recurrence then only steers, at the usual node.
@@ -156,6 +161,8 @@ class BlockLanczos:
                 break
             extensions += 1
             margin *= EXTENSION_FACTOR
+        if recycle is not None:
+            recycle.collect(lanczos)
         with np.errstate(divide="ignore", invalid="ignore"):
             column_error = np.asarray(sol.error_bound) / np.abs(np.diagonal(sol.gram))
         stats = {
