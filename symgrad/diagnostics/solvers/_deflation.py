@@ -166,6 +166,8 @@ def recycled_space(pages, product_pages, damping: float):
     ``T``: it is the computed operator's wherever the pages are orthonormal. The pages are
     consumed (at most three sets of rows are held at once, and a padded copy or a QR's
     workspace: ``plan.RECYCLE_PHASE``)."""
+    if not product_pages:  # the solve ended before a product (an invariant start block)
+        return None, None, np.zeros(0)
     v = jnp.concatenate(pages) if len(pages) > 1 else pages[0]
     del pages[:]
     av = jnp.concatenate(product_pages) if len(product_pages) > 1 else product_pages[0]
