@@ -405,7 +405,8 @@ def plan_overlap(apply_fn, params, *, samples: int, input_shape: tuple, curvatur
     basis = (basis // vec) * vec
     # on the CPU the devices' arrays share the host with the orchestration's: the deflation
     # space, the largest part that grows to fit, leaves them their room
-    host = (sum(_host_parts(chunks, n, vec).values()) + int(host_runtime)) / d if devices.kind.startswith("cpu") else 0
+    host_parts = _host_parts(chunks, n, vec)
+    host = (sum(host_parts.values()) + int(host_runtime)) / d if devices.kind.startswith("cpu") else 0
     k = _deflation(config, p, vec, d, free - host, basis, budget - sum(resident.values()) - product - host, columns)
     if k and config.basis_memory is None:  # the basis takes what the deflation space leaves
         basis = (min(basis, int(free - 2 * k * vec / d) * d) // vec) * vec
@@ -423,7 +424,7 @@ def plan_overlap(apply_fn, params, *, samples: int, input_shape: tuple, curvatur
     else:
         recycle_parts = {}
     return MemoryPlan(devices, p, itemsize, n, int(curvature_batch), chunks, pc, basis, k, parts, gradient_parts,
-                      recycle_parts, _host_parts(chunks, n, vec), int(host_runtime))
+                      recycle_parts, host_parts, int(host_runtime))
 
 
 def _deflation(config, p: int, vec: int, d: int, free: int, basis: int, room: int, columns: int) -> int:

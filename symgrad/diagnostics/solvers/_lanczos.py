@@ -106,7 +106,6 @@ class BlockLanczosProcess:
     def __init__(self, matvec, start, *, basis_bytes: int, rank_tol: float, keep_products: int = 0):
         self.matvec = matvec
         self.keep_products = int(keep_products)
-        self.kept_products = 0
         self.product_pages: list[jax.Array] = []  # matvec of the first keep_products stored vectors, as computed
         self.rank_tol = float(rank_tol)
         start = jnp.asarray(start)
@@ -150,10 +149,10 @@ class BlockLanczosProcess:
         if self.block_size == 0:
             raise RuntimeError("the Lanczos process has ended (invariant subspace)")
         w = self.matvec(self.V)
-        if self.kept_products < self.keep_products and len(self.product_pages) < len(self.pages):
-            rows = min(int(self.pages[len(self.product_pages)].shape[0]), self.keep_products - self.kept_products)
+        kept = sum(int(page.shape[0]) for page in self.product_pages)
+        if kept < self.keep_products and len(self.product_pages) < len(self.pages):
+            rows = min(int(self.pages[len(self.product_pages)].shape[0]), self.keep_products - kept)
             self.product_pages.append(w[:rows])  # V is the latest stored page
-            self.kept_products += rows
         if self.V_prev is not None and self.beta.size:
             w = w - _combine(jnp.asarray(self.beta, self.dtype), self.V_prev)
         omega = np.asarray(_gram(self.V, w), np.float64)
